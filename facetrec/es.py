@@ -1,0 +1,53 @@
+"""The one place that turns settings into an Elasticsearch client.
+
+``ES_URL`` (with ``ES_API_KEY``, or ``ES_USERNAME``+``ES_PASSWORD``, and ``ES_CA_CERT``) points at a
+real cluster. Without ``ES_URL`` the local node recorded by ``facetrec-es start`` is used.
+"""
+
+from __future__ import annotations
+
+from elasticsearch import Elasticsearch
+
+from facetrec.es_local import local_url
+from facetrec.settings import Settings
+
+
+class NoClusterConfigured(RuntimeError):
+    pass
+
+
+def resolve_url(settings: Settings) -> str:
+    if settings.es_url:
+        return settings.es_url
+    url = local_url(settings.local_es_home)
+    if url is None:
+        raise NoClusterConfigured(
+            f"ES_URL is not set and no local node is recorded in {settings.local_es_home}: "
+            "start one with `facetrec-es start`, or set ES_URL to your cluster")
+    return url
+
+
+def make_client(settings: Settings, *, request_timeout: float | None = None, **options) -> Elasticsearch:
+    """A client for the configured cluster. ``request_timeout`` defaults to the serving timeout."""
+    kwargs: dict = {
+        "request_timeout": request_timeout if request_timeout is not None else settings.es_request_timeout_s,
+        **options,
+    }
+    if settings.es_api_key:
+        kwargs["api_key"] = settings.es_api_key
+    elif settings.es_username:
+        kwargs["basic_auth"] = (settings.es_username, settings.es_password or "")
+    if settings.es_ca_cert:
+        kwargs["ca_certs"] = settings.es_ca_cert
+    return Elasticsearch(resolve_url(settings), **kwargs)
+
+
+def has_painless(client: Elasticsearch) -> bool:
+    """True when every node has the painless scripting module (full distributions do; the local
+    node assembled from Maven Central does not)."""
+    nodes = client.nodes.info(metric="plugins")["nodes"]
+    if not nodes:
+        return False
+    return all(any(m.get("name") == "lang-painless" for m in node.get("modules", []))
+               or any(p.get("name") == "lang-painless" for p in node.get("plugins", []))
+               for node in nodes.values())

@@ -1,0 +1,137 @@
+"""One typed settings object, read from the environment (and nothing else).
+
+Every component takes a :class:`Settings`; nothing reads ``os.environ`` on its own. Unset
+variables fall back to defaults that suit the local single-node setup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+SIMILARITIES = ("max_inner_product", "dot_product", "cosine")
+INDEX_TYPES = ("flat", "hnsw", "int8_hnsw", "int8_flat")
+RETRIEVAL_MODES = ("knn", "script_score")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # --- Elasticsearch connection -------------------------------------------------------------
+    es_url: str | None = None              # ES_URL; None means "the local node started by facetrec-es"
+    es_api_key: str | None = None          # ES_API_KEY
+    es_username: str | None = None         # ES_USERNAME
+    es_password: str | None = None         # ES_PASSWORD
+    es_ca_cert: str | None = None          # ES_CA_CERT
+    es_request_timeout_s: float = 1.0      # ES_REQUEST_TIMEOUT_S: serving requests (bulk uses its own)
+    local_es_home: Path = REPO_ROOT / ".facetrec" / "es-local"   # FACETREC_ES_HOME
+
+    # --- Index layout --------------------------------------------------------------------------
+    item_alias: str = "item_index"         # FACETREC_ITEM_ALIAS
+    user_alias: str = "user_index"         # FACETREC_USER_ALIAS
+    vector_dims: int = 64                  # FACETREC_VECTOR_DIMS
+    similarity: str = "max_inner_product"  # FACETREC_SIMILARITY
+    index_type: str = "hnsw"               # FACETREC_INDEX_TYPE: flat | hnsw | int8_hnsw | int8_flat
+    hnsw_m: int = 16                       # FACETREC_HNSW_M
+    hnsw_ef_construction: int = 100        # FACETREC_HNSW_EF_CONSTRUCTION
+    shards: int = 1                        # FACETREC_SHARDS
+    replicas: int = 0                      # FACETREC_REPLICAS
+    generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
+    templates_dir: Path = REPO_ROOT / "index_templates"  # FACETREC_TEMPLATES_DIR
+
+    # --- Serving -------------------------------------------------------------------------------
+    rows_config: Path = REPO_ROOT / "app" / "rows.yaml"  # FACETREC_ROWS_CONFIG
+    retrieval_mode: str = "knn"            # FACETREC_RETRIEVAL_MODE: knn | script_score
+    num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
+    dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
+
+    # --- Metrics -------------------------------------------------------------------------------
+    statsd_host: str | None = None         # DD_AGENT_HOST (unset: metrics disabled)
+    statsd_port: int = 8125                # DD_DOGSTATSD_PORT
+    metrics_namespace: str = "facetrec"    # FACETREC_METRICS_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise SettingsError(f"FACETREC_SIMILARITY={self.similarity!r}: expected one of {SIMILARITIES}")
+        if self.index_type not in INDEX_TYPES:
+            raise SettingsError(f"FACETREC_INDEX_TYPE={self.index_type!r}: expected one of {INDEX_TYPES}")
+        if self.retrieval_mode not in RETRIEVAL_MODES:
+            raise SettingsError(f"FACETREC_RETRIEVAL_MODE={self.retrieval_mode!r}: expected one of {RETRIEVAL_MODES}")
+        if not 1 <= self.vector_dims <= 4096:
+            raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
+        if self.generations_to_keep < 1:
+            raise SettingsError("FACETREC_GENERATIONS_TO_KEEP must be at least 1 (the live generation)")
+        if self.es_request_timeout_s <= 0:
+            raise SettingsError("ES_REQUEST_TIMEOUT_S must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            var = _ENV_NAMES[field.name]
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kwargs[field.name] = _parse(var, raw, field.type)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+_ENV_NAMES = {
+    "es_url": "ES_URL",
+    "es_api_key": "ES_API_KEY",
+    "es_username": "ES_USERNAME",
+    "es_password": "ES_PASSWORD",
+    "es_ca_cert": "ES_CA_CERT",
+    "es_request_timeout_s": "ES_REQUEST_TIMEOUT_S",
+    "local_es_home": "FACETREC_ES_HOME",
+    "item_alias": "FACETREC_ITEM_ALIAS",
+    "user_alias": "FACETREC_USER_ALIAS",
+    "vector_dims": "FACETREC_VECTOR_DIMS",
+    "similarity": "FACETREC_SIMILARITY",
+    "index_type": "FACETREC_INDEX_TYPE",
+    "hnsw_m": "FACETREC_HNSW_M",
+    "hnsw_ef_construction": "FACETREC_HNSW_EF_CONSTRUCTION",
+    "shards": "FACETREC_SHARDS",
+    "replicas": "FACETREC_REPLICAS",
+    "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",
+    "templates_dir": "FACETREC_TEMPLATES_DIR",
+    "rows_config": "FACETREC_ROWS_CONFIG",
+    "retrieval_mode": "FACETREC_RETRIEVAL_MODE",
+    "num_candidates_factor": "FACETREC_NUM_CANDIDATES_FACTOR",
+    "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
+    "statsd_host": "DD_AGENT_HOST",
+    "statsd_port": "DD_DOGSTATSD_PORT",
+    "metrics_namespace": "FACETREC_METRICS_NAMESPACE",
+}
+
+
+def _parse(var: str, raw: str, annotation: object) -> object:
+    kind = str(annotation)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("Path"):
+            return Path(raw).expanduser()
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r}: expected {kind.split(' ')[0]}") from None
+    return raw
