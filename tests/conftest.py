@@ -44,3 +44,18 @@ def unique(es):
     es.indices.delete(index=f"{prefix}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}*").get("index_templates", []):
         es.indices.delete_index_template(name=template["name"])
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local SparkSession (two cores, no UI)."""
+    import os
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from ingest.spark import make_spark_session
+
+    session = make_spark_session("facetrec-tests")
+    yield session
+    session.stop()

@@ -1,0 +1,161 @@
+"""Build a homepage: one user-vector GET, then ONE ``_msearch`` with one search per row.
+
+Used by the Flask service (through the aliases) and by the re-index validation gate (against a
+new generation's concrete index names, before any alias moves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
+
+from facetrec.metrics import NoMetrics
+from facetrec.rows import Row, build_row_search
+from facetrec.scoring import knn_score_to_dot, script_score_to_dot
+
+MAX_OVERFETCH = 200
+
+
+class ClusterUnavailable(RuntimeError):
+    """Elasticsearch could not be reached (or did not answer in time)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserVector:
+    user_id: str
+    vector: list[float]
+    seen_item_ids: list[str]
+    generation: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where to read: the aliases when serving, concrete generation indices when validating."""
+    item_index: str
+    user_index: str
+    similarity: str
+    default_mode: str = "knn"
+    num_candidates_factor: int = 10
+    dedupe_across_rows: bool = True
+    request_timeout_s: float = 1.0
+
+
+def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: float) -> UserVector | None:
+    try:
+        doc = es.options(request_timeout=timeout_s).get(index=user_index, id=user_id,
+                                                        source_includes=["user_embed", "seen_item_ids", "generation"])
+    except NotFoundError:
+        return None
+    except (ESConnectionError, ConnectionTimeout) as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+    src = doc["_source"]
+    return UserVector(user_id=user_id, vector=src["user_embed"], seen_item_ids=src.get("seen_item_ids") or [],
+                      generation=src.get("generation"))
+
+
+def _row_mode(row: Row, mode: str | None, target: Target) -> str:
+    return mode or row.retrieval or target.default_mode
+
+
+def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: Sequence[dict], target: Target,
+                   mode: str | None = None, sizes: dict[str, int] | None = None) -> list[dict]:
+    """The ``_msearch`` lines: one header + body per row. Rows later on the page over-fetch by the
+    sizes of earlier rows so they can be backfilled after cross-row de-duplication."""
+    searches: list[dict] = []
+    earlier = 0
+    for row in rows:
+        size = (sizes or {}).get(row.id, row.size)
+        k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
+        body = build_row_search(row, user_vector=user.vector if user else None, user_filters=user_filters,
+                                exclude_ids=user.seen_item_ids if user else (), k=k,
+                                mode=_row_mode(row, mode, target), num_candidates_factor=target.num_candidates_factor)
+        body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
+        searches += [{"index": target.item_index}, body]
+        earlier += size
+    return searches
+
+
+def _item(hit: dict, source: str, mode: str, similarity: str) -> dict:
+    src = hit.get("_source", {})
+    if source == "popular":
+        score = float(src.get("popularity") or 0.0)
+    elif mode == "script_score":
+        score = script_score_to_dot(hit["_score"])
+    else:
+        score = knn_score_to_dot(hit["_score"], similarity)
+    item = {"id": hit["_id"], "score": round(score, 6)}
+    for key in ("title", "item_format", "language", "categories"):
+        if key in src:
+            item[key] = src[key]
+    return item
+
+
+def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict] = (),
+              *, mode: str | None = None, sizes: dict[str, int] | None = None,
+              metrics: NoMetrics | None = None) -> dict:
+    """The homepage of ``user_id``: ``{"user_id", "generation", "rows": [...]}``.
+
+    A failing row carries ``"error"`` and no items while the others are returned. Raises
+    ClusterUnavailable when Elasticsearch cannot be reached at all.
+    """
+    metrics = metrics or NoMetrics()
+    user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
+    source = "personalized" if user else "popular"
+    searches = build_searches(rows, user, user_filters, target, mode, sizes)
+
+    for attempt in range(2):
+        try:
+            started = time.perf_counter()
+            result = es.options(request_timeout=target.request_timeout_s).msearch(searches=searches)
+            metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)
+        except (ESConnectionError, ConnectionTimeout) as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+        except ApiError as exc:
+            if exc.status_code in (429, 502, 503, 504):
+                raise ClusterUnavailable(str(exc)) from exc
+            raise
+        responses = result["responses"]
+        indices = {h["_index"] for r in responses if "hits" in r for h in r["hits"]["hits"]}
+        # An alias swap landed between the searches of this one _msearch: ask again, so a
+        # response never mixes two generations.
+        if len(indices) <= 1:
+            break
+        metrics.increment("homepage.mixed_generation_retry")
+
+    taken: set[str] = set()
+    out_rows = []
+    generation = None
+    for row, response in zip(rows, responses):
+        row_mode = "popular" if user is None else _row_mode(row, mode, target)
+        tags = [f"row:{row.id}", f"mode:{row_mode}"]
+        size = (sizes or {}).get(row.id, row.size)
+        entry: dict[str, Any] = {"id": row.id, "title": row.title, "source": source, "items": []}
+        if "error" in response:
+            err = response["error"]
+            entry["error"] = (err.get("root_cause") or [err])[0].get("reason", str(err)) if isinstance(err, dict) else str(err)
+            metrics.increment("homepage.row.error", tags)
+            out_rows.append(entry)
+            continue
+        metrics.timing("es.took", response.get("took", 0), tags)
+        if response.get("timed_out"):
+            entry["partial"] = True
+            metrics.increment("homepage.row.timed_out", tags)
+        for hit in response["hits"]["hits"]:
+            if len(entry["items"]) >= size:
+                break
+            if target.dedupe_across_rows and hit["_id"] in taken:
+                continue
+            hit_generation = hit.get("_source", {}).get("generation")
+            generation = generation or hit_generation
+            entry.setdefault("generation", hit_generation)
+            entry["items"].append(_item(hit, source, "knn" if row_mode == "popular" else row_mode, target.similarity))
+            taken.add(hit["_id"])
+        if not entry["items"]:
+            metrics.increment("homepage.row.empty", tags)
+        if user is None:
+            metrics.increment("homepage.row.fallback", tags)
+        out_rows.append(entry)
+    return {"user_id": user_id, "generation": generation, "rows": out_rows}

@@ -1,0 +1,219 @@
+"""Homepage rows: their configuration and the Elasticsearch search each one becomes.
+
+Shared by the service (one ``_msearch`` per homepage) and the re-index validation gate (every
+row must return items against a new generation before the aliases move).
+
+A row config file (YAML or JSON)::
+
+    facets:                 # filterable item fields and their value types
+      item_format: keyword
+      categories: keyword
+      published_at: date
+    user_filters: [language, country]   # facets a caller may pass as user filters
+    rows:
+      - id: audiobooks
+        title: Audiobooks for you
+        size: 10
+        filter:   [{term: {item_format: audiobook}}]
+        must_not: [{terms: {categories: [horror]}}]
+        retrieval: knn        # optional: knn | script_score (default: settings.retrieval_mode)
+    homepage: [for_you, audiobooks]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from facetrec.scoring import SCRIPT_SCORE_SHIFT
+from facetrec.settings import RETRIEVAL_MODES
+
+FACET_TYPES = ("keyword", "float", "integer", "date")
+CLAUSES = ("term", "terms", "range")
+RANGE_OPS = ("gt", "gte", "lt", "lte")
+MAX_ROW_SIZE = 100
+ITEM_SOURCE_FIELDS = ["item_id", "title", "item_format", "language", "categories", "popularity", "generation"]
+
+
+class RowConfigError(ValueError):
+    """The row configuration is invalid; the message names the row and field."""
+
+
+class BadRequest(ValueError):
+    """A caller's filter or row request is invalid. ``field`` names the offending input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    id: str
+    title: str
+    size: int = 10
+    filter: tuple[dict, ...] = ()
+    must_not: tuple[dict, ...] = ()
+    retrieval: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RowCatalog:
+    facets: dict[str, str]
+    user_filters: tuple[str, ...]
+    rows: dict[str, Row]
+    homepage: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> "RowCatalog":
+        text = Path(path).read_text()
+        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "rows config") -> "RowCatalog":
+        if not isinstance(raw, dict):
+            raise RowConfigError(f"{source}: expected a mapping at the top level")
+        facets = dict(raw.get("facets") or {})
+        for name, kind in facets.items():
+            if kind not in FACET_TYPES:
+                raise RowConfigError(f"{source}: facet {name!r} has type {kind!r}; expected one of {FACET_TYPES}")
+        user_filters = tuple(raw.get("user_filters") or ())
+        for name in user_filters:
+            if name not in facets:
+                raise RowConfigError(f"{source}: user filter {name!r} is not a declared facet")
+        rows: dict[str, Row] = {}
+        for entry in raw.get("rows") or []:
+            row = _parse_row(entry, facets, source)
+            if row.id in rows:
+                raise RowConfigError(f"{source}: duplicate row id {row.id!r}")
+            rows[row.id] = row
+        homepage = tuple(raw.get("homepage") or rows.keys())
+        for row_id in homepage:
+            if row_id not in rows:
+                raise RowConfigError(f"{source}: homepage names unknown row {row_id!r}")
+        if not homepage:
+            raise RowConfigError(f"{source}: no rows configured")
+        return cls(facets=facets, user_filters=user_filters, rows=rows, homepage=homepage)
+
+    def homepage_rows(self) -> list[Row]:
+        return [self.rows[row_id] for row_id in self.homepage]
+
+
+def _parse_row(entry: Any, facets: dict[str, str], source: str) -> Row:
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+        raise RowConfigError(f"{source}: every row needs a non-empty string id, got {entry!r}")
+    where = f"{source}: row {entry['id']!r}"
+    size = entry.get("size", 10)
+    if not isinstance(size, int) or not 1 <= size <= MAX_ROW_SIZE:
+        raise RowConfigError(f"{where}: size must be an integer in 1..{MAX_ROW_SIZE}")
+    retrieval = entry.get("retrieval")
+    if retrieval is not None and retrieval not in RETRIEVAL_MODES:
+        raise RowConfigError(f"{where}: retrieval must be one of {RETRIEVAL_MODES}")
+    clauses = {}
+    for key in ("filter", "must_not"):
+        try:
+            clauses[key] = tuple(validate_clause(c, facets) for c in entry.get(key) or [])
+        except BadRequest as exc:
+            raise RowConfigError(f"{where}: {key}: {exc}") from None
+    return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
+               filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval)
+
+
+def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:
+    """Check one term/terms/range clause against the declared facets and return a clean copy.
+
+    Values only ever become term values or range bounds in the query body; nothing is ever
+    concatenated into a script or a query string.
+    """
+    if not isinstance(clause, dict) or len(clause) != 1:
+        raise BadRequest(field_prefix, "a filter is one of {term|terms|range: {field: value}}")
+    (kind, body), = clause.items()
+    if kind not in CLAUSES or not isinstance(body, dict) or len(body) != 1:
+        raise BadRequest(field_prefix, f"unsupported filter {kind!r}; use term, terms or range on one field")
+    (name, value), = body.items()
+    if name not in facets:
+        raise BadRequest(f"{field_prefix}.{name}", f"unknown facet; known facets: {sorted(facets)}")
+    kind_of = facets[name]
+    where = f"{field_prefix}.{name}"
+    if kind == "term":
+        return {"term": {name: check_value(value, kind_of, where)}}
+    if kind == "terms":
+        if not isinstance(value, list) or not 1 <= len(value) <= 100:
+            raise BadRequest(where, "terms needs a list of 1..100 values")
+        return {"terms": {name: [check_value(v, kind_of, where) for v in value]}}
+    if not isinstance(value, dict) or not value or set(value) - set(RANGE_OPS):
+        raise BadRequest(where, f"range needs bounds among {RANGE_OPS}")
+    if kind_of == "keyword":
+        raise BadRequest(where, "range filters apply to numeric or date facets only")
+    return {"range": {name: {op: check_value(v, kind_of, where) for op, v in value.items()}}}
+
+
+def check_value(value: Any, kind: str, where: str) -> Any:
+    if kind == "keyword":
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise BadRequest(where, "expected a non-empty string of at most 256 characters")
+        if any(ord(ch) < 32 for ch in value):
+            raise BadRequest(where, "control characters are not allowed")
+        return value
+    if kind in ("float", "integer"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadRequest(where, f"expected a finite number ({kind})")
+        if kind == "integer" and not float(value).is_integer():
+            raise BadRequest(where, "expected an integer")
+        return value
+    if kind == "date":
+        from datetime import date, datetime
+        if not isinstance(value, str):
+            raise BadRequest(where, "expected an ISO-8601 date string")
+        try:
+            (datetime if "T" in value else date).fromisoformat(value)
+        except ValueError:
+            raise BadRequest(where, "expected an ISO-8601 date such as 1995-01-01") from None
+        return value
+    raise BadRequest(where, f"unsupported facet type {kind}")
+
+
+def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Iterable[str]) -> dict:
+    """The pre-filter of one row: user filters AND row filters, minus exclusions."""
+    excluded = list(dict.fromkeys(exclude_ids))
+    must_not = list(row.must_not) + ([{"ids": {"values": excluded}}] if excluded else [])
+    return {"bool": {"filter": [*user_filters, *row.filter], "must_not": must_not}}
+
+
+def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filters: Sequence[dict],
+                     exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
+                     vector_field: str = "item_embed") -> dict:
+    """The ``_search`` body for one row.
+
+    * ``knn``: top-level knn with the filter *inside* it (a true pre-filter).
+    * ``script_score``: the classic exact form; the vector goes into ``params``.
+    * no user vector: the cold-start popularity ranking under the same filters.
+    """
+    prefilter = row_filter(row, user_filters, exclude_ids)
+    body: dict[str, Any] = {"size": k, "_source": ITEM_SOURCE_FIELDS}
+    if user_vector is None:
+        body["query"] = {"bool": {**prefilter["bool"]}}
+        body["sort"] = [{"popularity": {"order": "desc", "missing": "_last"}}, {"item_id": "asc"}]
+        return body
+    vector = [float(x) for x in user_vector]
+    if mode == "knn":
+        body["knn"] = {"field": vector_field, "query_vector": vector, "k": k,
+                       "num_candidates": max(k * num_candidates_factor, 100), "filter": prefilter}
+    elif mode == "script_score":
+        body["query"] = {"script_score": {
+            "query": prefilter,
+            "script": {
+                "source": f"double v = dotProduct(params.query_vector, '{vector_field}'); "
+                          "return Math.max(0, v + params.shift);",
+                "params": {"query_vector": vector, "shift": SCRIPT_SCORE_SHIFT},
+            }}}
+    else:
+        raise ValueError(f"unknown retrieval mode {mode!r}")
+    return body

@@ -1,0 +1,203 @@
+"""Bulk-load item and user documents into one index generation.
+
+The same code runs in one process (``bulk_load``) and inside Spark, where each partition streams
+its rows through it (``spark_load``), so a catalog that outgrows one machine loads from a Spark
+cluster into a multi-node Elasticsearch cluster.
+
+Nothing is swallowed: documents with an unusable vector are counted and named in the report
+(``invalid``), and every per-document bulk failure is collected (``failed``). 429 rejections are
+retried with exponential backoff by the client helper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from datetime import date, datetime, timezone
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from elasticsearch import Elasticsearch, helpers
+from tqdm import tqdm
+
+ITEM_FACETS = ("item_format", "language", "country", "categories", "title", "popularity", "published_at")
+MAX_REPORTED_IDS = 50
+
+
+class InvalidDocument(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class LoadReport:
+    index: str
+    indexed: int = 0
+    invalid: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (id, reason)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)    # (id, bulk error)
+    invalid_count: int = 0
+    failed_count: int = 0
+    seconds: float = 0.0
+
+    @property
+    def attempted(self) -> int:
+        return self.indexed + self.invalid_count + self.failed_count
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def merge(self, other: "LoadReport") -> "LoadReport":
+        self.indexed += other.indexed
+        self.invalid_count += other.invalid_count
+        self.failed_count += other.failed_count
+        self.invalid = (self.invalid + other.invalid)[:MAX_REPORTED_IDS]
+        self.failed = (self.failed + other.failed)[:MAX_REPORTED_IDS]
+        self.seconds = max(self.seconds, other.seconds)
+        return self
+
+    def summary(self) -> str:
+        return (f"{self.index}: {self.indexed} indexed, {self.invalid_count} invalid, {self.failed_count} failed "
+                f"in {self.seconds:.1f}s ({self.docs_per_s:,.0f} docs/s)")
+
+
+# --------------------------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------------------------
+
+def check_vector(vector: Any, dims: int, require_unit: bool) -> list[float]:
+    """Return the vector as floats, or raise InvalidDocument saying what is wrong with it."""
+    if vector is None:
+        raise InvalidDocument("missing vector")
+    values = [float(x) for x in vector]
+    if len(values) != dims:
+        raise InvalidDocument(f"vector has {len(values)} dims, expected {dims}")
+    if not all(math.isfinite(x) for x in values):
+        raise InvalidDocument("vector contains NaN or infinity")
+    norm = math.sqrt(sum(x * x for x in values))
+    if norm == 0.0:
+        raise InvalidDocument("vector is all zeros")
+    if require_unit and abs(norm - 1.0) > 1e-3:
+        raise InvalidDocument(f"vector norm is {norm:.4f}; similarity dot_product needs unit-length vectors")
+    return values
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _listish(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def item_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool) -> tuple[str, dict]:
+    item_id = str(record["item_id"])
+    doc: dict[str, Any] = {"item_id": item_id, "generation": generation,
+                           "item_embed": check_vector(_listish(record.get("item_embed")), dims, require_unit)}
+    for field in ITEM_FACETS:
+        value = record.get(field)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        value = _listish(_iso(value))
+        if value == []:
+            continue
+        doc[field] = value
+    return item_id, doc
+
+
+def user_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool = False) -> tuple[str, dict]:
+    user_id = str(record["user_id"])
+    doc = {"user_embed": check_vector(_listish(record.get("user_embed")), dims, False),
+           "seen_item_ids": [str(x) for x in (_listish(record.get("seen_item_ids")) or [])],
+           "updated_at": _iso(record.get("updated_at") or datetime.now(timezone.utc)),
+           "generation": generation}
+    return user_id, doc
+
+
+DOCUMENT_BUILDERS: dict[str, Callable[..., tuple[str, dict]]] = {"item": item_document, "user": user_document}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mapping[str, Any]], *, generation: str,
+              dims: int, require_unit: bool = False, chunk_docs: int = 1000, chunk_bytes: int = 20 * 1024 * 1024,
+              max_retries: int = 6, initial_backoff: float = 0.5, progress: bool = True,
+              total: int | None = None) -> LoadReport:
+    """Stream ``records`` into ``index`` with explicit ``_id``s. Returns the report; never raises for
+    per-document problems (the validation gate decides what they mean)."""
+    report = LoadReport(index=index)
+    build = DOCUMENT_BUILDERS[kind]
+
+    def actions() -> Iterator[dict]:
+        for record in records:
+            try:
+                doc_id, source = build(record, generation, dims, require_unit)
+            except (InvalidDocument, KeyError, TypeError, ValueError) as exc:
+                report.invalid_count += 1
+                if len(report.invalid) < MAX_REPORTED_IDS:
+                    report.invalid.append((str(record.get(f"{kind}_id")), str(exc)))
+                continue
+            yield {"_index": index, "_id": doc_id, "_source": source}
+
+    bar = tqdm(total=total, desc=f"loading {index}", unit="doc", disable=not progress, file=sys.stderr,
+               mininterval=1.0)
+    started = time.perf_counter()
+    try:
+        for ok, item in helpers.streaming_bulk(es, actions(), chunk_size=chunk_docs, max_chunk_bytes=chunk_bytes,
+                                               raise_on_error=False, raise_on_exception=True,
+                                               max_retries=max_retries, initial_backoff=initial_backoff,
+                                               max_backoff=30):
+            if ok:
+                report.indexed += 1
+            else:
+                report.failed_count += 1
+                result = next(iter(item.values()))
+                if len(report.failed) < MAX_REPORTED_IDS:
+                    report.failed.append((str(result.get("_id")), str(result.get("error"))))
+            bar.update(1)
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - started
+    if progress:
+        print(f"facetrec: {report.summary()}", file=sys.stderr)
+    return report
+
+
+def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, index: str, kind: str,
+                    generation: str, dims: int, require_unit: bool) -> Iterator[dict]:
+    """Runs on a Spark executor: one client per partition, the same bulk code."""
+    es = Elasticsearch(es_url, **client_options)
+    try:
+        report = bulk_load(es, index, kind, (row.asDict(recursive=True) for row in rows), generation=generation,
+                           dims=dims, require_unit=require_unit, progress=False)
+    finally:
+        es.close()
+    yield dataclasses.asdict(report)
+
+
+def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims: int, require_unit: bool = False,
+               client_options: dict | None = None) -> LoadReport:
+    """Load a Spark DataFrame partition by partition (in parallel on the executors)."""
+    fn = partial(_load_partition, es_url=es_url, client_options=client_options or {"request_timeout": 120},
+                 index=index, kind=kind, generation=generation, dims=dims, require_unit=require_unit)
+    started = time.perf_counter()
+    total = LoadReport(index=index)
+    for part in df.rdd.mapPartitions(fn).collect():
+        part_report = LoadReport(**{**part, "invalid": [tuple(x) for x in part["invalid"]],
+                                    "failed": [tuple(x) for x in part["failed"]]})
+        total.merge(part_report)
+    total.seconds = time.perf_counter() - started
+    return total

@@ -1,0 +1,106 @@
+"""One re-index run: lock -> templates -> new generation -> load -> validate -> ONE alias swap -> retention.
+
+Any failure before the swap leaves the aliases untouched and deletes this run's own partial
+indices; a crash that could not clean up (SIGKILL) is cleaned by the next run. Rerunning a
+generation that is already live does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping
+
+from elasticsearch import Elasticsearch
+
+from facetrec.es import resolve_url
+from facetrec.homepage import Target
+from facetrec.metrics import NoMetrics
+from facetrec.rows import RowCatalog
+from facetrec.settings import Settings
+from ingest import templates
+from ingest.bulk_load import bulk_load, spark_load
+from ingest.generations import VALIDATED, Generations, new_generation_id
+from ingest.lock import ReindexLock
+from ingest.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
+
+
+def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
+          total: int | None):
+    require_unit = kind == "item" and settings.similarity == "dot_product"
+    if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
+        return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
+                          generation=generation, dims=settings.vector_dims, require_unit=require_unit)
+    return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
+                     require_unit=require_unit, progress=progress, total=total)
+
+
+def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
+                items: Iterable[Mapping] | Any | None, model_version: str, generation: str | None = None,
+                expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
+                recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
+                progress: bool = True, metrics: NoMetrics | None = None) -> dict:
+    """Publish a new generation. ``items=None`` refreshes users only (items stay as they are)."""
+    metrics = metrics or NoMetrics()
+    gens = Generations(es, settings)
+    generation = generation or new_generation_id()
+    families = ("item", "user") if items is not None else ("user",)
+    started = time.perf_counter()
+    with ReindexLock(es, name=f"reindex-{settings.item_alias}"):
+        if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
+            print(f"facetrec: generation {generation} is already live; nothing to do")
+            return {"generation": generation, "status": "already_live"}
+        removed = gens.cleanup_partial()
+        if removed:
+            print(f"facetrec: removed partial generations left by an earlier run: {', '.join(removed)}")
+        templates.apply(es, settings, model_version)
+        created: list[str] = []
+        try:
+            reports = {}
+            for family, source, expected in (("item", items, expected_items), ("user", users, expected_users)):
+                if family not in families:
+                    continue
+                step = time.perf_counter()
+                index = gens.create(family, generation, model_version)
+                created.append(index)
+                report = _load(es, settings, index, family, source, generation, progress, expected)
+                reports[family] = report
+                check_load(report)
+                gens.finish_loading(index, force_merge=force_merge and family == "item")
+                check_count(es, index, expected if expected is not None else report.attempted)
+                metrics.gauge("reindex.docs_indexed", report.indexed, tags=[f"family:{family}"])
+                metrics.timing("reindex.load", (time.perf_counter() - step) * 1000, tags=[f"family:{family}"])
+
+            item_index = gens.index_name("item", generation) if "item" in families else gens.live_index("item")
+            if item_index is None:
+                raise RuntimeError("no live item generation: run a full re-index (items and users) first")
+            user_index = gens.index_name("user", generation)
+            target = Target(item_index=item_index, user_index=user_index, similarity=settings.similarity,
+                            default_mode=settings.retrieval_mode, num_candidates_factor=settings.num_candidates_factor,
+                            dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=30.0)
+            validation = ValidationReport()
+            check_rows(es, target, catalog.homepage_rows(), sample_user_ids(es, user_index, sample_users))
+            validation.checks += ["vectors", "bulk", "count", "rows"]
+            if recall_sample is not None and settings.index_type in ("hnsw", "int8_hnsw") and "item" in families:
+                user_vectors, item_ids, item_vectors = recall_sample
+                validation.recall = check_recall(es, item_index, user_vectors, item_ids, item_vectors, k=10,
+                                                 num_candidates=100, minimum=min_recall)
+                validation.checks.append("recall")
+            metrics.increment("reindex.validation", tags=["result:passed"])
+
+            for index in created:
+                gens.mark(index, VALIDATED)
+            gens.swap({f: gens.index_name(f, generation) for f in families})
+            metrics.increment("reindex.swap", tags=[f"families:{'+'.join(families)}"])
+        except BaseException as exc:
+            metrics.increment("reindex.failed", tags=[f"error:{type(exc).__name__}"])
+            for index in created:
+                es.options(ignore_status=404).indices.delete(index=index)
+            raise
+        deleted = gens.retain()
+        seconds = time.perf_counter() - started
+        metrics.timing("reindex.total", seconds * 1000)
+        print(f"facetrec: generation {generation} is live ({', '.join(families)}) after {seconds:.1f}s; "
+              f"kept {settings.generations_to_keep} per family, deleted {deleted or 'none'}")
+        return {"generation": generation, "status": "swapped", "families": list(families),
+                "loaded": {f: r.indexed for f, r in reports.items()}, "validation": validation.checks,
+                "recall": validation.recall, "deleted": deleted, "seconds": seconds}

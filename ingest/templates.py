@@ -1,0 +1,73 @@
+"""Render the composable index templates from settings and apply them idempotently."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from elasticsearch import Elasticsearch
+
+from facetrec.settings import Settings
+
+FILES = {"item": "item_index.json", "user": "user_index.json"}
+
+
+def template_name(settings: Settings, family: str) -> str:
+    return f"{settings.item_alias if family == 'item' else settings.user_alias}-template"
+
+
+def render(settings: Settings, model_version: str) -> dict[str, dict]:
+    """The templates as they will be PUT, with the settings-driven parts filled in."""
+    rendered = {}
+    for family, filename in FILES.items():
+        name = template_name(settings, family)
+        body = copy.deepcopy(json.loads(Path(settings.templates_dir, filename).read_text()))
+        # The generations of a family are "<alias>-<generation>", whatever the alias is called.
+        body["index_patterns"] = [f"{settings.item_alias if family == 'item' else settings.user_alias}-*"]
+        index_settings = body["template"]["settings"]
+        index_settings["number_of_shards"] = settings.shards
+        index_settings["number_of_replicas"] = settings.replicas
+        props = body["template"]["mappings"]["properties"]
+        if family == "item":
+            props["item_embed"].update(dims=settings.vector_dims, similarity=settings.similarity,
+                                       index_options=_index_options(settings))
+        else:
+            props["user_embed"]["dims"] = settings.vector_dims
+        body["_meta"] = {**body.get("_meta", {}), "model_version": model_version}
+        rendered[name] = body
+    return rendered
+
+
+def _index_options(settings: Settings) -> dict:
+    if settings.index_type in ("hnsw", "int8_hnsw"):
+        return {"type": settings.index_type, "m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction}
+    return {"type": settings.index_type}
+
+
+def apply(es: Elasticsearch, settings: Settings, model_version: str) -> list[str]:
+    """PUT each template unless an identical one is already there. Returns the names written."""
+    written = []
+    for name, body in render(settings, model_version).items():
+        current = es.options(ignore_status=404).indices.get_index_template(name=name).get("index_templates", [])
+        if current and _same(current[0]["index_template"], body):
+            continue
+        es.indices.put_index_template(name=name, **body)
+        written.append(name)
+    return written
+
+
+def _same(existing: dict, desired: dict) -> bool:
+    """Compare a stored template with a desired one, normalising what Elasticsearch rewrites."""
+    def norm(t: dict) -> dict:
+        settings = t.get("template", {}).get("settings", {})
+        flat = settings.get("index", settings)
+        return {
+            "index_patterns": sorted(t.get("index_patterns", [])),
+            "priority": t.get("priority"),
+            "version": t.get("version"),
+            "_meta": t.get("_meta"),
+            "settings": {k: str(v) for k, v in flat.items()},
+            "mappings": json.loads(json.dumps(t.get("template", {}).get("mappings", {}), sort_keys=True)),
+        }
+    return norm(existing) == norm(desired)
