@@ -1,0 +1,37 @@
+"""The facetrec homepage service (Flask; gunicorn in production: `gunicorn -c gunicorn.conf.py app.wsgi`)."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from facetrec.es import make_client
+from facetrec.homepage import Target
+from facetrec.metrics import make_metrics
+from facetrec.rows import RowCatalog
+from facetrec.settings import Settings
+
+
+def create_app(settings: Settings | None = None, catalog: RowCatalog | None = None) -> Flask:
+    """Application factory: one Elasticsearch client per process (per gunicorn worker), created here."""
+    from app import api, errors, logs, page
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["facetrec"] = {
+        "settings": settings,
+        "catalog": catalog or RowCatalog.load(settings.rows_config),
+        # No client-side retries: a request must answer (or fail with 503) within the timeout.
+        "es": make_client(settings, max_retries=0, retry_on_timeout=False),
+        "metrics": make_metrics(settings, component="service"),
+        "target": Target(item_index=settings.item_alias, user_index=settings.user_alias,
+                         similarity=settings.similarity, default_mode=settings.retrieval_mode,
+                         num_candidates_factor=settings.num_candidates_factor,
+                         dedupe_across_rows=settings.dedupe_across_rows,
+                         request_timeout_s=settings.es_request_timeout_s),
+    }
+    logs.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(page.bp)
+    return app

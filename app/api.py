@@ -1,0 +1,67 @@
+"""JSON endpoints. Thin: parse (app.requests), call facetrec.homepage.recommend, return."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app.requests import parse_homepage_args, parse_rows_body
+from facetrec.homepage import recommend
+from facetrec.rows import BadRequest
+
+bp = Blueprint("api", __name__)
+
+
+def _ctx() -> dict:
+    return current_app.extensions["facetrec"]
+
+
+def _serve(query):
+    ctx = _ctx()
+    request.environ["facetrec.user_id"] = query.user_id
+    page = recommend(ctx["es"], ctx["target"], query.user_id, query.rows, query.user_filters, mode=query.mode,
+                     sizes=query.sizes, metrics=ctx["metrics"])
+    return jsonify(page)
+
+
+@bp.get("/v1/users/<path:user_id>/homepage")
+def homepage(user_id: str):
+    return _serve(parse_homepage_args(user_id, request.args.to_dict(flat=True), _ctx()["catalog"]))
+
+
+@bp.post("/v1/users/<path:user_id>/rows")
+def rows(user_id: str):
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
+    return _serve(parse_rows_body(user_id, body, _ctx()["catalog"]))
+
+
+@bp.get("/v1/rows")
+def row_catalog():
+    catalog = _ctx()["catalog"]
+    return jsonify({"homepage": list(catalog.homepage), "user_filters": list(catalog.user_filters),
+                    "rows": [{"id": r.id, "title": r.title, "size": r.size} for r in catalog.rows.values()]})
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    ctx = _ctx()
+    es, settings = ctx["es"], ctx["settings"]
+    try:
+        aliases = {}
+        for alias in (settings.item_alias, settings.user_alias):
+            found = es.options(ignore_status=404).indices.get_alias(name=alias)
+            names = [k for k in found if k not in ("error", "status")]
+            if not names:
+                return jsonify({"status": "not_ready", "reason": f"alias {alias} does not exist: "
+                                "run the nightly pipeline (`facetrec pipeline run`)"}), 503
+            aliases[alias] = names[0]
+            es.count(index=alias)
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
+        return jsonify({"status": "not_ready", "reason": f"Elasticsearch: {type(exc).__name__}"}), 503
+    return jsonify({"status": "ready", "aliases": aliases})

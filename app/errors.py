@@ -1,0 +1,44 @@
+"""Every error is JSON: 400 names the field, 404/405 for routes, 503 + Retry-After when ES is down."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from facetrec.homepage import ClusterUnavailable
+from facetrec.rows import BadRequest
+
+log = logging.getLogger("facetrec.service")
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict:
+    body = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return {"error": body}
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(BadRequest)
+    def bad_request(exc: BadRequest):
+        return jsonify(error_body("bad_request", exc.message, exc.field)), 400
+
+    @app.errorhandler(ClusterUnavailable)
+    def unavailable(exc: ClusterUnavailable):
+        log.warning("elasticsearch unavailable", extra={"event": "es_unavailable", "detail": str(exc)[:300]})
+        response = jsonify(error_body("unavailable", "the recommendation index is unreachable; retry shortly"))
+        response.headers["Retry-After"] = "1"
+        return response, 503
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        field = "body" if exc.code == 400 else None
+        return jsonify(error_body(code, exc.description or exc.name, field)), exc.code
+
+    @app.errorhandler(Exception)
+    def internal(exc: Exception):
+        log.exception("unhandled error", extra={"event": "unhandled_error"})
+        return jsonify(error_body("internal", "internal error; it has been logged")), 500

@@ -1,0 +1,154 @@
+"""Parse and validate homepage requests into what `facetrec.homepage.recommend` takes.
+
+Pure functions: every problem raises `BadRequest(field, message)`, which the service turns into
+HTTP 400 with a JSON body naming the field. Values only ever become term values or range bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from typing import Any, Mapping
+
+from facetrec.rows import MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
+from facetrec.settings import RETRIEVAL_MODES
+
+MAX_USER_ID = 128
+MAX_ROWS = 20
+QUERY_PARAMS = {"rows", "size", "mode"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HomepageQuery:
+    user_id: str
+    rows: list[Row]
+    user_filters: list[dict]
+    sizes: dict[str, int]
+    mode: str | None
+
+
+def check_user_id(user_id: Any) -> str:
+    if not isinstance(user_id, str) or not user_id:
+        raise BadRequest("user_id", "must be a non-empty string")
+    if len(user_id) > MAX_USER_ID:
+        raise BadRequest("user_id", f"must be at most {MAX_USER_ID} characters")
+    if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in user_id) or user_id != user_id.strip():
+        raise BadRequest("user_id", "must not contain control, separator or surrogate characters")
+    return user_id
+
+
+def _size(raw: Any, field: str) -> int:
+    if isinstance(raw, str):
+        if not raw.isdigit():
+            raise BadRequest(field, f"must be an integer in 1..{MAX_ROW_SIZE}")
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ROW_SIZE:
+        raise BadRequest(field, f"must be an integer in 1..{MAX_ROW_SIZE}")
+    return raw
+
+
+def _mode(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if raw not in RETRIEVAL_MODES:
+        raise BadRequest("mode", f"must be one of {list(RETRIEVAL_MODES)}")
+    return raw
+
+
+def user_filter_clauses(filters: Mapping[str, Any], catalog: RowCatalog, field: str) -> list[dict]:
+    clauses = []
+    for name, value in filters.items():
+        where = f"{field}.{name}"
+        if name not in catalog.user_filters:
+            raise BadRequest(where, f"not a user filter; allowed: {list(catalog.user_filters)}")
+        if isinstance(value, list):
+            if not 1 <= len(value) <= 50:
+                raise BadRequest(where, "a list of 1..50 values")
+            clauses.append({"terms": {name: [check_value(v, catalog.facets[name], where) for v in value]}})
+        else:
+            clauses.append({"term": {name: check_value(value, catalog.facets[name], where)}})
+    return clauses
+
+
+def parse_homepage_args(user_id: str, args: Mapping[str, str], catalog: RowCatalog) -> HomepageQuery:
+    """GET /v1/users/<user_id>/homepage?language=&country=&rows=&size=&mode="""
+    user_id = check_user_id(user_id)
+    unknown = set(args) - QUERY_PARAMS - set(catalog.user_filters)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise BadRequest(name, f"unknown parameter; allowed: {sorted(QUERY_PARAMS | set(catalog.user_filters))}")
+    rows = catalog.homepage_rows()
+    if "rows" in args:
+        ids = [r for r in args["rows"].split(",") if r]
+        if not ids or len(ids) > MAX_ROWS:
+            raise BadRequest("rows", f"a comma-separated list of 1..{MAX_ROWS} row ids")
+        for row_id in ids:
+            if row_id not in catalog.rows:
+                raise BadRequest("rows", f"unknown row id {row_id[:64]!r}; known: {sorted(catalog.rows)}")
+        rows = [catalog.rows[r] for r in dict.fromkeys(ids)]
+    sizes = {r.id: _size(args["size"], "size") for r in rows} if "size" in args else {}
+    filters = {k: v for k, v in args.items() if k in catalog.user_filters}
+    return HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
+                         _mode(args.get("mode")))
+
+
+def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog) -> HomepageQuery:
+    """POST /v1/users/<user_id>/rows with {"rows": [...], "filters": {...}, "mode": ...}.
+
+    A row is a configured row id, ``{"id": ..., "size": n}``, or an ad-hoc row
+    ``{"id", "title", "size", "filter": [...], "must_not": [...]}`` over the declared facets.
+    """
+    user_id = check_user_id(user_id)
+    if not isinstance(body, dict):
+        raise BadRequest("body", "must be a JSON object")
+    unknown = set(body) - {"rows", "filters", "mode"}
+    if unknown:
+        raise BadRequest(sorted(unknown)[0], "unknown field; allowed: rows, filters, mode")
+    raw_rows = body.get("rows")
+    if raw_rows is None:
+        raw_rows = list(catalog.homepage)
+    if not isinstance(raw_rows, list) or not 1 <= len(raw_rows) <= MAX_ROWS:
+        raise BadRequest("rows", f"must be a list of 1..{MAX_ROWS} rows")
+    rows, sizes = [], {}
+    for i, entry in enumerate(raw_rows):
+        row, size = _row_entry(entry, catalog, f"rows[{i}]")
+        if any(r.id == row.id for r in rows):
+            raise BadRequest(f"rows[{i}].id", "duplicate row id")
+        rows.append(row)
+        if size is not None:
+            sizes[row.id] = size
+    filters = body.get("filters") or {}
+    if not isinstance(filters, dict):
+        raise BadRequest("filters", "must be an object of user filters")
+    return HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
+                         _mode(body.get("mode")))
+
+
+def _row_entry(entry: Any, catalog: RowCatalog, field: str) -> tuple[Row, int | None]:
+    if isinstance(entry, str):
+        if entry not in catalog.rows:
+            raise BadRequest(field, f"unknown row id {entry[:64]!r}")
+        return catalog.rows[entry], None
+    if not isinstance(entry, dict):
+        raise BadRequest(field, "a row id or a row object")
+    unknown = set(entry) - {"id", "title", "size", "filter", "must_not"}
+    if unknown:
+        raise BadRequest(f"{field}.{sorted(unknown)[0]}", "unknown row field")
+    row_id = entry.get("id")
+    if not isinstance(row_id, str) or not row_id or len(row_id) > 64:
+        raise BadRequest(f"{field}.id", "a string of 1..64 characters")
+    size = _size(entry["size"], f"{field}.size") if "size" in entry else None
+    if "filter" not in entry and "must_not" not in entry:
+        if row_id not in catalog.rows:
+            raise BadRequest(f"{field}.id", f"unknown row id {row_id!r}")
+        return catalog.rows[row_id], size
+    clauses = {}
+    for key in ("filter", "must_not"):
+        value = entry.get(key) or []
+        if not isinstance(value, list) or len(value) > 20:
+            raise BadRequest(f"{field}.{key}", "a list of at most 20 filters")
+        clauses[key] = tuple(validate_clause(c, catalog.facets, f"{field}.{key}") for c in value)
+    title = entry.get("title", row_id)
+    if not isinstance(title, str) or len(title) > 200:
+        raise BadRequest(f"{field}.title", "a string of at most 200 characters")
+    return Row(id=row_id, title=title, size=size or 10, filter=clauses["filter"], must_not=clauses["must_not"]), size

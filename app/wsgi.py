@@ -1,0 +1,5 @@
+"""WSGI entry point for gunicorn: `gunicorn -c gunicorn.conf.py app.wsgi:application`."""
+
+from app import create_app
+
+application = create_app()

@@ -1,0 +1,117 @@
+"""`facetrec`: the command line of the pipeline and of index operations.
+
+    facetrec index status | rollback | unlock | publish --items P --users P
+    facetrec etl | train | evaluate | embed        (see `facetrec <command> --help`)
+    facetrec pipeline run --dataset movielens-100k|synthetic
+
+Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from facetrec.settings import Settings
+
+
+def _client(settings: Settings, timeout: float = 120):
+    from facetrec.es import make_client
+
+    return make_client(settings, request_timeout=timeout)
+
+
+def cmd_index_status(args, settings: Settings) -> int:
+    from ingest.generations import Generations
+
+    status = Generations(_client(settings), settings).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{'family':<6} {'index':<40} {'docs':>10} {'state':<10} {'live':<5} model")
+    for family, gens in status.items():
+        for g in gens:
+            print(f"{family:<6} {g['index']:<40} {g['docs']:>10} {g['state']:<10} {'*' if g['live'] else '':<5} "
+                  f"{g['model_version'] or ''}")
+    return 0
+
+
+def cmd_index_rollback(args, settings: Settings) -> int:
+    from ingest.generations import Generations
+    from ingest.lock import ReindexLock
+
+    es = _client(settings)
+    with ReindexLock(es, name=f"reindex-{settings.item_alias}"):
+        targets = Generations(es, settings).rollback()
+    print(f"facetrec: rolled back: {', '.join(f'{k} -> {v}' for k, v in targets.items())}")
+    return 0
+
+
+def cmd_index_unlock(args, settings: Settings) -> int:
+    from ingest.lock import force_unlock
+
+    removed = force_unlock(_client(settings), name=f"reindex-{settings.item_alias}")
+    print("facetrec: lock removed" if removed else "facetrec: no lock was held")
+    return 0
+
+
+def cmd_index_publish(args, settings: Settings) -> int:
+    from facetrec.rows import RowCatalog
+    from ingest.records import parquet_count, parquet_records
+    from ingest.reindex import run_reindex
+
+    result = run_reindex(
+        _client(settings), settings, RowCatalog.load(settings.rows_config),
+        items=parquet_records(args.items) if args.items else None, users=parquet_records(args.users),
+        expected_items=parquet_count(args.items) if args.items else None, expected_users=parquet_count(args.users),
+        model_version=args.model_version, generation=args.generation, force_merge=args.force_merge)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facetrec", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    index = sub.add_parser("index", help="index generations: status, rollback, unlock, publish")
+    isub = index.add_subparsers(dest="index_command", required=True)
+    p = isub.add_parser("status", help="list generations, doc counts, the live one, model versions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index_status)
+    isub.add_parser("rollback", help="move both aliases to the previous generation in one call").set_defaults(
+        func=cmd_index_rollback)
+    isub.add_parser("unlock", help="remove a re-index lock left by a dead run").set_defaults(func=cmd_index_unlock)
+    p = isub.add_parser("publish", help="load embedding parquet into a new generation, validate, swap")
+    p.add_argument("--items", help="item embeddings parquet (omit for a users-only refresh)")
+    p.add_argument("--users", required=True, help="user embeddings parquet")
+    p.add_argument("--model-version", required=True)
+    p.add_argument("--generation", help="generation id (default: now, UTC)")
+    p.add_argument("--force-merge", action="store_true", help="merge the item index to one segment (faster HNSW)")
+    p.set_defaults(func=cmd_index_publish)
+
+    try:
+        from ingest import commands
+    except ImportError:  # pragma: no cover - only while the pipeline commands are absent
+        commands = None
+    if commands is not None:
+        commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI's last line: one clear message, the traceback only with -v
+        from facetrec.cli_errors import explain
+
+        print(f"facetrec: error: {explain(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

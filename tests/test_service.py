@@ -1,0 +1,391 @@
+"""The homepage service against the real node, through Flask's test client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from datetime import date
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from app import create_app
+from facetrec.es import has_painless
+from facetrec.rows import RowCatalog
+from ingest.reindex import run_reindex
+from ingest.synthetic import embedding_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
+
+
+def assert_matches_schema(body: dict, name: str) -> None:
+    jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
+                                    ).validate(body)
+
+
+@pytest.fixture(scope="module")
+def published(es, es_settings):
+    """One generation of a small synthetic catalog behind module-unique aliases (exact: flat)."""
+    prefix = f"svc-{os.getpid()}"
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat")
+    items, users, item_vectors, user_vectors = embedding_records(n_items=3000, n_users=100, dims=64, seed=11)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000001",
+                progress=False, sample_users=3)
+    yield settings, catalog, items, users, item_vectors, user_vectors
+    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+    for family in ("item_index", "user_index"):
+        es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-{family}-template")
+
+
+@pytest.fixture(scope="module")
+def client(published):
+    settings, catalog, *_ = published
+    app = create_app(settings.replace(es_request_timeout_s=5.0), catalog)
+    return app.test_client()
+
+
+def facets_ok(item: dict, row_id: str, language: str, country: str) -> bool:
+    ok = item["language"] == language and country in item["country"]
+    if row_id == "audiobooks":
+        ok &= item["item_format"] == "audiobook"
+    if row_id == "ebooks":
+        ok &= item["item_format"] == "ebook"
+    if row_id == "podcasts":
+        ok &= item["item_format"] == "podcast"
+    if row_id == "comedy":
+        ok &= "comedy" in item["categories"] and item["item_format"] != "document"
+    if row_id == "new_releases":
+        ok &= date.fromisoformat(item["published_at"]) >= date(2015, 1, 1)
+    return ok
+
+
+def test_rows_honour_filters_exclusions_dedupe_and_exact_order(client, published):
+    settings, catalog, items, users, item_vectors, user_vectors = published
+    by_id = {r["item_id"]: (i, r) for i, r in enumerate(items)}
+    user_index = 7
+    user = users[user_index]
+    response = client.get(f"/v1/users/{user['user_id']}/homepage?language=en&country=US")
+    assert response.status_code == 200, response.json
+    page = response.json
+    assert_matches_schema(page, "Homepage")
+    assert page["user_id"] == user["user_id"] and page["generation"] == "20260101-000001"
+    assert [r["id"] for r in page["rows"]] == list(catalog.homepage)
+
+    seen = set(user["seen_item_ids"])
+    returned: list[str] = []
+    for row in page["rows"]:
+        assert row["source"] == "personalized" and "error" not in row
+        assert len(row["items"]) == catalog.rows[row["id"]].size
+        for item in row["items"]:
+            assert facets_ok(by_id[item["id"]][1], row["id"], "en", "US"), (row["id"], item["id"])
+            assert item["id"] not in seen
+            np.testing.assert_allclose(item["score"], float(item_vectors[by_id[item["id"]][0]] @ user_vectors[user_index]),
+                                       atol=1e-3)
+        scores = [i["score"] for i in row["items"]]
+        assert scores == sorted(scores, reverse=True)
+        returned += [i["id"] for i in row["items"]]
+    assert len(returned) == len(set(returned)), "an item appeared in two rows"
+
+    # The first row is the exact top-10 by dot product among eligible items (knn over a flat index).
+    eligible = [i for i, r in enumerate(items) if facets_ok(r, "for_you", "en", "US") and r["item_id"] not in seen]
+    dots = item_vectors[eligible] @ user_vectors[user_index]
+    expected = [items[eligible[j]]["item_id"] for j in np.argsort(-dots, kind="stable")[:10]]
+    assert [i["id"] for i in page["rows"][0]["items"]] == expected
+
+
+def test_later_rows_are_backfilled_after_dedupe(client, published):
+    _, _, items, users, *_ = published
+    body = {"rows": [{"id": "for_you", "size": 30}, {"id": "ebooks", "size": 20}]}
+    page = client.post(f"/v1/users/{users[3]['user_id']}/rows", json=body).json
+    first, second = page["rows"]
+    assert len(first["items"]) == 30 and len(second["items"]) == 20
+    assert not {i["id"] for i in first["items"]} & {i["id"] for i in second["items"]}
+
+
+def test_cold_user_gets_popular_rows_under_the_same_filters(client, published):
+    _, _, items, *_ = published
+    by_id = {r["item_id"]: r for r in items}
+    page = client.get("/v1/users/never-seen-user/homepage?language=en&rows=for_you,audiobooks").json
+    for row in page["rows"]:
+        assert row["source"] == "popular" and len(row["items"]) == 10
+        assert all(by_id[i["id"]]["language"] == "en" for i in row["items"])
+        popularity = [i["score"] for i in row["items"]]
+        assert popularity == sorted(popularity, reverse=True)
+    eligible = sorted((r for r in items if r["language"] == "en"), key=lambda r: (-r["popularity"], r["item_id"]))
+    assert [i["id"] for i in page["rows"][0]["items"]] == [r["item_id"] for r in eligible[:10]]
+
+
+def test_one_failing_row_does_not_sink_the_others(published):
+    settings, catalog, _, users, *_ = published
+    # A row config that declares `popularity` (a float in the index) as a keyword: its search fails in ES.
+    raw = {"facets": {**catalog.facets, "popularity": "keyword"}, "user_filters": list(catalog.user_filters),
+           "rows": [{"id": "for_you", "title": "For you"},
+                    {"id": "broken", "title": "Broken", "filter": [{"term": {"popularity": "very"}}]},
+                    {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
+    app = create_app(settings.replace(es_request_timeout_s=5.0), RowCatalog.from_dict(raw))
+    page = app.test_client().get(f"/v1/users/{users[0]['user_id']}/homepage").json
+    rows = {r["id"]: r for r in page["rows"]}
+    assert "error" in rows["broken"] and rows["broken"]["items"] == []
+    assert "very" in rows["broken"]["error"] or "number" in rows["broken"]["error"].lower()
+    assert len(rows["for_you"]["items"]) == 10 and len(rows["ebooks"]["items"]) == 10
+
+
+class Proxy:
+    """A loopback TCP proxy in front of the real node, so a test can cut Elasticsearch off and back."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = upstream_port
+        self.port = None
+        self.server = None
+        self.conns: list[socket.socket] = []
+
+    def start(self, port: int | None = None):
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", port or 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+
+    def _accept(self, server):
+        while True:
+            try:
+                down, _ = server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self):
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread; close() alone does not
+        except OSError:
+            pass
+        self.server.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self.conns = []
+
+
+def test_unreachable_elasticsearch_gives_503_then_recovers(published):
+    settings, catalog, _, users, *_ = published
+    proxy = Proxy(int(settings.es_url.rsplit(":", 1)[1]))
+    proxy.start()
+    app = create_app(settings.replace(es_url=f"http://127.0.0.1:{proxy.port}", es_request_timeout_s=1.0), catalog)
+    client = app.test_client()
+    url = f"/v1/users/{users[0]['user_id']}/homepage"
+    assert client.get(url).status_code == 200
+
+    proxy.stop()
+    began = time.monotonic()
+    response = client.get(url)
+    assert time.monotonic() - began < 1.5
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json["error"]["code"] == "unavailable"
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+    proxy.start(proxy.port)
+    deadline = time.monotonic() + 30
+    while client.get(url).status_code != 200:
+        assert time.monotonic() < deadline, "the service did not recover after Elasticsearch came back"
+        time.sleep(0.5)
+    assert client.get("/readyz").status_code == 200
+    proxy.stop()
+
+
+def test_closed_port_gives_503_within_the_timeout(published):
+    settings, catalog, *_ = published
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    app = create_app(settings.replace(es_url=f"http://127.0.0.1:{closed}", es_request_timeout_s=1.0), catalog)
+    began = time.monotonic()
+    response = app.test_client().get("/v1/users/u1/homepage")
+    assert response.status_code == 503 and time.monotonic() - began < 1.5
+    assert_matches_schema(response.json, "Error")
+
+
+def test_metrics_arrive_over_real_udp(published):
+    settings, catalog, _, users, *_ = published
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(5)
+        port = listener.getsockname()[1]
+        app = create_app(settings.replace(statsd_host="127.0.0.1", statsd_port=port, es_request_timeout_s=5.0), catalog)
+        client = app.test_client()
+        client.get(f"/v1/users/{users[1]['user_id']}/homepage?rows=for_you,podcasts")
+        client.get("/v1/users/cold-user/homepage?rows=for_you")
+        app.extensions["facetrec"]["metrics"].flush()
+        lines = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                lines += listener.recv(65536).decode().splitlines()
+            except socket.timeout:
+                break
+            if any("homepage.row.fallback" in line for line in lines) and any("request.latency" in line for line in lines):
+                break
+    text = "\n".join(lines)
+    assert "facetrec.request.latency:" in text and "|ms" in text
+    assert "endpoint:api.homepage" in text and "status:200" in text
+    assert "facetrec.es.took:" in text and "row:podcasts" in text and "mode:knn" in text
+    assert "facetrec.homepage.row.fallback:1|c" in text and "mode:popular" in text
+    assert "component:service" in text
+
+
+def test_script_score_request_body_keeps_user_values_in_params():
+    from facetrec.rows import Row, build_row_search
+
+    evil = "x'); System.exit(0); //"
+    row = Row(id="r", title="r", filter=({"term": {"item_format": "audiobook"}},))
+    body = build_row_search(row, user_vector=[0.5, -1.0], user_filters=[{"term": {"language": evil}}],
+                            exclude_ids=["seen-1"], k=5, mode="script_score", num_candidates_factor=10)
+    script = body["query"]["script_score"]["script"]
+    assert script["params"]["query_vector"] == [0.5, -1.0]
+    assert evil not in script["source"] and "0.5" not in script["source"]
+    bool_query = body["query"]["script_score"]["query"]["bool"]
+    assert {"term": {"language": evil}} in bool_query["filter"]
+    assert {"ids": {"values": ["seen-1"]}} in bool_query["must_not"]
+
+
+def test_script_score_mode_against_a_cluster_with_painless(es, client, published):
+    if not has_painless(es):
+        pytest.skip("this cluster has no painless module (the local node from Maven Central never does); "
+                    "set ES_URL to a full distribution to run the script_score integration test")
+    _, _, _, users, *_ = published
+    knn = client.get(f"/v1/users/{users[2]['user_id']}/homepage?rows=for_you&mode=knn").json
+    script = client.get(f"/v1/users/{users[2]['user_id']}/homepage?rows=for_you&mode=script_score").json
+    assert [i["id"] for i in knn["rows"][0]["items"]] == [i["id"] for i in script["rows"][0]["items"]]
+    np.testing.assert_allclose([i["score"] for i in knn["rows"][0]["items"]],
+                               [i["score"] for i in script["rows"][0]["items"]], atol=1e-3)
+
+
+def test_script_score_row_on_a_cluster_without_painless_fails_alone(es, client, published):
+    if has_painless(es):
+        pytest.skip("the cluster has painless")
+    _, _, _, users, *_ = published
+    page = client.get(f"/v1/users/{users[2]['user_id']}/homepage?rows=for_you&mode=script_score").json
+    assert "painless" in page["rows"][0]["error"]
+
+
+@pytest.mark.parametrize("url,field", [
+    ("/v1/users/u1/homepage?rows=nope", "rows"),
+    ("/v1/users/u1/homepage?size=0", "size"),
+    ("/v1/users/u1/homepage?size=101", "size"),
+    ("/v1/users/u1/homepage?size=ten", "size"),
+    ("/v1/users/u1/homepage?mode=fast", "mode"),
+    ("/v1/users/u1/homepage?colour=red", "colour"),
+    ("/v1/users/" + "x" * 129 + "/homepage", "user_id"),
+    ("/v1/users/bad%00id/homepage", "user_id"),
+    ("/v1/users/bad%E2%80%8Fid/homepage", "user_id"),
+    ("/v1/users/u1/homepage?language=" + "e" * 300, "filters.language"),
+])
+def test_bad_query_input_is_400_naming_the_field(client, url, field):
+    response = client.get(url)
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["field"] == field
+    assert_matches_schema(response.json, "Error")
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"rows": ["nope"]}, "rows[0]"),
+    ({"rows": [{"id": "x", "filter": [{"term": {"colour": "red"}}]}]}, "rows[0].filter.colour"),
+    ({"rows": [{"id": "x", "filter": [{"range": {"popularity": {"gte": "high"}}}]}]}, "rows[0].filter.popularity"),
+    ({"rows": [{"id": "x", "filter": [{"range": {"language": {"gte": "a"}}}]}]}, "rows[0].filter.language"),
+    ({"rows": [{"id": "x", "filter": [{"script": {"source": "1"}}]}]}, "rows[0].filter"),
+    ({"rows": [{"id": "for_you", "size": 1000}]}, "rows[0].size"),
+    ({"filters": {"language": 5}}, "filters.language"),
+    ({"filters": {"item_format": "ebook"}}, "filters.item_format"),
+    ({"rows": []}, "rows"),
+    ({"extra": 1}, "extra"),
+    ([1, 2], "body"),
+])
+def test_bad_body_is_400_naming_the_field(client, body, field):
+    response = client.post("/v1/users/u1/rows", json=body)
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["field"] == field
+
+
+def test_malformed_json_unknown_route_and_wrong_method_are_json(client):
+    response = client.post("/v1/users/u1/rows", data="{not json", content_type="application/json")
+    assert response.status_code == 400 and response.json["error"]["field"] == "body"
+    response = client.get("/v2/nothing")
+    assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
+    response = client.delete("/v1/users/u1/homepage")
+    assert response.status_code == 405 and "error" in response.json
+
+
+def test_ad_hoc_row_with_filters_is_served(client, published):
+    _, _, items, users, *_ = published
+    by_id = {r["item_id"]: r for r in items}
+    body = {"rows": [{"id": "short_history", "title": "Short history", "size": 5,
+                      "filter": [{"term": {"categories": "history"}}], "must_not": [{"term": {"item_format": "podcast"}}]}],
+            "filters": {"country": ["US", "GB"]}}
+    page = client.post(f"/v1/users/{users[4]['user_id']}/rows", json=body).json
+    row = page["rows"][0]
+    assert row["title"] == "Short history" and len(row["items"]) == 5
+    for item in row["items"]:
+        source = by_id[item["id"]]
+        assert "history" in source["categories"] and source["item_format"] != "podcast"
+        assert {"US", "GB"} & set(source["country"])
+
+
+def test_readyz_and_healthz(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready"
+
+
+PARAM_NAMES = st.sampled_from(["rows", "size", "mode", "language", "country", "colour", "", "rows[]"])
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user_id=st.text(min_size=1, max_size=140).filter(lambda s: "/" not in s and "?" not in s and "#" not in s),
+       params=st.dictionaries(PARAM_NAMES, st.text(max_size=40), max_size=4))
+def test_fuzzed_homepage_requests_never_500(client, user_id, params):
+    from urllib.parse import quote, urlencode
+
+    response = client.get(f"/v1/users/{quote(user_id, safe='')}/homepage?{urlencode(params)}")
+    assert response.status_code in (200, 400, 404), response.json
+    assert response.is_json
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                         lambda children: st.lists(children, max_size=4)
+                         | st.dictionaries(st.sampled_from(["rows", "filters", "mode", "id", "size", "filter",
+                                                            "must_not", "term", "terms", "range", "language",
+                                                            "item_format", "gte", "title"]), children, max_size=4),
+                         max_leaves=12))
+def test_fuzzed_rows_bodies_never_500(client, body):
+    response = client.post("/v1/users/u1/rows", json=body)
+    assert response.status_code in (200, 400), (body, response.json)
