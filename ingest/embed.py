@@ -1,0 +1,114 @@
+"""Batch-embed all items and users to parquet (what the indexer loads), and export the user tower
+so a user vector can be recomputed from a fresh event sequence without the training code.
+
+    out/items.parquet      item_id, item_embed, model_version + catalog facets, popularity
+    out/users.parquet      user_id, user_embed, model_version, seen_item_ids, updated_at
+    out/user_encoder.pt    TorchScript: (item index sequence (B, L), user features (B, F)) -> (B, D)
+    out/user_encoder.json  item_id -> index, user feature vocabularies, max_len
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from ingest.datasets import ITEM_FACETS
+from ingest.features import TrainingData, left_pad
+from ingest.model import SequenceUserEncoder, TwoTower
+
+MAX_SEEN = 500
+
+
+def item_matrix(model: TwoTower, n_items: int, batch: int = 8192, progress: bool = False) -> np.ndarray:
+    """(N+1, D) item vectors; row 0 is padding."""
+    model.eval()
+    out = np.zeros((n_items + 1, model.cfg.dim), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, n_items + 1, batch), desc="embed items", disable=not progress, file=sys.stderr):
+            idx = torch.arange(start, min(start + batch, n_items + 1))
+            out[start:start + len(idx)] = model.item_tower(idx).numpy()
+    return out
+
+
+def user_matrix(model: TwoTower, data: TrainingData, batch: int = 512, progress: bool = False) -> np.ndarray:
+    """(U, D) user vectors from each user's whole recent history (the serving-time vector)."""
+    model.eval()
+    out = np.zeros((len(data.user_ids), model.cfg.dim), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(data.user_ids), batch), desc="embed users", disable=not progress,
+                          file=sys.stderr):
+            seqs = torch.from_numpy(left_pad(data.histories[start:start + batch], model.cfg.max_len))
+            feats = torch.from_numpy(data.user_features[start:start + batch])
+            out[start:start + len(seqs)] = model.last_user_vector(seqs, feats).numpy()
+    return out
+
+
+def _vector_column(matrix: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), type=pa.float32()), matrix.shape[1])
+
+
+def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, model_version: str,
+                      progress: bool = True) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = pd.read_parquet(Path(etl_dir) / "items.parquet").sort_values("item_idx")
+    vectors = item_matrix(model, data.n_items, progress=progress)
+    columns = {"item_id": pa.array(items["item_id"].astype(str)), "item_embed": _vector_column(vectors[1:]),
+               "model_version": pa.array([model_version] * len(items))}
+    for facet in (*ITEM_FACETS, "title", "published_at", "popularity"):
+        if facet in items.columns:
+            columns[facet] = pa.array(items[facet].tolist())
+    pq.write_table(pa.table(columns), out / "items.parquet")
+
+    users = user_matrix(model, data, progress=progress)
+    now = datetime.now(timezone.utc).isoformat()
+    seen = [[data.item_ids[i] for i in h[-MAX_SEEN:]] for h in data.histories]
+    pq.write_table(pa.table({"user_id": pa.array(data.user_ids), "user_embed": _vector_column(users),
+                             "model_version": pa.array([model_version] * len(users)),
+                             "seen_item_ids": pa.array(seen, type=pa.list_(pa.string())),
+                             "updated_at": pa.array([now] * len(users))}), out / "users.parquet")
+    export_user_encoder(model, data, vectors, out)
+    return {"items": out / "items.parquet", "users": out / "users.parquet", "user_encoder": out / "user_encoder.pt",
+            "n_items": int(len(items)), "n_users": int(len(users))}
+
+
+def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.ndarray, out: Path) -> Path:
+    encoder = SequenceUserEncoder(model.user_tower, torch.from_numpy(item_vectors)).eval()
+    example = (torch.from_numpy(left_pad(data.histories[:2], model.cfg.max_len)),
+               torch.from_numpy(data.user_features[:2]))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(encoder, example, check_trace=False)
+    path = out / "user_encoder.pt"
+    traced.save(str(path))
+    (out / "user_encoder.json").write_text(json.dumps({
+        "max_len": model.cfg.max_len, "item_index": data.id_to_idx,
+        "user_features": data.user_feature_names}))
+    return path
+
+
+class ExportedUserEncoder:
+    """Recompute a user vector from a fresh event sequence with only torch and the exported files."""
+
+    def __init__(self, directory: str | Path):
+        directory = Path(directory)
+        self.module = torch.jit.load(str(directory / "user_encoder.pt"))
+        meta = json.loads((directory / "user_encoder.json").read_text())
+        self.max_len, self.item_index = meta["max_len"], meta["item_index"]
+        self.feature_names = meta["user_features"]
+
+    def user_vector(self, item_ids: list[str], feature_indices: list[int] | None = None) -> np.ndarray:
+        seq = np.array([self.item_index[i] for i in item_ids if i in self.item_index], dtype=np.int64)
+        feats = np.array([feature_indices or [0] * len(self.feature_names)], dtype=np.int64)
+        with torch.no_grad():
+            return self.module(torch.from_numpy(left_pad([seq], self.max_len)), torch.from_numpy(feats))[0].numpy()

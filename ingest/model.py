@@ -1,0 +1,152 @@
+"""The two-tower model.
+
+Item tower: item id embedding + facet embeddings (multi-valued facets pooled) + hashed title
+tokens, through an MLP (residual on the id embedding).
+User tower: the user's recent items (through the SHARED item tower) + positions, a small causal
+transformer, + user features, through an MLP. The user vector after position t predicts item t+1.
+Score: dot product. Loss: sampled softmax over in-batch positives and uniformly sampled extra
+negatives (mixed negative sampling) with logQ correction and a temperature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    dim: int = 64
+    hidden: int = 128
+    max_len: int = 50
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    temperature: float = 0.1
+
+
+class ItemTower(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_items: int, facet_sizes: dict[str, int], title_buckets: int,
+                 item_facets: dict[str, torch.Tensor], item_titles: torch.Tensor):
+        super().__init__()
+        d = cfg.dim
+        self.facet_names = list(facet_sizes)
+        self.id_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.facet_embs = nn.ModuleDict({f: nn.EmbeddingBag(n + 1, d, mode="mean", padding_idx=0)
+                                         for f, n in facet_sizes.items()})
+        self.title_emb = nn.EmbeddingBag(title_buckets + 1, d, mode="mean", padding_idx=0)
+        for f in self.facet_names:
+            self.register_buffer(f"facet_{f}", item_facets[f], persistent=True)
+        self.register_buffer("titles", item_titles, persistent=True)
+        self.mlp = nn.Sequential(nn.Linear(d * (2 + len(self.facet_names)), cfg.hidden), nn.GELU(),
+                                 nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, d))
+        nn.init.normal_(self.id_emb.weight, std=0.05)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        flat = idx.reshape(-1)
+        ids = self.id_emb(flat)
+        parts = [ids]
+        for f in self.facet_names:
+            parts.append(self.facet_embs[f](getattr(self, f"facet_{f}")[flat]))
+        parts.append(self.title_emb(self.titles[flat]))
+        out = ids + self.mlp(torch.cat(parts, dim=-1))
+        return out.reshape(*idx.shape, -1)
+
+
+class UserTower(nn.Module):
+    def __init__(self, cfg: ModelConfig, user_feature_sizes: list[int]):
+        super().__init__()
+        d = cfg.dim
+        self.heads = cfg.heads
+        self.pos = nn.Embedding(cfg.max_len, d)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=cfg.hidden, dropout=cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.features = nn.ModuleList(nn.Embedding(n + 1, d, padding_idx=0) for n in user_feature_sizes)
+        self.out = nn.Sequential(nn.Linear(d * (2 if user_feature_sizes else 1), cfg.hidden), nn.GELU(),
+                                 nn.Linear(cfg.hidden, d))
+        self.skip = nn.Linear(d, d)
+
+    def forward(self, seq: torch.Tensor, item_vectors: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
+        """seq (B, L) right-aligned item indices (0 = padding), item_vectors (B, L, D), user_features
+        (B, F). Returns (B, L, D): the user vector after each position."""
+        batch, length = seq.shape
+        positions = torch.arange(length, device=seq.device)
+        x = item_vectors + self.pos(positions)[None, :, :]
+        # Causal, and never attend to padding (a padding query attends to itself, so no row is empty).
+        causal = positions[None, :] > positions[:, None]                    # (L, L) key after query
+        padding = (seq == 0)[:, None, :] & ~torch.eye(length, dtype=torch.bool, device=seq.device)[None]
+        blocked = causal[None] | padding                                     # (B, L, L)
+        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=seq.device).masked_fill(blocked, float("-inf"))
+        mask = mask.repeat_interleave(self.heads, dim=0)
+        h = self.norm(self.encoder(x, mask=mask))
+        parts = [h]
+        if len(self.features):
+            feats = sum(emb(user_features[:, i]) for i, emb in enumerate(self.features))
+            parts.append(feats[:, None, :].expand(-1, length, -1))
+        return self.skip(h) + self.out(torch.cat(parts, dim=-1))
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_items: int, facet_sizes: dict[str, int], title_buckets: int,
+                 item_facets: dict[str, torch.Tensor], item_titles: torch.Tensor, user_feature_sizes: list[int]):
+        super().__init__()
+        self.cfg = cfg
+        self.item_tower = ItemTower(cfg, n_items, facet_sizes, title_buckets, item_facets, item_titles)
+        self.user_tower = UserTower(cfg, user_feature_sizes)
+
+    def user_vectors(self, seq: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) user vectors after each position of right-aligned sequences."""
+        return self.user_tower(seq, self.item_tower(seq), user_features)
+
+    def last_user_vector(self, seq: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
+        return self.user_vectors(seq, user_features)[:, -1, :]
+
+
+class SequenceUserEncoder(nn.Module):
+    """What is exported for serving-time user vectors: the user tower with the item tower's
+    outputs frozen into a table, so it needs neither the training code nor the item features."""
+
+    def __init__(self, user_tower: UserTower, item_table: torch.Tensor):
+        super().__init__()
+        self.user_tower = user_tower
+        self.register_buffer("item_table", item_table)
+
+    def forward(self, seq: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
+        return self.user_tower(seq, self.item_table[seq], user_features)[:, -1, :]
+
+
+def corrected_logits(user: torch.Tensor, pos_idx: torch.Tensor, pos_vecs: torch.Tensor, neg_idx: torch.Tensor,
+                     neg_vecs: torch.Tensor, pos_log_q: torch.Tensor, neg_log_q: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Logits of the mixed-negative sampled softmax, (P, P + M); row i's positive is column i.
+
+    Every logit is ``dot / temperature - log Q(candidate)``, where log Q is the log of the
+    candidate's expected count in the candidate set (in-batch: P * p(item); uniform: M / N).
+    Columns holding the row's own positive item anywhere but on the diagonal are masked out
+    (accidental hits), so an item is never its own negative.
+    """
+    in_batch = user @ pos_vecs.T / temperature - pos_log_q[None, :]
+    same = pos_idx[None, :] == pos_idx[:, None]
+    in_batch = in_batch.masked_fill(same & ~torch.eye(len(pos_idx), dtype=torch.bool, device=user.device),
+                                    float("-inf"))
+    uniform = user @ neg_vecs.T / temperature - neg_log_q[None, :]
+    uniform = uniform.masked_fill(neg_idx[None, :] == pos_idx[:, None], float("-inf"))
+    return torch.cat([in_batch, uniform], dim=1)
+
+
+def sampled_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def log_expected_counts(item_probs: torch.Tensor, pos_idx: torch.Tensor, n_positions: int, n_uniform: int,
+                        n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log Q for in-batch positives (P * p(item)) and uniform negatives (M / N)."""
+    pos_log_q = torch.log(item_probs[pos_idx] * n_positions + 1e-12)
+    neg_log_q = torch.full((n_uniform,), math.log(n_uniform / n_items), device=item_probs.device)
+    return pos_log_q, neg_log_q

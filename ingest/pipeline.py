@@ -1,0 +1,147 @@
+"""The nightly pipeline as importable steps: data -> ETL -> train -> evaluate -> embed -> publish.
+
+Each step reads and writes files under one work directory, so the CLI, the Airflow DAG and the
+demo run exactly the same code, and any step can be rerun on its own.
+
+    <work>/raw/        events, catalog, users (input schema; see ingest.datasets)
+    <work>/etl/        Spark ETL output
+    <work>/model/      checkpoint.pt, train_summary.json
+    <work>/eval.json   evaluation table (model vs MostPop vs Markov)
+    <work>/embeddings/ items.parquet, users.parquet, user_encoder.pt
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from facetrec.settings import REPO_ROOT, Settings
+
+DATASET_ROWS = {"movielens-100k": REPO_ROOT / "app" / "rows-movielens.yaml", "synthetic": REPO_ROOT / "app" / "rows.yaml"}
+
+
+def paths(work_dir) -> dict[str, Path]:
+    work = Path(work_dir)
+    return {"raw": work / "raw", "etl": work / "etl", "model": work / "model", "eval": work / "eval.json",
+            "embeddings": work / "embeddings"}
+
+
+def step_prepare_data(dataset: str, work_dir, **dataset_kwargs) -> dict:
+    from ingest.datasets import write_dataset
+
+    files = write_dataset(dataset, paths(work_dir)["raw"], **dataset_kwargs)
+    return {k: str(v) for k, v in files.items()}
+
+
+def step_etl(work_dir, now_ts: int | None = None) -> dict:
+    from ingest.etl import run_etl
+    from ingest.spark import make_spark_session
+
+    from pyspark.sql import SparkSession
+
+    p = paths(work_dir)
+    existing = SparkSession.getActiveSession()
+    spark = existing or make_spark_session("facetrec-etl")
+    try:
+        users = p["raw"] / "users.parquet"
+        return run_etl(spark, p["raw"] / "events.parquet", p["raw"] / "catalog.parquet", p["etl"],
+                       users_path=users if users.exists() else None, now_ts=now_ts)
+    finally:
+        if existing is None:  # never stop a session someone else owns
+            spark.stop()
+
+
+def step_train(work_dir, model_overrides: dict | None = None, train_overrides: dict | None = None,
+               progress: bool = True) -> dict:
+    from ingest.model import ModelConfig
+    from ingest.train import TrainConfig, train_from_etl
+
+    p = paths(work_dir)
+    summary = train_from_etl(p["etl"], p["model"], ModelConfig(**(model_overrides or {})),
+                             TrainConfig(**(train_overrides or {})), progress=progress)
+    summary.pop("model")
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+def _load_model(work_dir):
+    from ingest.features import load_training_data
+    from ingest.train import load_checkpoint
+
+    p = paths(work_dir)
+    data = load_training_data(p["etl"])
+    model, meta = load_checkpoint(p["model"] / "checkpoint.pt", data)
+    return model, meta, data
+
+
+def step_evaluate(work_dir, split: str = "test") -> dict:
+    from ingest.evaluate import comparison_table, evaluate_all, write_results
+
+    model, meta, data = _load_model(work_dir)
+    results = evaluate_all(model, data, split)
+    write_results({"split": split, "model_version": meta["model_version"], "results": results}, paths(work_dir)["eval"])
+    print(comparison_table(results))
+    return results
+
+
+def step_embed(work_dir, progress: bool = True) -> dict:
+    from ingest.embed import export_embeddings
+
+    model, meta, data = _load_model(work_dir)
+    p = paths(work_dir)
+    out = export_embeddings(model, data, p["etl"], p["embeddings"], meta["model_version"], progress=progress)
+    return {**{k: str(v) for k, v in out.items()}, "model_version": meta["model_version"]}
+
+
+def step_publish(work_dir, settings: Settings, rows_config=None, generation: str | None = None,
+                 users_only: bool = False, metrics=None, progress: bool = True) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from facetrec.es import make_client
+    from facetrec.rows import RowCatalog
+    from ingest.records import parquet_count, parquet_records
+    from ingest.reindex import run_reindex
+
+    p = paths(work_dir)
+    items_path, users_path = p["embeddings"] / "items.parquet", p["embeddings"] / "users.parquet"
+    model_version = pq.read_table(items_path, columns=["model_version"]).column(0)[0].as_py()
+    recall_sample = None
+    if not users_only and settings.index_type in ("hnsw", "int8_hnsw"):
+        items = pq.read_table(items_path, columns=["item_id", "item_embed"]).to_pydict()
+        users = pq.read_table(users_path, columns=["user_embed"]).slice(0, 50).to_pydict()
+        recall_sample = (np.array(users["user_embed"], dtype=np.float32), items["item_id"],
+                         np.array(items["item_embed"], dtype=np.float32))
+    catalog = RowCatalog.load(rows_config or settings.rows_config)
+    return run_reindex(make_client(settings, request_timeout=300), settings, catalog,
+                       items=None if users_only else parquet_records(items_path), users=parquet_records(users_path),
+                       expected_items=None if users_only else parquet_count(items_path),
+                       expected_users=parquet_count(users_path), model_version=model_version,
+                       generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress)
+
+
+def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,
+                 train: bool = True, model_overrides: dict | None = None, train_overrides: dict | None = None,
+                 dataset_kwargs: dict | None = None, metrics=None, progress: bool = True, log=print) -> dict:
+    """The whole nightly job without Airflow."""
+    from facetrec.metrics import NoMetrics
+
+    metrics = metrics or NoMetrics()
+    summary: dict = {"dataset": dataset, "work_dir": str(work_dir)}
+    rows_config = rows_config or DATASET_ROWS.get(dataset, settings.rows_config)
+    steps = [("prepare", lambda: step_prepare_data(dataset, work_dir, **(dataset_kwargs or {}))),
+             ("etl", lambda: step_etl(work_dir))]
+    if train or not (paths(work_dir)["model"] / "checkpoint.pt").exists():
+        steps.append(("train", lambda: step_train(work_dir, model_overrides, train_overrides, progress)))
+    steps += [("evaluate", lambda: step_evaluate(work_dir)),
+              ("embed", lambda: step_embed(work_dir, progress)),
+              ("publish", lambda: step_publish(work_dir, settings, rows_config, generation, metrics=metrics,
+                                               progress=progress))]
+    for name, step in steps:
+        log(f"==> pipeline step: {name}")
+        started = time.perf_counter()
+        summary[name] = step()
+        metrics.timing("pipeline.step", (time.perf_counter() - started) * 1000, tags=[f"step:{name}"])
+        log(f"    {name} done in {time.perf_counter() - started:.1f}s")
+    (Path(work_dir) / "pipeline_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,87 @@
+"""Spark ETL transforms on tiny inline frames, and run_etl's reporting of what it drops."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ingest import etl
+from ingest.datasets import DatasetError
+
+
+def events_df(spark, rows):
+    return spark.createDataFrame(rows, "user_id string, item_id string, event_type string, timestamp long")
+
+
+def test_dedupe_keeps_the_earliest_event_per_user_and_item(spark):
+    df = events_df(spark, [("u", "a", "read", 5), ("u", "a", "read", 3), ("u", "b", "read", 4), ("v", "a", "read", 9)])
+    out = sorted(tuple(r) for r in etl.dedupe_events(df).collect())
+    assert out == [("u", "a", "read", 3), ("u", "b", "read", 4), ("v", "a", "read", 9)]
+
+
+def test_future_and_unknown_items_are_dropped(spark):
+    df = events_df(spark, [("u", "a", "read", 5), ("u", "b", "read", 50), ("u", "zzz", "read", 6)])
+    catalog = spark.createDataFrame([("a", "A"), ("b", "B")], "item_id string, title string")
+    assert [r.item_id for r in etl.drop_future(df, now_ts=10).collect()] == ["a", "zzz"]
+    assert sorted(r.item_id for r in etl.drop_unknown_items(df, catalog).collect()) == ["a", "b"]
+
+
+def test_sequences_are_time_ordered_with_item_id_tie_break_and_split_leave_last_out(spark):
+    df = events_df(spark, [("u", "c", "r", 2), ("u", "b", "r", 2), ("u", "a", "r", 1), ("u", "d", "r", 3),
+                           ("v", "x", "r", 1), ("v", "y", "r", 2)])
+    seqs = {r.user_id: r.history for r in etl.user_sequences(df).collect()}
+    assert seqs == {"u": ["a", "b", "c", "d"], "v": ["x", "y"]}
+    splits = {r.user_id: r for r in etl.leave_last_out(etl.user_sequences(df)).collect()}
+    assert set(splits) == {"u"}  # v has fewer than 3 events
+    assert (splits["u"].train_items, splits["u"].valid_item, splits["u"].test_item) == (["a", "b"], "c", "d")
+
+
+def test_keep_last_and_popularity_from_train_only(spark):
+    df = spark.createDataFrame([(["a", "b", "c"],), (["a"],)], "h array<string>")
+    assert [r.k for r in df.select(etl.keep_last("h", 2).alias("k")).collect()] == [["b", "c"], ["a"]]
+    splits = spark.createDataFrame([("u", ["a", "b"], "c", "d"), ("v", ["a"], "b", "c")],
+                                   "user_id string, train_items array<string>, valid_item string, test_item string")
+    counts = {r.item_id: r.train_count for r in etl.train_popularity(splits).collect()}
+    assert counts == {"a": 2, "b": 1}
+
+
+def write(tmp_path, name, frame):
+    path = tmp_path / name
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def test_run_etl_reports_every_drop(spark, tmp_path):
+    events = pd.DataFrame({"user_id": ["u"] * 5 + ["v"] * 2, "item_id": ["a", "b", "b", "c", "ghost", "a", "b"],
+                           "event_type": "read", "timestamp": [1, 2, 2, 3, 4, 1, 10**12]})
+    catalog = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
+                            "categories": [["x"], ["x", "y"], []]})
+    report = etl.run_etl(spark, write(tmp_path, "e.parquet", events), write(tmp_path, "c.parquet", catalog),
+                         tmp_path / "out", now_ts=1000)
+    assert report["events_read"] == 7 and report["dropped_duplicates"] == 1
+    assert report["dropped_future_timestamps"] == 1 and report["dropped_unknown_items"] == 1
+    assert report["users_kept"] == 1 and report["dropped_users_too_short"] == 1  # v keeps one event
+    items = pd.read_parquet(tmp_path / "out" / "items.parquet").sort_values("item_idx")
+    assert list(items["item_idx"]) == [1, 2, 3] and items["item_id"].iloc[0] == "a"  # most popular in train first
+    vocab = json.loads((tmp_path / "out" / "vocab.json").read_text())
+    assert vocab["item_facets"]["categories"] == ["x", "y"]
+
+
+def test_run_etl_names_missing_columns_and_rejects_empty_input(spark, tmp_path):
+    catalog = write(tmp_path, "c.parquet", pd.DataFrame({"item_id": ["a"], "title": ["A"]}))
+    bad = write(tmp_path, "bad.parquet", pd.DataFrame({"user": ["u"], "item_id": ["a"], "timestamp": [1]}))
+    with pytest.raises(DatasetError, match=r"events is missing required column\(s\) \['user_id', 'event_type'\]"):
+        etl.run_etl(spark, bad, catalog, tmp_path / "o1")
+    empty = write(tmp_path, "empty.parquet", pd.DataFrame({"user_id": pd.Series([], dtype=str),
+                                                           "item_id": pd.Series([], dtype=str),
+                                                           "event_type": pd.Series([], dtype=str),
+                                                           "timestamp": pd.Series([], dtype="int64")}))
+    with pytest.raises(DatasetError, match="no events"):
+        etl.run_etl(spark, empty, catalog, tmp_path / "o2")
+    dup = write(tmp_path, "dup.parquet", pd.DataFrame({"item_id": ["a", "a"], "title": ["A", "A2"]}))
+    events = write(tmp_path, "ev.parquet", pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "event_type": ["r"],
+                                                         "timestamp": [1]}))
+    with pytest.raises(DatasetError, match="duplicated item_id"):
+        etl.run_etl(spark, events, dup, tmp_path / "o3")
