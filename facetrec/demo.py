@@ -1,16 +1,30 @@
-"""The README's main job: start the local node (unless ES_URL is set) and show the system working."""
+"""The README's main job (`make demo`):
+
+1. start the local Elasticsearch node (unless ES_URL points at a cluster),
+2. run the nightly pipeline on MovieLens-100k (Spark ETL, training, evaluation, embedding,
+   a new generation, validation, one alias swap),
+3. start the service under gunicorn on 127.0.0.1:8000,
+4. print the evaluation table and sample homepages for a few users,
+
+and leave the service and the node running, saying how to stop them.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
-
-import numpy as np
-from elasticsearch import helpers
+import time
+import urllib.request
+from pathlib import Path
 
 from facetrec import es_local
-from facetrec.es import make_client
-from facetrec.scoring import knn_score_to_dot
-from facetrec.settings import Settings
+from facetrec.settings import REPO_ROOT, Settings
+
+SERVICE_PID = REPO_ROOT / ".facetrec" / "service.pid"
+SERVICE_LOG = REPO_ROOT / ".facetrec" / "service.log"
 
 
 def ensure_cluster(settings: Settings) -> Settings:
@@ -27,33 +41,84 @@ def ensure_cluster(settings: Settings) -> Settings:
     return settings
 
 
-def smoke(settings: Settings) -> None:
-    es = make_client(settings, request_timeout=30)
-    index = "facetrec-smoke"
-    es.indices.delete(index=index, ignore_unavailable=True)
-    es.indices.create(index=index, settings={"number_of_replicas": 0}, mappings={"properties": {
-        "item_embed": {"type": "dense_vector", "dims": 8, "similarity": "max_inner_product",
-                       "index_options": {"type": "flat"}},
-        "item_format": {"type": "keyword"}, "title": {"type": "text"}}})
-    rng = np.random.default_rng(0)
-    formats = ["ebook", "audiobook", "podcast"]
-    helpers.bulk(es, ({"_index": index, "_id": str(i), "item_embed": rng.normal(size=8).tolist(),
-                       "item_format": formats[i % 3], "title": f"item {i}"} for i in range(30)), refresh=True)
-    hits = es.search(index=index, knn={"field": "item_embed", "query_vector": rng.normal(size=8).tolist(), "k": 5,
-                                       "num_candidates": 30, "filter": {"term": {"item_format": "audiobook"}}},
-                     source=["title", "item_format"])["hits"]["hits"]
-    print("top audiobooks for a random user vector:")
-    for hit in hits:
-        print(f"  {hit['_id']:>3}  {hit['_source']['title']:<10} {hit['_source']['item_format']:<10} "
-              f"dot={knn_score_to_dot(hit['_score'], 'max_inner_product'):+.3f}")
+def stop_service() -> bool:
+    if not SERVICE_PID.exists():
+        return False
+    pid = int(SERVICE_PID.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    SERVICE_PID.unlink(missing_ok=True)
+    return True
+
+
+def start_service(settings: Settings, rows_config: Path, bind: str) -> str:
+    stop_service()
+    env = {**os.environ, "FACETREC_ROWS_CONFIG": str(rows_config), "FACETREC_BIND": bind}
+    if settings.es_url:
+        env["ES_URL"] = settings.es_url
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    SERVICE_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(SERVICE_LOG, "ab") as log:
+        proc = subprocess.Popen([str(gunicorn), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "app.wsgi:application"],
+                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    SERVICE_PID.write_text(str(proc.pid))
+    url = f"http://{bind}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}; see {SERVICE_LOG}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return url
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the service did not become ready in 60 s; see {SERVICE_LOG}")
+
+
+def print_homepage(url: str, user_id: str) -> None:
+    with urllib.request.urlopen(f"{url}/v1/users/{user_id}/homepage?size=5", timeout=10) as response:
+        page = json.loads(response.read())
+    print(f"\nhomepage of user {user_id} (generation {page['generation']}):")
+    for row in page["rows"]:
+        print(f"  {row['title']} [{row['source']}]")
+        for item in row["items"]:
+            print(f"      {item['score']:+7.3f}  {item.get('title', item['id'])}")
 
 
 def main() -> int:
+    from facetrec.es import make_client
+    from ingest.pipeline import DATASET_ROWS, run_pipeline
+
+    started = time.perf_counter()
     settings = ensure_cluster(Settings.from_env())
-    smoke(settings)
-    print("facetrec: the local node keeps running; stop it with `make es-stop`")
+    rows_config = DATASET_ROWS["movielens-100k"]
+    work_dir = REPO_ROOT / "artifacts" / "demo"
+    summary = run_pipeline("movielens-100k", work_dir, settings, rows_config=rows_config)
+
+    url = start_service(settings, rows_config, os.environ.get("FACETREC_BIND", "127.0.0.1:8000"))
+    from ingest.evaluate import comparison_table
+
+    print("\noffline evaluation on MovieLens-100k (leave-last-out, full ranking, seen items excluded):")
+    print(comparison_table(summary["evaluate"]))
+    es = make_client(settings, request_timeout=30)
+    users = [h["_id"] for h in es.search(index=settings.user_alias, size=3,
+                                         source=False)["hits"]["hits"]]
+    for user_id in users[:3]:
+        print_homepage(url, user_id)
+    print_homepage(url, "a-brand-new-user")
+    print(f"\nfacetrec: main job done in {time.perf_counter() - started:.0f}s")
+    print(f"facetrec: service on {url}/ (HTML page) and {url}/v1/users/<id>/homepage; "
+          f"Elasticsearch at {settings.es_url or es_local.status(settings.local_es_home).get('url')}")
+    print("facetrec: both keep running; stop them with `make stop`")
     return 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "stop":
+        print("facetrec: service stopped" if stop_service() else "facetrec: no service was running")
+        sys.exit(0)
     sys.exit(main())

@@ -3,7 +3,7 @@
 Item tower: item id embedding + facet embeddings (multi-valued facets pooled) + hashed title
 tokens, through an MLP (residual on the id embedding).
 User tower: the user's recent items (through the SHARED item tower) + positions, a small causal
-transformer, + user features, through an MLP. The user vector after position t predicts item t+1.
+transformer, beside a causal mean of the same items (overall taste), + user features, through an MLP. The user vector after position t predicts item t+1.
 Score: dot product. Loss: sampled softmax over in-batch positives and uniformly sampled extra
 negatives (mixed negative sampling) with logQ correction and a temperature.
 """
@@ -63,12 +63,13 @@ class UserTower(nn.Module):
         d = cfg.dim
         self.heads = cfg.heads
         self.pos = nn.Embedding(cfg.max_len, d)
+        nn.init.normal_(self.pos.weight, std=0.02)  # the default N(0, 1) would drown the item signal
         layer = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=cfg.hidden, dropout=cfg.dropout,
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.features = nn.ModuleList(nn.Embedding(n + 1, d, padding_idx=0) for n in user_feature_sizes)
-        self.out = nn.Sequential(nn.Linear(d * (2 if user_feature_sizes else 1), cfg.hidden), nn.GELU(),
+        self.out = nn.Sequential(nn.Linear(d * (3 if user_feature_sizes else 2), cfg.hidden), nn.GELU(),
                                  nn.Linear(cfg.hidden, d))
         self.skip = nn.Linear(d, d)
 
@@ -85,7 +86,10 @@ class UserTower(nn.Module):
         mask = torch.zeros(blocked.shape, dtype=x.dtype, device=seq.device).masked_fill(blocked, float("-inf"))
         mask = mask.repeat_interleave(self.heads, dim=0)
         h = self.norm(self.encoder(x, mask=mask))
-        parts = [h]
+        # The causal mean of the items so far: the user's overall taste, beside the sequence model.
+        real = (seq > 0).to(x.dtype)[..., None]
+        pooled = torch.cumsum(item_vectors * real, dim=1) / torch.cumsum(real, dim=1).clamp(min=1.0)
+        parts = [h, pooled]
         if len(self.features):
             feats = sum(emb(user_features[:, i]) for i, emb in enumerate(self.features))
             parts.append(feats[:, None, :].expand(-1, length, -1))

@@ -91,6 +91,8 @@ def train_epoch(model: TwoTower, data: TrainingData, cfg: TrainConfig, optimizer
 def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path | None = None,
           progress: bool = True, log=print) -> dict:
     """Train with early stopping; returns a summary and (with ``out_dir``) writes checkpoint.pt."""
+    if cfg.uniform_negatives < 1:
+        raise ValueError("uniform_negatives must be at least 1 (mixed negative sampling)")
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -86,7 +86,8 @@ def synthetic_run(spark, tmp_path_factory):
     run_etl(spark, files["events"], files["catalog"], work / "etl", users_path=files["users"])
     data = load_training_data(work / "etl")
     summary = train(data, ModelConfig(dim=32, hidden=64, max_len=20, layers=1, dropout=0.1),
-                    TrainConfig(epochs=8, patience=3, batch_size=64, seed=7), out_dir=work / "model", progress=False,
+                    TrainConfig(epochs=15, patience=4, batch_size=32, lr=5e-3, seed=7), out_dir=work / "model",
+                    progress=False,
                     log=lambda *_: None)
     return work, data, summary
 
@@ -104,7 +105,7 @@ def test_training_is_deterministic(synthetic_run):
 
     _, data, summary = synthetic_run
     again = train(data, ModelConfig(dim=32, hidden=64, max_len=20, layers=1, dropout=0.1),
-                  TrainConfig(epochs=2, patience=3, batch_size=64, seed=7), progress=False, log=lambda *_: None)
+                  TrainConfig(epochs=2, patience=4, batch_size=32, lr=5e-3, seed=7), progress=False, log=lambda *_: None)
     assert again["history"][:2] == summary["history"][:2]
 
 
