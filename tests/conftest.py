@@ -6,12 +6,14 @@ started once per session on a free port (never 9200) and stopped at the end.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
 
 from facetrec import es_local
 from facetrec.es import make_client
+from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
 
 
@@ -59,3 +61,27 @@ def spark():
     session = make_spark_session("facetrec-tests")
     yield session
     session.stop()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def published(es, es_settings):
+    """One generation of a small synthetic catalog behind module-unique aliases (exact: flat)."""
+    prefix = f"svc-{uuid.uuid4().hex[:8]}"
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat")
+    from ingest.reindex import run_reindex
+    from ingest.synthetic import embedding_records
+
+    items, users, item_vectors, user_vectors = embedding_records(n_items=3000, n_users=100, dims=64, seed=11)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000001",
+                progress=False, sample_users=3)
+    yield settings, catalog, items, users, item_vectors, user_vectors
+    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+    for family in ("item_index", "user_index"):
+        es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-{family}-template")
+
+

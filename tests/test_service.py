@@ -17,8 +17,6 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from app import create_app
 from facetrec.es import has_painless
 from facetrec.rows import RowCatalog
-from ingest.reindex import run_reindex
-from ingest.synthetic import embedding_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
@@ -27,22 +25,6 @@ SPEC = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
 def assert_matches_schema(body: dict, name: str) -> None:
     jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
                                     ).validate(body)
-
-
-@pytest.fixture(scope="module")
-def published(es, es_settings):
-    """One generation of a small synthetic catalog behind module-unique aliases (exact: flat)."""
-    prefix = f"svc-{os.getpid()}"
-    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
-                                   index_type="flat")
-    items, users, item_vectors, user_vectors = embedding_records(n_items=3000, n_users=100, dims=64, seed=11)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
-    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000001",
-                progress=False, sample_users=3)
-    yield settings, catalog, items, users, item_vectors, user_vectors
-    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
-    for family in ("item_index", "user_index"):
-        es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-{family}-template")
 
 
 @pytest.fixture(scope="module")
