@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.server import start_gunicorn
 from facetrec.es import make_client, resolve_url
 from facetrec.es_local import port_is_free
 from facetrec.homepage import Target, build_searches, fetch_user
@@ -53,24 +54,11 @@ def pct(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def start_gunicorn(settings: Settings, port: int) -> subprocess.Popen:
-    env = {**os.environ, "ES_URL": resolve_url(settings), "FACETREC_ITEM_ALIAS": settings.item_alias,
-           "FACETREC_USER_ALIAS": settings.user_alias, "FACETREC_BIND": f"127.0.0.1:{port}",
-           "FACETREC_WORKERS": os.environ.get("FACETREC_WORKERS", "2"), "FACETREC_THREADS": "8",
-           "FACETREC_LOG_LEVEL": "warning", "ES_REQUEST_TIMEOUT_S": "2"}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", str(REPO_ROOT / "gunicorn.conf.py"),
-                             "app.wsgi:application"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("gunicorn did not become ready")
+def start_service(settings: Settings, port: int) -> subprocess.Popen:
+    return start_gunicorn({"ES_URL": resolve_url(settings), "FACETREC_ITEM_ALIAS": settings.item_alias,
+                           "FACETREC_USER_ALIAS": settings.user_alias,
+                           "FACETREC_WORKERS": os.environ.get("FACETREC_WORKERS", "2"), "FACETREC_THREADS": "8",
+                           "FACETREC_LOG_LEVEL": "warning", "ES_REQUEST_TIMEOUT_S": "2"}, f"127.0.0.1:{port}")
 
 
 def http_get(url: str) -> tuple[float, int]:
@@ -165,7 +153,7 @@ def main() -> int:
         run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
                     force_merge=index_type != "flat")
         port = next(p for p in range(18000, 18100) if port_is_free(p))
-        proc = start_gunicorn(settings, port)
+        proc = start_service(settings, port)
         base = f"http://127.0.0.1:{port}"
         target = Target(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
                         default_mode="knn", num_candidates_factor=settings.num_candidates_factor,

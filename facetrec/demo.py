@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -54,29 +53,14 @@ def stop_service() -> bool:
 
 
 def start_service(settings: Settings, rows_config: Path, bind: str) -> str:
+    from app.server import start_gunicorn
+
     stop_service()
-    env = {**os.environ, "FACETREC_ROWS_CONFIG": str(rows_config), "FACETREC_BIND": bind}
-    if settings.es_url:
-        env["ES_URL"] = settings.es_url
-    gunicorn = Path(sys.executable).with_name("gunicorn")
+    env = {"FACETREC_ROWS_CONFIG": str(rows_config), **({"ES_URL": settings.es_url} if settings.es_url else {})}
     SERVICE_LOG.parent.mkdir(parents=True, exist_ok=True)
-    with open(SERVICE_LOG, "ab") as log:
-        proc = subprocess.Popen([str(gunicorn), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "app.wsgi:application"],
-                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = start_gunicorn(env, bind, log_path=SERVICE_LOG)
     SERVICE_PID.write_text(str(proc.pid))
-    url = f"http://{bind}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}; see {SERVICE_LOG}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return url
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the service did not become ready in 60 s; see {SERVICE_LOG}")
+    return f"http://{bind}"
 
 
 def print_homepage(url: str, user_id: str) -> None:

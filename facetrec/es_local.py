@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from facetrec.process import pid_exists
 from facetrec.settings import REPO_ROOT, Settings
 
 LAUNCHER_DIR = REPO_ROOT / "elasticsearch_local"
@@ -161,12 +162,8 @@ def cluster_health(url: str, timeout: float = 2.0) -> dict | None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return False
-    except PermissionError:
-        return True
     # A zombie child of ours still "exists"; reap it if it is ours.
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)

@@ -15,6 +15,8 @@ import uuid
 
 from elasticsearch import ConflictError, Elasticsearch, NotFoundError
 
+from facetrec.process import pid_exists
+
 LOCK_INDEX = "facetrec-locks"
 
 
@@ -84,21 +86,9 @@ class ReindexLock:
 def _stale_reason(holder: dict) -> str | None:
     if holder.get("expires_at", 0) < time.time():
         return "expired"
-    if holder.get("host") == socket.gethostname() and not _pid_exists(int(holder.get("pid", 0))):
+    if holder.get("host") == socket.gethostname() and not pid_exists(int(holder.get("pid", 0))):
         return f"pid {holder.get('pid')} on this host no longer exists"
     return None
-
-
-def _pid_exists(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def force_unlock(es: Elasticsearch, name: str = "reindex") -> bool:

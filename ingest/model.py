@@ -22,11 +22,11 @@ from torch import nn
 class ModelConfig:
     dim: int = 64
     hidden: int = 128
-    max_len: int = 50
+    max_len: int = 200
     layers: int = 2
     heads: int = 2
-    dropout: float = 0.2
-    temperature: float = 0.1
+    dropout: float = 0.3
+    temperature: float = 0.05
 
 
 class ItemTower(nn.Module):

@@ -20,13 +20,13 @@ from ingest.model import (ModelConfig, TwoTower, corrected_logits, log_expected_
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 60
-    batch_size: int = 64
-    lr: float = 2e-3
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     uniform_negatives: int = 512
-    max_positions: int = 2048
-    patience: int = 6
+    max_positions: int = 4096
+    patience: int = 8
     seed: int = 42
     eval_users: int = 0          # 0: all users; else a fixed random subset for validation speed
     threads: int = 0             # 0: torch's default
