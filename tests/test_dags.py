@@ -10,6 +10,8 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import threading
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +68,8 @@ def _state(run) -> str:
 def test_nightly_dag_end_to_end_rerun_and_failure(dagbag, pipeline_env, es, tmp_path, monkeypatch):
     """Run 1 publishes; run 2 (next interval) leaves exactly one new live generation; run 3 with a
     task made to fail (validation of an impossible row) leaves the aliases untouched."""
+    from app import create_app
+    from facetrec.rows import RowCatalog
     from facetrec.settings import Settings
     from ingest.generations import Generations
 
@@ -77,8 +81,31 @@ def test_nightly_dag_end_to_end_rerun_and_failure(dagbag, pipeline_env, es, tmp_
     assert live_item is not None
     assert live_item.split("-item_index-")[1] == gens.live_index("user").split("-user_index-")[1]
 
-    second = dag.test(logical_date=datetime(2026, 3, 2, 2, 0, tzinfo=timezone.utc))
+    # Homepage traffic through the service during the DAG-driven swap: no request may fail.
+    app = create_app(Settings.from_env().replace(es_request_timeout_s=5.0),
+                     RowCatalog.load(REPO / "app" / "rows.yaml"))
+    client = app.test_client()
+    stop, statuses, generations = threading.Event(), [], set()
+
+    def reader():
+        i = 0
+        while not stop.is_set():
+            response = client.get(f"/v1/users/u{i % 50}/homepage")
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                generations.add(response.json["generation"])
+            i += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        second = dag.test(logical_date=datetime(2026, 3, 2, 2, 0, tzinfo=timezone.utc))
+    finally:
+        stop.set()
+        thread.join(30)
     assert _state(second) == "success"
+    assert statuses and all(code == 200 for code in statuses), sorted(set(statuses))
+    assert len(generations) == 2  # the reads saw the old generation, then the new one
     items = gens.list("item")
     assert sum(g.live for g in items) == 1 and len(items) == 2
     assert gens.live_index("item") != live_item and gens.live_index("item") == items[-1].index
