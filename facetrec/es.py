@@ -27,19 +27,23 @@ def resolve_url(settings: Settings) -> str:
     return url
 
 
+def client_options(settings: Settings) -> dict:
+    """Authentication and TLS options for a client of the configured cluster (picklable, so Spark
+    executors can build their own clients with them)."""
+    options: dict = {}
+    if settings.es_api_key:
+        options["api_key"] = settings.es_api_key
+    elif settings.es_username:
+        options["basic_auth"] = (settings.es_username, settings.es_password or "")
+    if settings.es_ca_cert:
+        options["ca_certs"] = settings.es_ca_cert
+    return options
+
+
 def make_client(settings: Settings, *, request_timeout: float | None = None, **options) -> Elasticsearch:
     """A client for the configured cluster. ``request_timeout`` defaults to the serving timeout."""
-    kwargs: dict = {
-        "request_timeout": request_timeout if request_timeout is not None else settings.es_request_timeout_s,
-        **options,
-    }
-    if settings.es_api_key:
-        kwargs["api_key"] = settings.es_api_key
-    elif settings.es_username:
-        kwargs["basic_auth"] = (settings.es_username, settings.es_password or "")
-    if settings.es_ca_cert:
-        kwargs["ca_certs"] = settings.es_ca_cert
-    return Elasticsearch(resolve_url(settings), **kwargs)
+    timeout = request_timeout if request_timeout is not None else settings.es_request_timeout_s
+    return Elasticsearch(resolve_url(settings), request_timeout=timeout, **client_options(settings), **options)
 
 
 def has_painless(client: Elasticsearch) -> bool:

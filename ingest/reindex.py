@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 
 from elasticsearch import Elasticsearch
 
-from facetrec.es import resolve_url
+from facetrec.es import client_options, resolve_url
 from facetrec.homepage import Target
 from facetrec.metrics import NoMetrics
 from facetrec.rows import RowCatalog
@@ -29,7 +29,8 @@ def _load(es, settings: Settings, index: str, kind: str, source: Any, generation
     require_unit = kind == "item" and settings.similarity == "dot_product"
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
-                          generation=generation, dims=settings.vector_dims, require_unit=require_unit)
+                          generation=generation, dims=settings.vector_dims, require_unit=require_unit,
+                          client_options={"request_timeout": 120, **client_options(settings)})
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total)
 

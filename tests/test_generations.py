@@ -270,3 +270,12 @@ def test_spark_partitions_load_with_the_same_bulk_code(es, settings, spark, smal
     assert es.count(index=index)["count"] == len(items)
     doc = es.get(index=index, id="i42")["_source"]
     assert doc["categories"] == items[42]["categories"] and len(doc["item_embed"]) == 64
+
+
+def test_spark_executors_get_the_same_auth_options_as_the_driver(es_settings):
+    from facetrec.es import client_options
+
+    assert client_options(es_settings.replace(es_api_key="k1", es_ca_cert="/ca.pem")) == {"api_key": "k1",
+                                                                                       "ca_certs": "/ca.pem"}
+    assert client_options(es_settings.replace(es_username="u", es_password="p")) == {"basic_auth": ("u", "p")}
+    assert client_options(es_settings.replace(es_api_key=None, es_username=None, es_ca_cert=None)) == {}
