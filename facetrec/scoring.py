@@ -7,8 +7,6 @@ across rows and retrieval modes.
 
 from __future__ import annotations
 
-import math
-
 # script_score: dotProduct(...) + SCRIPT_SCORE_SHIFT, floored at 0. Scores are raw dot products
 # of model vectors; the shift keeps any realistic dot product non-negative.
 SCRIPT_SCORE_SHIFT = 1000.0
@@ -25,17 +23,6 @@ def knn_score_to_dot(score: float, similarity: str) -> float:
     raise ValueError(f"no inverse for similarity {similarity!r}")
 
 
-def dot_to_knn_score(dot: float, similarity: str) -> float:
-    if similarity == "max_inner_product":
-        return dot + 1.0 if dot >= 0 else 1.0 / (1.0 - dot)
-    if similarity in ("dot_product", "cosine"):
-        return (1.0 + dot) / 2.0
-    raise ValueError(f"no transform for similarity {similarity!r}")
-
-
 def script_score_to_dot(score: float) -> float:
     return score - SCRIPT_SCORE_SHIFT
 
-
-def is_unit_length(vector, tolerance: float = 1e-3) -> bool:
-    return abs(math.sqrt(sum(float(x) * float(x) for x in vector)) - 1.0) <= tolerance
