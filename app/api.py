@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from app.requests import parse_homepage_args, parse_rows_body
+from facetrec.es import alias_index
 from facetrec.homepage import recommend
 from facetrec.rows import BadRequest
 
@@ -55,12 +56,11 @@ def readyz():
     try:
         aliases = {}
         for alias in (settings.item_alias, settings.user_alias):
-            found = es.options(ignore_status=404).indices.get_alias(name=alias)
-            names = [k for k in found if k not in ("error", "status")]
-            if not names:
+            index = alias_index(es, alias)
+            if index is None:
                 return jsonify({"status": "not_ready", "reason": f"alias {alias} does not exist: "
                                 "run the nightly pipeline (`facetrec pipeline run`)"}), 503
-            aliases[alias] = names[0]
+            aliases[alias] = index
             es.count(index=alias)
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
         return jsonify({"status": "not_ready", "reason": f"Elasticsearch: {type(exc).__name__}"}), 503

@@ -22,7 +22,6 @@ import sys
 import time
 import urllib.request
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 

@@ -46,6 +46,13 @@ def make_client(settings: Settings, *, request_timeout: float | None = None, **o
     return Elasticsearch(resolve_url(settings), request_timeout=timeout, **client_options(settings), **options)
 
 
+def alias_index(es: Elasticsearch, alias: str) -> str | None:
+    """The concrete index an alias points at, or None when the alias does not exist."""
+    found = es.options(ignore_status=404).indices.get_alias(name=alias)
+    names = [k for k in found if k not in ("error", "status")]
+    return names[0] if names else None
+
+
 def has_painless(client: Elasticsearch) -> bool:
     """True when every node has the painless scripting module (full distributions do; the local
     node assembled from Maven Central does not)."""

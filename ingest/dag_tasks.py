@@ -13,7 +13,7 @@ without the lock and leave half-built generations between tasks.
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from facetrec.metrics import make_metrics
@@ -66,10 +66,8 @@ def embed(work_dir: str) -> dict:
 
 def publish(work_dir: str, rows_config: str | None, interval_end: datetime, users_only: bool = False) -> dict:
     settings = Settings.from_env()
-    result = pipeline.step_publish(work_dir, settings, rows_config, generation_for(interval_end),
-                                   users_only=users_only, metrics=make_metrics(settings, "pipeline"),
-                                   progress=False)
-    return {k: v for k, v in result.items() if k != "recall"} | {"recall": result.get("recall")}
+    return pipeline.step_publish(work_dir, settings, rows_config, generation_for(interval_end),
+                                 users_only=users_only, metrics=make_metrics(settings, "pipeline"), progress=False)
 
 
 def refresh_user_vectors(work_dir: str, models_root: str) -> dict:
@@ -77,25 +75,21 @@ def refresh_user_vectors(work_dir: str, models_root: str) -> dict:
     encoder of the live model; items are not touched."""
     import numpy as np
     import pandas as pd
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ingest.embed import MAX_SEEN, ExportedUserEncoder
+    from ingest.embed import ExportedUserEncoder, write_user_embeddings
 
     model_dir = Path(models_root) / "latest-embeddings"
     encoder = ExportedUserEncoder(model_dir)
     users = pd.read_parquet(pipeline.paths(work_dir)["etl"] / "users.parquet")
-    vectors = np.stack([encoder.user_vector([str(i) for i in h]) for h in users["history"]]).astype(np.float32)
+    histories = [[str(i) for i in h] for h in users["history"]]
+    vectors = np.stack([encoder.user_vector(h) for h in histories])
     out = pipeline.paths(work_dir)["embeddings"]
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_dir / "items.parquet", out / "items.parquet")  # for the model version only
-    now = datetime.now(timezone.utc).isoformat()
-    pq.write_table(pa.table({
-        "user_id": pa.array(users["user_id"].astype(str)),
-        "user_embed": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
-        "seen_item_ids": pa.array([[str(i) for i in h][-MAX_SEEN:] for h in users["history"]],
-                                  type=pa.list_(pa.string())),
-        "updated_at": pa.array([now] * len(users))}), out / "users.parquet")
+    model_version = pq.read_table(out / "items.parquet", columns=["model_version"]).column(0)[0].as_py()
+    write_user_embeddings(out / "users.parquet", users["user_id"].astype(str).tolist(), vectors, histories,
+                          model_version)
     return {"users": len(users)}
 
 

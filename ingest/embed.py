@@ -71,15 +71,21 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
     pq.write_table(pa.table(columns), out / "items.parquet")
 
     users = user_matrix(model, data, progress=progress)
-    now = datetime.now(timezone.utc).isoformat()
-    seen = [[data.item_ids[i] for i in h[-MAX_SEEN:]] for h in data.histories]
-    pq.write_table(pa.table({"user_id": pa.array(data.user_ids), "user_embed": _vector_column(users),
-                             "model_version": pa.array([model_version] * len(users)),
-                             "seen_item_ids": pa.array(seen, type=pa.list_(pa.string())),
-                             "updated_at": pa.array([now] * len(users))}), out / "users.parquet")
+    write_user_embeddings(out / "users.parquet", data.user_ids, users,
+                          [[data.item_ids[i] for i in h] for h in data.histories], model_version)
     export_user_encoder(model, data, vectors, out)
     return {"items": out / "items.parquet", "users": out / "users.parquet", "user_encoder": out / "user_encoder.pt",
             "n_items": int(len(items)), "n_users": int(len(users))}
+
+
+def write_user_embeddings(path: Path, user_ids: list[str], vectors: np.ndarray, histories: list[list[str]],
+                          model_version: str) -> None:
+    """users.parquet as the indexer loads it; seen_item_ids keeps each history's last MAX_SEEN items."""
+    now = datetime.now(timezone.utc).isoformat()
+    pq.write_table(pa.table({"user_id": pa.array(user_ids), "user_embed": _vector_column(vectors.astype(np.float32)),
+                             "model_version": pa.array([model_version] * len(user_ids)),
+                             "seen_item_ids": pa.array([h[-MAX_SEEN:] for h in histories], type=pa.list_(pa.string())),
+                             "updated_at": pa.array([now] * len(user_ids))}), path)
 
 
 def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.ndarray, out: Path) -> Path:

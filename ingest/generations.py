@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from elasticsearch import Elasticsearch
 
+from facetrec.es import alias_index
 from facetrec.settings import Settings
 
 FAMILIES = ("item", "user")
@@ -50,9 +51,7 @@ class Generations:
 
     # ---- inspection ---------------------------------------------------------------------------
     def live_index(self, family: str) -> str | None:
-        found = self.es.options(ignore_status=404).indices.get_alias(name=self.alias(family))
-        names = [k for k in found if k not in ("error", "status")]
-        return names[0] if names else None
+        return alias_index(self.es, self.alias(family))
 
     def list(self, family: str) -> list[GenerationInfo]:
         pattern = f"{self.alias(family)}-*"
