@@ -33,7 +33,7 @@ deps: $(DEPS_STAMP)
 	@$(PY) -m facetrec.es_local build-classpath
 
 demo: deps
-	$(PY) -m facetrec.demo
+	$(PY) -m facetrec_cli demo
 
 test: deps browser
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -54,7 +54,7 @@ es-stop:
 
 # Stop what `make demo` leaves running: the gunicorn service and the local Elasticsearch node.
 stop:
-	$(PY) -m facetrec.demo stop
+	$(PY) -m facetrec_cli demo stop
 	$(VENV)/bin/facetrec-es stop
 
 clean:

@@ -13,10 +13,10 @@ import numpy as np
 
 from facetrec.es import make_client
 from facetrec.settings import Settings
-from ingest import templates
-from ingest.bulk_load import bulk_load
-from ingest.generations import Generations
-from ingest.synthetic import generate_catalog, item_record
+from ingest.indexing import templates
+from ingest.indexing.bulk_load import bulk_load
+from ingest.indexing.generations import Generations
+from ingest.embedding.synthetic import generate_catalog, item_record
 
 
 def records(n: int, dims: int, seed: int = 0):

@@ -31,8 +31,8 @@ from facetrec.es_local import port_is_free
 from facetrec.homepage import Target, build_searches, fetch_user
 from facetrec.rows import RowCatalog
 from facetrec.settings import REPO_ROOT, Settings
-from ingest.reindex import run_reindex
-from ingest.synthetic import embedding_records
+from ingest.indexing.reindex import run_reindex
+from ingest.embedding.synthetic import embedding_records
 
 USER_FILTER = "language=en&country=US"
 USER_CLAUSES = [{"term": {"language": "en"}}, {"term": {"country": "US"}}]

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ingest.datasets import write_dataset
-from ingest.etl import run_etl
-from ingest.features import TrainingData, load_training_data
-from ingest.model import ModelConfig
-from ingest.spark import make_spark_session
-from ingest.train import TrainConfig, build_model, train
+from ingest.embedding.datasets import write_dataset
+from ingest.embedding.etl import run_etl
+from ingest.embedding.features import TrainingData, load_training_data
+from ingest.embedding.model import ModelConfig
+from ingest.embedding.spark import make_spark_session
+from ingest.embedding.train import TrainConfig, build_model, train
 
 
 def etl_data(spark, name: str, work: Path, **kwargs) -> TrainingData:
@@ -41,7 +41,7 @@ def time_training(data: TrainingData, epochs: int) -> dict:
 
 
 def time_item_embedding(n_items: int) -> float:
-    from ingest.embed import item_matrix
+    from ingest.embedding.embed import item_matrix
 
     rng = np.random.default_rng(0)
     data = TrainingData(item_ids=[""] + [f"i{i}" for i in range(n_items)],

@@ -1,4 +1,4 @@
-"""The README's main job (`make demo`):
+"""The README's main job (`make demo`, i.e. `facetrec demo`):
 
 1. start the local Elasticsearch node (unless ES_URL points at a cluster),
 2. run the nightly pipeline on MovieLens-100k (Spark ETL, training, evaluation, embedding,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -73,7 +72,7 @@ def print_homepage(url: str, user_id: str) -> None:
             print(f"      {item['score']:+7.3f}  {item.get('title', item['id'])}")
 
 
-def main() -> int:
+def run_demo() -> int:
     from facetrec.es import make_client
     from ingest.pipeline import DATASET_ROWS, run_pipeline
 
@@ -84,7 +83,7 @@ def main() -> int:
     summary = run_pipeline("movielens-100k", work_dir, settings, rows_config=rows_config)
 
     url = start_service(settings, rows_config, os.environ.get("FACETREC_BIND", "127.0.0.1:8000"))
-    from ingest.evaluate import comparison_table
+    from ingest.embedding.evaluate import comparison_table
 
     print("\noffline evaluation on MovieLens-100k (leave-last-out, full ranking, seen items excluded):")
     print(comparison_table(summary["evaluate"]))
@@ -101,8 +100,15 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "stop":
+def cmd_demo(args, settings: Settings) -> int:
+    if args.action == "stop":
         print("facetrec: service stopped" if stop_service() else "facetrec: no service was running")
-        sys.exit(0)
-    sys.exit(main())
+        return 0
+    return run_demo()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: local node, nightly pipeline on MovieLens-100k, service, "
+                                    "sample homepages (`demo stop` stops the service)")
+    p.add_argument("action", nargs="?", choices=["run", "stop"], default="run")
+    p.set_defaults(func=cmd_demo)

@@ -1,17 +1,9 @@
-"""`facetrec`: the command line of the pipeline and of index operations.
-
-    facetrec index status | rollback | unlock | publish --items P --users P
-    facetrec etl | train | evaluate | embed        (see `facetrec <command> --help`)
-    facetrec pipeline run --dataset movielens-100k|synthetic
-
-Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
-"""
+"""`facetrec index status | rollback | unlock | publish`: thin wrappers over ingest.indexing."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from facetrec.settings import Settings
 
@@ -23,7 +15,7 @@ def _client(settings: Settings, timeout: float = 120):
 
 
 def cmd_index_status(args, settings: Settings) -> int:
-    from ingest.generations import Generations
+    from ingest.indexing.generations import Generations
 
     status = Generations(_client(settings), settings).status()
     if args.json:
@@ -38,8 +30,8 @@ def cmd_index_status(args, settings: Settings) -> int:
 
 
 def cmd_index_rollback(args, settings: Settings) -> int:
-    from ingest.generations import Generations
-    from ingest.lock import ReindexLock
+    from ingest.indexing.generations import Generations
+    from ingest.indexing.lock import ReindexLock
 
     es = _client(settings)
     with ReindexLock(es, name=f"reindex-{settings.item_alias}"):
@@ -49,7 +41,7 @@ def cmd_index_rollback(args, settings: Settings) -> int:
 
 
 def cmd_index_unlock(args, settings: Settings) -> int:
-    from ingest.lock import force_unlock
+    from ingest.indexing.lock import force_unlock
 
     removed = force_unlock(_client(settings), name=f"reindex-{settings.item_alias}")
     print("facetrec: lock removed" if removed else "facetrec: no lock was held")
@@ -58,8 +50,8 @@ def cmd_index_unlock(args, settings: Settings) -> int:
 
 def cmd_index_publish(args, settings: Settings) -> int:
     from facetrec.rows import RowCatalog
-    from ingest.records import parquet_count, parquet_records
-    from ingest.reindex import run_reindex
+    from ingest.indexing.records import parquet_count, parquet_records
+    from ingest.indexing.reindex import run_reindex
 
     result = run_reindex(
         _client(settings), settings, RowCatalog.load(settings.rows_config),
@@ -70,10 +62,7 @@ def cmd_index_publish(args, settings: Settings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facetrec", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub: argparse._SubParsersAction) -> None:
     index = sub.add_parser("index", help="index generations: status, rollback, unlock, publish")
     isub = index.add_subparsers(dest="index_command", required=True)
     p = isub.add_parser("status", help="list generations, doc counts, the live one, model versions")
@@ -89,29 +78,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", help="generation id (default: now, UTC)")
     p.add_argument("--force-merge", action="store_true", help="merge the item index to one segment (faster HNSW)")
     p.set_defaults(func=cmd_index_publish)
-
-    try:
-        from ingest import commands
-    except ImportError:  # pragma: no cover - only while the pipeline commands are absent
-        commands = None
-    if commands is not None:
-        commands.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-        return args.func(args, settings)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # the CLI's last line: one clear message, the traceback only with -v
-        from facetrec.cli_errors import explain
-
-        print(f"facetrec: error: {explain(exc)}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,8 +23,8 @@ def _overrides(pairs: list[str]) -> dict:
 def _split(overrides: dict) -> tuple[dict, dict]:
     import dataclasses
 
-    from ingest.model import ModelConfig
-    from ingest.train import TrainConfig
+    from ingest.embedding.model import ModelConfig
+    from ingest.embedding.train import TrainConfig
 
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}

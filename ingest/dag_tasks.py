@@ -77,7 +77,7 @@ def refresh_user_vectors(work_dir: str, models_root: str) -> dict:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from ingest.embed import ExportedUserEncoder, write_user_embeddings
+    from ingest.embedding.embed import ExportedUserEncoder, write_user_embeddings
 
     model_dir = Path(models_root) / "latest-embeddings"
     encoder = ExportedUserEncoder(model_dir)

@@ -3,7 +3,7 @@
 Each step reads and writes files under one work directory, so the CLI, the Airflow DAG and the
 demo run exactly the same code, and any step can be rerun on its own.
 
-    <work>/raw/        events, catalog, users (input schema; see ingest.datasets)
+    <work>/raw/        events, catalog, users (input schema; see ingest.embedding.datasets)
     <work>/etl/        Spark ETL output
     <work>/model/      checkpoint.pt, train_summary.json
     <work>/eval.json   evaluation table (model vs MostPop vs Markov)
@@ -28,15 +28,15 @@ def paths(work_dir) -> dict[str, Path]:
 
 
 def step_prepare_data(dataset: str, work_dir, **dataset_kwargs) -> dict:
-    from ingest.datasets import write_dataset
+    from ingest.embedding.datasets import write_dataset
 
     files = write_dataset(dataset, paths(work_dir)["raw"], **dataset_kwargs)
     return {k: str(v) for k, v in files.items()}
 
 
 def step_etl(work_dir, now_ts: int | None = None) -> dict:
-    from ingest.etl import run_etl
-    from ingest.spark import make_spark_session
+    from ingest.embedding.etl import run_etl
+    from ingest.embedding.spark import make_spark_session
 
     from pyspark.sql import SparkSession
 
@@ -54,8 +54,8 @@ def step_etl(work_dir, now_ts: int | None = None) -> dict:
 
 def step_train(work_dir, model_overrides: dict | None = None, train_overrides: dict | None = None,
                progress: bool = True) -> dict:
-    from ingest.model import ModelConfig
-    from ingest.train import TrainConfig, train_from_etl
+    from ingest.embedding.model import ModelConfig
+    from ingest.embedding.train import TrainConfig, train_from_etl
 
     p = paths(work_dir)
     summary = train_from_etl(p["etl"], p["model"], ModelConfig(**(model_overrides or {})),
@@ -65,8 +65,8 @@ def step_train(work_dir, model_overrides: dict | None = None, train_overrides: d
 
 
 def _load_model(work_dir):
-    from ingest.features import load_training_data
-    from ingest.train import load_checkpoint
+    from ingest.embedding.features import load_training_data
+    from ingest.embedding.train import load_checkpoint
 
     p = paths(work_dir)
     data = load_training_data(p["etl"])
@@ -75,7 +75,7 @@ def _load_model(work_dir):
 
 
 def step_evaluate(work_dir, split: str = "test") -> dict:
-    from ingest.evaluate import comparison_table, evaluate_all, write_results
+    from ingest.embedding.evaluate import comparison_table, evaluate_all, write_results
 
     model, meta, data = _load_model(work_dir)
     results = evaluate_all(model, data, split)
@@ -85,7 +85,7 @@ def step_evaluate(work_dir, split: str = "test") -> dict:
 
 
 def step_embed(work_dir, progress: bool = True) -> dict:
-    from ingest.embed import export_embeddings
+    from ingest.embedding.embed import export_embeddings
 
     model, meta, data = _load_model(work_dir)
     p = paths(work_dir)
@@ -100,8 +100,8 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
 
     from facetrec.es import make_client
     from facetrec.rows import RowCatalog
-    from ingest.records import parquet_count, parquet_records
-    from ingest.reindex import run_reindex
+    from ingest.indexing.records import parquet_count, parquet_records
+    from ingest.indexing.reindex import run_reindex
 
     p = paths(work_dir)
     items_path, users_path = p["embeddings"] / "items.parquet", p["embeddings"] / "users.parquet"

@@ -56,7 +56,7 @@ def spark():
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from ingest.spark import make_spark_session
+    from ingest.embedding.spark import make_spark_session
 
     session = make_spark_session("facetrec-tests")
     yield session
@@ -72,8 +72,8 @@ def published(es, es_settings):
     prefix = f"svc-{uuid.uuid4().hex[:8]}"
     settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
                                    index_type="flat")
-    from ingest.reindex import run_reindex
-    from ingest.synthetic import embedding_records
+    from ingest.indexing.reindex import run_reindex
+    from ingest.embedding.synthetic import embedding_records
 
     items, users, item_vectors, user_vectors = embedding_records(n_items=3000, n_users=100, dims=64, seed=11)
     catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))

@@ -71,7 +71,7 @@ def test_nightly_dag_end_to_end_rerun_and_failure(dagbag, pipeline_env, es, tmp_
     from app import create_app
     from facetrec.rows import RowCatalog
     from facetrec.settings import Settings
-    from ingest.generations import Generations
+    from ingest.indexing.generations import Generations
 
     dag = dagbag.get_dag("facetrec_nightly")
     first = dag.test(logical_date=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc))

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from ingest import etl
-from ingest.datasets import DatasetError
+from ingest.embedding import etl
+from ingest.embedding.datasets import DatasetError
 
 
 def events_df(spark, rows):

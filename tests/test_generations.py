@@ -16,12 +16,12 @@ import pytest
 
 from facetrec.homepage import Target, recommend
 from facetrec.rows import RowCatalog
-from ingest import templates
-from ingest.generations import Generations
-from ingest.lock import LockHeld, ReindexLock
-from ingest.reindex import run_reindex
-from ingest.synthetic import embedding_records
-from ingest.validate import ValidationFailed
+from ingest.indexing import templates
+from ingest.indexing.generations import Generations
+from ingest.indexing.lock import LockHeld, ReindexLock
+from ingest.indexing.reindex import run_reindex
+from ingest.embedding.synthetic import embedding_records
+from ingest.indexing.validate import ValidationFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,8 +130,8 @@ KILLED_LOADER = textwrap.dedent("""
     from facetrec.rows import RowCatalog
     from facetrec.settings import Settings
     from facetrec.es import make_client
-    from ingest.reindex import run_reindex
-    from ingest.synthetic import embedding_records
+    from ingest.indexing.reindex import run_reindex
+    from ingest.embedding.synthetic import embedding_records
 
     settings = Settings.from_env().replace(item_alias=sys.argv[1], user_alias=sys.argv[2], index_type="flat")
     items, users, _, _ = embedding_records(n_items=1500, n_users=200, dims=64, seed=3)
@@ -255,8 +255,8 @@ def test_reads_during_swaps_and_rollback_never_fail_or_mix(es, settings, catalog
 
 
 def test_spark_partitions_load_with_the_same_bulk_code(es, settings, spark, small_data):
-    from ingest.bulk_load import spark_load
-    from ingest.generations import Generations
+    from ingest.indexing.bulk_load import spark_load
+    from ingest.indexing.generations import Generations
 
     items, _ = small_data
     rows = [{**r, "item_embed": [float(x) for x in r["item_embed"]]} for r in items]

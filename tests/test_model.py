@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.evaluate import evaluate_all, markov, most_popular, ranking_metrics
-from ingest.model import corrected_logits, log_expected_counts, sampled_softmax_loss
+from ingest.embedding.evaluate import evaluate_all, markov, most_popular, ranking_metrics
+from ingest.embedding.model import corrected_logits, log_expected_counts, sampled_softmax_loss
 
 
 def test_logq_correction_subtracts_log_expected_counts_and_masks_accidental_hits():
@@ -62,7 +62,7 @@ def test_markov_baseline_follows_training_transitions(tiny_data):
 
 @pytest.fixture
 def tiny_data():
-    from ingest.features import TrainingData
+    from ingest.embedding.features import TrainingData
 
     seqs = [np.array([1, 2, 3]), np.array([2, 3, 1]), np.array([1, 2, 3, 4])]
     return TrainingData(item_ids=["", "a", "b", "c", "d"], item_facets={}, item_titles=np.zeros((5, 1), np.int64),
@@ -75,11 +75,11 @@ def tiny_data():
 @pytest.fixture(scope="module")
 def synthetic_run(spark, tmp_path_factory):
     """Synthetic data with a planted preference signal, through the real ETL, trained for seconds."""
-    from ingest.datasets import write_dataset
-    from ingest.etl import run_etl
-    from ingest.features import load_training_data
-    from ingest.model import ModelConfig
-    from ingest.train import TrainConfig, train
+    from ingest.embedding.datasets import write_dataset
+    from ingest.embedding.etl import run_etl
+    from ingest.embedding.features import load_training_data
+    from ingest.embedding.model import ModelConfig
+    from ingest.embedding.train import TrainConfig, train
 
     work = tmp_path_factory.mktemp("synthetic")
     files = write_dataset("synthetic", work / "raw", n_items=300, n_users=600, history=25, seed=4)
@@ -100,8 +100,8 @@ def test_model_beats_most_popular_on_planted_signal(synthetic_run):
 
 
 def test_training_is_deterministic(synthetic_run):
-    from ingest.model import ModelConfig
-    from ingest.train import TrainConfig, train
+    from ingest.embedding.model import ModelConfig
+    from ingest.embedding.train import TrainConfig, train
 
     _, data, summary = synthetic_run
     again = train(data, ModelConfig(dim=32, hidden=64, max_len=20, layers=1, dropout=0.1),
@@ -110,8 +110,8 @@ def test_training_is_deterministic(synthetic_run):
 
 
 def test_checkpoint_round_trip_and_exported_user_encoder_matches_eager(synthetic_run, tmp_path):
-    from ingest.embed import ExportedUserEncoder, export_embeddings, user_matrix
-    from ingest.train import load_checkpoint
+    from ingest.embedding.embed import ExportedUserEncoder, export_embeddings, user_matrix
+    from ingest.embedding.train import load_checkpoint
 
     work, data, summary = synthetic_run
     model, meta = load_checkpoint(work / "model" / "checkpoint.pt", data)
@@ -140,9 +140,9 @@ def test_daily_user_refresh_reproduces_nightly_user_vectors(synthetic_run, tmp_p
     import pyarrow.parquet as pq
 
     from ingest import dag_tasks
-    from ingest.embed import export_embeddings
+    from ingest.embedding.embed import export_embeddings
     from ingest.pipeline import paths
-    from ingest.train import load_checkpoint
+    from ingest.embedding.train import load_checkpoint
 
     work, data, _ = synthetic_run
     model, meta = load_checkpoint(work / "model" / "checkpoint.pt", data)

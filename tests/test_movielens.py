@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.datasets import write_dataset
-from ingest.etl import run_etl
-from ingest.evaluate import comparison_table, evaluate_all
-from ingest.features import load_training_data
-from ingest.model import ModelConfig
-from ingest.train import TrainConfig, train
+from ingest.embedding.datasets import write_dataset
+from ingest.embedding.etl import run_etl
+from ingest.embedding.evaluate import comparison_table, evaluate_all
+from ingest.embedding.features import load_training_data
+from ingest.embedding.model import ModelConfig
+from ingest.embedding.train import TrainConfig, train
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ingest import synthetic
+from ingest.embedding import synthetic
 
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
 CATALOG_COLUMNS = ("item_id", "title")
@@ -90,7 +90,7 @@ def load_movielens_100k() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def load_synthetic(n_items: int = 2000, n_users: int = 1000, history: int = 30, seed: int = 0
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(events, catalog, users) drawn from the hidden preference model of ``ingest.synthetic``."""
+    """(events, catalog, users) drawn from the hidden preference model of ``ingest.embedding.synthetic``."""
     catalog_cols = synthetic.generate_catalog(n_items, seed)
     people = synthetic.generate_users(n_users, catalog_cols, seed + 1, history)
     catalog = pd.DataFrame([synthetic.item_record(catalog_cols, i) for i in range(n_items)]).drop(columns="popularity")

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from ingest.datasets import ITEM_FACETS
-from ingest.features import TrainingData, left_pad
-from ingest.model import SequenceUserEncoder, TwoTower
+from ingest.embedding.datasets import ITEM_FACETS
+from ingest.embedding.features import TrainingData, left_pad
+from ingest.embedding.model import SequenceUserEncoder, TwoTower
 
 MAX_SEEN = 500
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ingest.datasets import CATALOG_COLUMNS, EVENT_COLUMNS, ITEM_FACETS, DatasetError
+from ingest.embedding.datasets import CATALOG_COLUMNS, EVENT_COLUMNS, ITEM_FACETS, DatasetError
 
 MIN_EVENTS = 3  # train needs at least one item before the validation and test items
 

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ingest.features import TrainingData, left_pad
+from ingest.embedding.features import TrainingData, left_pad
 
 Scorer = Callable[[list[np.ndarray], np.ndarray], np.ndarray]   # (sequences, user rows) -> (U, N+1) scores
 

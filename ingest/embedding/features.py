@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ingest.datasets import title_tokens
+from ingest.embedding.datasets import title_tokens
 
 
 def stable_hash(token: str, buckets: int) -> int:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ingest.evaluate import evaluate, model_scorer
-from ingest.features import TrainingData, left_pad, load_training_data
-from ingest.model import (ModelConfig, TwoTower, corrected_logits, log_expected_counts, sampled_softmax_loss)
+from ingest.embedding.evaluate import evaluate, model_scorer
+from ingest.embedding.features import TrainingData, left_pad, load_training_data
+from ingest.embedding.model import (ModelConfig, TwoTower, corrected_logits, log_expected_counts, sampled_softmax_loss)
 
 
 @dataclasses.dataclass

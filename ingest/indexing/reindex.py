@@ -17,11 +17,11 @@ from facetrec.homepage import Target
 from facetrec.metrics import NoMetrics
 from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
-from ingest import templates
-from ingest.bulk_load import bulk_load, spark_load
-from ingest.generations import VALIDATED, Generations, new_generation_id
-from ingest.lock import ReindexLock
-from ingest.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
+from ingest.indexing import templates
+from ingest.indexing.bulk_load import bulk_load, spark_load
+from ingest.indexing.generations import VALIDATED, Generations, new_generation_id
+from ingest.indexing.lock import ReindexLock
+from ingest.indexing.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
 
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,

@@ -10,7 +10,7 @@ from elasticsearch import Elasticsearch
 
 from facetrec.homepage import Target, recommend
 from facetrec.rows import Row
-from ingest.bulk_load import LoadReport
+from ingest.indexing.bulk_load import LoadReport
 
 
 class ValidationFailed(RuntimeError):

@@ -1,0 +1,42 @@
+"""`facetrec`: the one command-line tree, above the packages it orchestrates.
+
+    facetrec index status | rollback | unlock | publish --items P --users P     (facetrec_cli/index.py)
+    facetrec etl | train | evaluate | embed                                   (facetrec_cli/pipeline.py)
+    facetrec pipeline run --dataset movielens-100k|synthetic                  (facetrec_cli/pipeline.py)
+    facetrec demo [stop]                                                      (facetrec_cli/demo.py)
+
+Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
+The local node has its own small program, `facetrec-es start|stop|status` (facetrec/es_local.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from facetrec.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from facetrec_cli import demo, index, pipeline
+
+    parser = argparse.ArgumentParser(prog="facetrec", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    index.register(sub)
+    pipeline.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI's last line: one clear message, the traceback only with -v
+        from facetrec_cli.errors import explain
+
+        print(f"facetrec: error: {explain(exc)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,5 @@
+import sys
+
+from facetrec_cli import main
+
+sys.exit(main())
