@@ -1,20 +1,26 @@
 """Homepage serving under load: gunicorn + the local node, a synthetic catalog (64 dims), 6 rows.
 
-    python bench/serving_bench.py --items 100000 --index-types flat int8_hnsw --rps 50 --duration 60
+    python bench/serving_bench.py --items 100000 --index-types flat int8_hnsw --modes knn script_score \
+        --rps 50 --duration 60 --json results.json
 
-For each index type: publish a generation (validated, swapped), start gunicorn, then
+For each index type: publish a generation (validated, swapped; bulk docs/s reported), start
+gunicorn, then for each retrieval mode:
 1. overhead: N sequential homepage calls through the service vs the same user GET + _msearch sent
-   directly with the Python client (same bodies), p50 of each and the ratio;
+   directly with the Python client (same bodies), p50 of each and the ratio, plus Elasticsearch's
+   own ``took`` per homepage and per row;
 2. load: an open-loop generator at --rps for --duration seconds (bounded concurrency), reporting
    achieved rps, p50/p95/p99 and errors;
-3. recall@size per row of the index's knn against exact dot products computed in numpy under the
-   same filters.
+3. quality per row against exact dot products computed in numpy under the same filters (seen
+   items excluded): id recall@size (share of the exact top-size ids returned) and score recall
+   (sum of the true dot products of what was returned / sum of the exact top's), which tells
+   near-ties apart from real misses.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import os
 import signal
 import subprocess
@@ -73,20 +79,30 @@ def http_get(url: str) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, status
 
 
-def measure_overhead(base: str, es, target: Target, catalog: RowCatalog, users: list[str], n: int) -> dict:
-    service, direct = [], []
+def homepage_url(base: str, user_id: str, mode: str) -> str:
+    return f"{base}/v1/users/{user_id}/homepage?{USER_FILTER}&mode={mode}"
+
+
+def measure_overhead(base: str, es, target: Target, catalog: RowCatalog, users: list[str], n: int, mode: str) -> dict:
+    """Sequential calls: the service vs the same GET + _msearch sent directly; ES took per homepage/row."""
+    service, direct, took = [], [], []
     rows = catalog.homepage_rows()
+    row_took: dict[str, list[float]] = {row.id: [] for row in rows}
     for i in range(n):
         user_id = users[i % len(users)]
-        service.append(http_get(f"{base}/v1/users/{user_id}/homepage?{USER_FILTER}")[0])
+        service.append(http_get(homepage_url(base, user_id, mode))[0])
         started = time.perf_counter()
         user = fetch_user(es, target.user_index, user_id, 5.0)
-        es.msearch(searches=build_searches(rows, user, USER_CLAUSES, target))
+        result = es.msearch(searches=build_searches(rows, user, USER_CLAUSES, target, mode=mode))
         direct.append((time.perf_counter() - started) * 1000)
-    return {"service_p50": pct(service, 50), "direct_p50": pct(direct, 50)}
+        took.append(result["took"])
+        for row, response in zip(rows, result["responses"]):
+            row_took[row.id].append(response.get("took", float("nan")))
+    return {"service_p50": pct(service, 50), "direct_p50": pct(direct, 50), "took_p50": pct(took, 50),
+            "row_took_p50": {row_id: pct(v, 50) for row_id, v in row_took.items()}}
 
 
-def load(base: str, users: list[str], rps: float, duration: float, concurrency: int) -> dict:
+def load(base: str, users: list[str], rps: float, duration: float, concurrency: int, mode: str) -> dict:
     total = int(rps * duration)
     latencies, errors = [], 0
     started = time.perf_counter()
@@ -96,7 +112,7 @@ def load(base: str, users: list[str], rps: float, duration: float, concurrency: 
             delay = started + i / rps - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            futures.append(pool.submit(http_get, f"{base}/v1/users/{users[i % len(users)]}/homepage?{USER_FILTER}"))
+            futures.append(pool.submit(http_get, homepage_url(base, users[i % len(users)], mode)))
         for f in futures:
             latency, status = f.result()
             if status == 200:
@@ -108,23 +124,43 @@ def load(base: str, users: list[str], rps: float, duration: float, concurrency: 
             "p99": pct(latencies, 99), "errors": errors}
 
 
-def recall(es, target: Target, catalog: RowCatalog, items, item_vectors, users, user_vectors, n_users=30) -> dict:
-    preds = row_predicates()
-    eligible_base = np.array([r["language"] == "en" and "US" in r["country"] for r in items])
+class ExactRows:
+    """Exact per-row answers in numpy: row masks under the user filters, computed once."""
+
+    def __init__(self, catalog: RowCatalog, items: list[dict], item_vectors: np.ndarray):
+        preds = row_predicates()
+        self.item_ids = np.array([r["item_id"] for r in items])
+        self.position = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.vectors = item_vectors
+        base = np.array([r["language"] == "en" and "US" in r["country"] for r in items])
+        self.masks = {row.id: base & np.array([preds[row.id](r) for r in items]) for row in catalog.homepage_rows()}
+
+    def top(self, row_id: str, user_vector: np.ndarray, seen: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``size`` (positions, dot products) of a row, seen items excluded."""
+        mask = self.masks[row_id].copy()
+        mask[[self.position[s] for s in seen if s in self.position]] = False
+        idx = np.flatnonzero(mask)
+        scores = self.vectors[idx] @ user_vector
+        best = np.argsort(-scores, kind="stable")[:size]
+        return idx[best], scores[best]
+
+
+def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, user_vectors, mode: str,
+            n_users: int = 30) -> dict:
     out = {}
     for row in catalog.homepage_rows():
-        mask = eligible_base & np.array([preds[row.id](r) for r in items])
-        hits = []
+        id_recalls, score_recalls = [], []
         for u in range(n_users):
-            seen = set(users[u]["seen_item_ids"])
-            ok = mask & np.array([r["item_id"] not in seen for r in items])
-            idx = np.flatnonzero(ok)
-            exact = {items[j]["item_id"] for j in idx[np.argsort(-(item_vectors[idx] @ user_vectors[u]))[:row.size]]}
+            top_idx, top_scores = exact.top(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size)
             user = fetch_user(es, target.user_index, users[u]["user_id"], 5.0)
-            body = build_searches([row], user, USER_CLAUSES, target)
-            got = {h["_id"] for h in es.msearch(searches=body)["responses"][0]["hits"]["hits"][:row.size]}
-            hits.append(len(exact & got) / max(len(exact), 1))
-        out[row.id] = (float(np.mean(hits)), float(mask.mean()))
+            body = build_searches([row], user, USER_CLAUSES, target, mode=mode)
+            got = [h["_id"] for h in es.msearch(searches=body)["responses"][0]["hits"]["hits"][:row.size]]
+            got_scores = [float(exact.vectors[exact.position[g]] @ user_vectors[u]) for g in got]
+            id_recalls.append(len(set(exact.item_ids[top_idx]) & set(got)) / max(len(top_idx), 1))
+            best = float(top_scores.sum())
+            score_recalls.append(sum(got_scores) / best if best > 0 else float("nan"))
+        out[row.id] = {"match_fraction": float(exact.masks[row.id].mean()), "id_recall": float(np.mean(id_recalls)),
+                       "score_recall": float(np.nanmean(score_recalls))}
     return out
 
 
@@ -133,24 +169,34 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--index-types", nargs="+", default=["flat", "int8_hnsw"])
+    parser.add_argument("--modes", nargs="+", default=["knn"], choices=["knn", "script_score"])
     parser.add_argument("--rps", type=float, default=50)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--overhead-requests", type=int, default=200)
+    parser.add_argument("--quality-users", type=int, default=30)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
 
     base_settings = Settings.from_env()
     catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
-    print(f"generating {args.items:,} items and {args.users:,} users ...", file=sys.stderr)
+    started = time.perf_counter()
     items, users, item_vectors, user_vectors = embedding_records(args.items, args.users, dims=64, seed=1)
-    es = make_client(base_settings, request_timeout=600)
-    results = []
+    print(f"generated {args.items:,} items and {args.users:,} users in {time.perf_counter() - started:.0f}s",
+          file=sys.stderr)
+    exact = ExactRows(catalog, items, item_vectors)
+    es = make_client(base_settings, request_timeout=900)
+    results, loads = [], {}
     for index_type in args.index_types:
         settings = base_settings.replace(item_alias="bench-item_index", user_alias="bench-user_index",
                                          index_type=index_type)
         es.indices.delete(index="bench-*", ignore_unavailable=True)
-        run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
-                    force_merge=index_type != "flat")
+        started = time.perf_counter()
+        published = run_reindex(es, settings, catalog, items=items, users=users, model_version="bench",
+                                sample_users=5, force_merge=index_type != "flat", expected_items=len(items),
+                                expected_users=len(users))
+        loads[index_type] = {"publish_s": time.perf_counter() - started,
+                             "item_docs_per_s": published.get("docs_per_s", {}).get("item")}
         port = next(p for p in range(18000, 18100) if port_is_free(p))
         proc = start_service(settings, port)
         base = f"http://127.0.0.1:{port}"
@@ -159,27 +205,45 @@ def main() -> int:
                         request_timeout_s=5.0)
         try:
             user_ids = [u["user_id"] for u in users]
-            for _ in range(50):  # warm up caches and connections
-                http_get(f"{base}/v1/users/{user_ids[_]}/homepage?{USER_FILTER}")
-            overhead = measure_overhead(base, es, target, catalog, user_ids, args.overhead_requests)
-            loaded = load(base, user_ids, args.rps, args.duration, args.concurrency)
-            recalls = recall(es, target, catalog, items, item_vectors, users, user_vectors)
+            for mode in args.modes:
+                for i in range(50):  # warm up caches and connections
+                    http_get(homepage_url(base, user_ids[i], mode))
+                overhead = measure_overhead(base, es, target, catalog, user_ids, args.overhead_requests, mode)
+                loaded = load(base, user_ids, args.rps, args.duration, args.concurrency, mode)
+                rows = quality(es, target, catalog, exact, users, user_vectors, mode, args.quality_users)
+                for row_id, took in overhead["row_took_p50"].items():
+                    rows[row_id]["took_p50_ms"] = took
+                results.append({
+                    "index_type": index_type, "mode": mode, "achieved_rps": loaded["rps"], "p50_ms": loaded["p50"],
+                    "p95_ms": loaded["p95"], "p99_ms": loaded["p99"], "errors": loaded["errors"],
+                    "service_p50_ms": overhead["service_p50"], "direct_p50_ms": overhead["direct_p50"],
+                    "overhead_ratio": overhead["service_p50"] / overhead["direct_p50"],
+                    "es_took_p50_ms": overhead["took_p50"], "rows": rows})
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
-        results.append((index_type, overhead, loaded, recalls))
 
     print(f"\ncommand: python bench/serving_bench.py {' '.join(sys.argv[1:])}")
-    print(f"catalog {args.items:,} items x 64 dims, 6-row homepage, user filters {USER_FILTER}")
-    print(f"\n{'index':<10} {'rps':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'svc p50':>8} {'direct p50':>10} {'overhead':>9} {'ratio':>6}")
-    for index_type, o, l, _ in results:
-        print(f"{index_type:<10} {l['rps']:>6.1f} {l['p50']:>7.1f} {l['p95']:>7.1f} {l['p99']:>7.1f} {l['errors']:>6} "
-              f"{o['service_p50']:>8.2f} {o['direct_p50']:>10.2f} {o['service_p50'] - o['direct_p50']:>8.2f}ms "
-              f"{o['service_p50'] / o['direct_p50']:>6.2f}")
-    print(f"\n{'index':<10} {'row':<13} {'matches':>8} {'recall@size':>12}")
-    for index_type, _, _, recalls in results:
-        for row_id, (r, frac) in recalls.items():
-            print(f"{index_type:<10} {row_id:<13} {frac:>7.1%} {r:>12.3f}")
+    print(f"catalog {args.items:,} items x 64 dims, 6-row homepage, user filters {USER_FILTER}, "
+          f"{args.rps:g} rps offered for {args.duration:g}s")
+    print(f"\n{'index':<10} {'publish s':>9} {'item docs/s':>11}")
+    for index_type, l in loads.items():
+        print(f"{index_type:<10} {l['publish_s']:>9.0f} {l['item_docs_per_s'] or float('nan'):>11,.0f}")
+    print(f"\n{'index':<10} {'mode':<12} {'rps':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'svc p50':>8} {'direct p50':>10} {'ratio':>6} {'ES took p50':>11}")
+    for r in results:
+        print(f"{r['index_type']:<10} {r['mode']:<12} {r['achieved_rps']:>6.1f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} "
+              f"{r['p99_ms']:>7.1f} {r['errors']:>6} {r['service_p50_ms']:>8.2f} {r['direct_p50_ms']:>10.2f} "
+              f"{r['overhead_ratio']:>6.2f} {r['es_took_p50_ms']:>11.1f}")
+    print(f"\n{'index':<10} {'mode':<12} {'row':<13} {'matches':>8} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
+    for r in results:
+        for row_id, q in r["rows"].items():
+            print(f"{r['index_type']:<10} {r['mode']:<12} {row_id:<13} {q['match_fraction']:>7.1%} {q['id_recall']:>9.3f} "
+                  f"{q['score_recall']:>9.4f} {q['took_p50_ms']:>8.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": f"python bench/serving_bench.py {' '.join(sys.argv[1:])}", "items": args.items,
+                       "loads": loads, "results": results}, f, indent=2)
+        print(f"\nwrote {args.json}")
     return 0
 
 

@@ -44,6 +44,7 @@ class Settings:
     shards: int = 1                        # FACETREC_SHARDS
     replicas: int = 0                      # FACETREC_REPLICAS
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
+    bulk_streams: int = 2                  # FACETREC_BULK_STREAMS: bulk requests in flight while loading
     templates_dir: Path = REPO_ROOT / "index_templates"  # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
@@ -68,6 +69,8 @@ class Settings:
             raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
         if self.generations_to_keep < 1:
             raise SettingsError("FACETREC_GENERATIONS_TO_KEEP must be at least 1 (the live generation)")
+        if self.bulk_streams < 1:
+            raise SettingsError(f"FACETREC_BULK_STREAMS={self.bulk_streams}: expected at least 1")
         if self.es_request_timeout_s <= 0:
             raise SettingsError("ES_REQUEST_TIMEOUT_S must be positive")
 
@@ -105,6 +108,7 @@ _ENV_NAMES = {
     "shards": "FACETREC_SHARDS",
     "replicas": "FACETREC_REPLICAS",
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",
+    "bulk_streams": "FACETREC_BULK_STREAMS",
     "templates_dir": "FACETREC_TEMPLATES_DIR",
     "rows_config": "FACETREC_ROWS_CONFIG",
     "retrieval_mode": "FACETREC_RETRIEVAL_MODE",

@@ -254,6 +254,46 @@ def test_reads_during_swaps_and_rollback_never_fail_or_mix(es, settings, catalog
     assert pages[-1] == "20260101-000003"  # after the rollback
 
 
+def test_parallel_bulk_streams_load_every_document_once_and_name_the_invalid(es, settings, small_data):
+    from ingest.indexing.bulk_load import bulk_load
+    from ingest.indexing.generations import Generations
+
+    items, _ = small_data
+    records = [dict(r) for r in items]
+    records[7]["item_embed"] = [float("nan")] * 64
+    records[900]["item_embed"] = [0.1] * 63
+    templates.apply(es, settings, "m1")
+    index = Generations(es, settings).create("item", "20260101-000001", "m1")
+    report = bulk_load(es, index, "item", iter(records), generation="20260101-000001", dims=64, chunk_docs=100,
+                       progress=False, streams=3)
+    es.indices.refresh(index=index)
+    assert report.indexed == len(items) - 2 and report.failed_count == 0
+    assert report.invalid_count == 2 and {i for i, _ in report.invalid} == {records[7]["item_id"], records[900]["item_id"]}
+    assert es.count(index=index)["count"] == len(items) - 2
+    with pytest.raises(ValueError, match="streams"):
+        bulk_load(es, index, "item", [], generation="g", dims=64, streams=0)
+
+
+def test_a_failing_stream_stops_the_others(es, settings, small_data):
+    from elasticsearch import Elasticsearch
+
+    from ingest.indexing.bulk_load import bulk_load
+
+    items, _ = small_data
+    consumed = []
+
+    def records():
+        for r in items:
+            consumed.append(r["item_id"])
+            yield r
+
+    dead = Elasticsearch("http://127.0.0.1:9", request_timeout=2)  # nothing listens on the discard port
+    with pytest.raises(Exception):
+        bulk_load(dead, "nowhere", "item", records(), generation="g", dims=64, chunk_docs=100, progress=False,
+                  streams=3, max_retries=0)
+    assert len(consumed) < len(items)
+
+
 def test_spark_partitions_load_with_the_same_bulk_code(es, settings, spark, small_data):
     from ingest.indexing.bulk_load import spark_load
     from ingest.indexing.generations import Generations

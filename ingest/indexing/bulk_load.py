@@ -6,7 +6,8 @@ cluster into a multi-node Elasticsearch cluster.
 
 Nothing is swallowed: documents with an unusable vector are counted and named in the report
 (``invalid``), and every per-document bulk failure is collected (``failed``). 429 rejections are
-retried with exponential backoff by the client helper.
+retried with exponential backoff by the client helper. ``streams`` > 1 sends that many bulk requests
+at once from one shared, ordered stream of records (the node indexes one while the next is built).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -132,14 +135,40 @@ DOCUMENT_BUILDERS: dict[str, Callable[..., tuple[str, dict]]] = {"item": item_do
 # Loading
 # --------------------------------------------------------------------------------------------
 
+class _SharedStream:
+    """One iterator consumed by several bulk streams: each takes the next action under a lock.
+    ``stop()`` ends it for every stream (one stream failed: the others stop sending)."""
+
+    def __init__(self, iterable: Iterable[dict]):
+        self._it = iter(iterable)
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def __iter__(self) -> "_SharedStream":
+        return self
+
+    def __next__(self) -> dict:
+        with self._lock:
+            if self._stopped:
+                raise StopIteration
+            return next(self._it)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
 def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mapping[str, Any]], *, generation: str,
               dims: int, require_unit: bool = False, chunk_docs: int = 1000, chunk_bytes: int = 20 * 1024 * 1024,
               max_retries: int = 6, initial_backoff: float = 0.5, progress: bool = True,
-              total: int | None = None) -> LoadReport:
-    """Stream ``records`` into ``index`` with explicit ``_id``s. Returns the report; never raises for
-    per-document problems (the validation gate decides what they mean)."""
+              total: int | None = None, streams: int = 1) -> LoadReport:
+    """Stream ``records`` into ``index`` with explicit ``_id``s, ``streams`` bulk requests in flight.
+    Returns the report; never raises for per-document problems (the validation gate decides what
+    they mean)."""
+    if streams < 1:
+        raise ValueError(f"streams must be at least 1, got {streams}")
     report = LoadReport(index=index)
     build = DOCUMENT_BUILDERS[kind]
+    counted = threading.Lock()
 
     def actions() -> Iterator[dict]:
         for record in records:
@@ -154,20 +183,39 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
 
     bar = tqdm(total=total, desc=f"loading {index}", unit="doc", disable=not progress, file=sys.stderr,
                mininterval=1.0)
-    started = time.perf_counter()
-    try:
-        for ok, item in helpers.streaming_bulk(es, actions(), chunk_size=chunk_docs, max_chunk_bytes=chunk_bytes,
+
+    def send(stream: Iterable[dict]) -> None:
+        for ok, item in helpers.streaming_bulk(es, stream, chunk_size=chunk_docs, max_chunk_bytes=chunk_bytes,
                                                raise_on_error=False, raise_on_exception=True,
                                                max_retries=max_retries, initial_backoff=initial_backoff,
                                                max_backoff=30):
-            if ok:
-                report.indexed += 1
-            else:
-                report.failed_count += 1
-                result = next(iter(item.values()))
-                if len(report.failed) < MAX_REPORTED_IDS:
-                    report.failed.append((str(result.get("_id")), str(result.get("error"))))
+            with counted:
+                if ok:
+                    report.indexed += 1
+                else:
+                    report.failed_count += 1
+                    result = next(iter(item.values()))
+                    if len(report.failed) < MAX_REPORTED_IDS:
+                        report.failed.append((str(result.get("_id")), str(result.get("error"))))
             bar.update(1)
+
+    started = time.perf_counter()
+    try:
+        if streams == 1:
+            send(actions())
+        else:
+            shared = _SharedStream(actions())
+
+            def send_shared() -> None:
+                try:
+                    send(shared)
+                except BaseException:
+                    shared.stop()
+                    raise
+
+            with ThreadPoolExecutor(streams, thread_name_prefix="bulk") as pool:
+                for done in [pool.submit(send_shared) for _ in range(streams)]:
+                    done.result()
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started

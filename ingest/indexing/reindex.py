@@ -32,7 +32,7 @@ def _load(es, settings: Settings, index: str, kind: str, source: Any, generation
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
                           client_options={"request_timeout": 120, **client_options(settings)})
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
-                     require_unit=require_unit, progress=progress, total=total)
+                     require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams)
 
 
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
@@ -103,5 +103,6 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         print(f"facetrec: generation {generation} is live ({', '.join(families)}) after {seconds:.1f}s; "
               f"kept {settings.generations_to_keep} per family, deleted {deleted or 'none'}")
         return {"generation": generation, "status": "swapped", "families": list(families),
-                "loaded": {f: r.indexed for f, r in reports.items()}, "validation": validation.checks,
+                "loaded": {f: r.indexed for f, r in reports.items()},
+                "docs_per_s": {f: round(r.docs_per_s) for f, r in reports.items()}, "validation": validation.checks,
                 "recall": validation.recall, "deleted": deleted, "seconds": seconds}
