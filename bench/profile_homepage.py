@@ -1,0 +1,191 @@
+"""Where does a homepage's Elasticsearch time go? Per-row ``took`` under controlled variants.
+
+    python bench/profile_homepage.py --items 1000000 --index-type hnsw [--reuse] [--users 40]
+
+Publishes (or with --reuse, reuses) the synthetic catalog behind the ``bench-*`` aliases, then
+sends each homepage row of --users users as its own search (so ``took`` is the row's alone), once
+per variant of the request body:
+
+- ``as_served``: the body the service sends (user + row filters and the user's seen ids inside
+  the knn filter);
+- ``no_seen_ids``: the same without the seen-id exclusion (the filter is then the same for every
+  user of a row, so Elasticsearch can reuse it);
+- ``knn_query``: the knn as a query clause instead of the top-level ``knn`` section;
+- ``no_source``: ``_source: false`` (no stored-field fetch);
+- ``nc_x``: ``num_candidates`` = k * x.
+
+Each variant is measured with the filter cache cleared before every request (``cold``) and
+again after one warm-up pass (``warm``). Prints p50 ``took`` per row and per homepage (sum of
+rows), and the profile API's breakdown of one row. ``--sweep 10 50 100`` adds, per row, id recall
+and score recall against numpy exact answers (seen items excluded) for each num_candidates factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+
+import numpy as np
+
+from facetrec.es import make_client
+from facetrec.homepage import Target, build_searches, fetch_user
+from facetrec.rows import RowCatalog
+from facetrec.settings import REPO_ROOT, Settings
+from ingest.embedding.synthetic import embedding_records
+from ingest.indexing.reindex import run_reindex
+
+USER_CLAUSES = [{"term": {"language": "en"}}, {"term": {"country": "US"}}]
+
+
+def without_seen_ids(body: dict) -> dict:
+    body = copy.deepcopy(body)
+    bool_ = body["knn"]["filter"]["bool"]
+    bool_["must_not"] = [c for c in bool_["must_not"] if "ids" not in c]
+    return body
+
+
+def as_knn_query(body: dict) -> dict:
+    body = copy.deepcopy(body)
+    knn = body.pop("knn")
+    body["query"] = {"knn": {k: v for k, v in knn.items() if k != "k"}}
+    return body
+
+
+def no_source(body: dict) -> dict:
+    return {**copy.deepcopy(body), "_source": False}
+
+
+def num_candidates(factor: int):
+    def apply(body: dict) -> dict:
+        body = copy.deepcopy(body)
+        body["knn"]["num_candidates"] = min(max(body["knn"]["k"] * factor, body["knn"]["k"]), 10_000)
+        return body
+    return apply
+
+
+VARIANTS = {"as_served": lambda b: b, "no_seen_ids": without_seen_ids, "knn_query": as_knn_query,
+            "no_source": no_source, "nc_x2": num_candidates(2), "nc_x50": num_candidates(50)}
+
+
+def pct(values, q):
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--index-type", default="hnsw")
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--reuse", action="store_true", help="use the bench-* generation already loaded")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sweep", nargs="*", type=int, default=[], metavar="FACTOR",
+                        help="num_candidates factors for the recall sweep")
+    args = parser.parse_args()
+
+    settings = Settings.from_env().replace(item_alias="bench-item_index", user_alias="bench-user_index",
+                                           index_type=args.index_type)
+    catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
+    es = make_client(settings, request_timeout=900)
+    items = users = None
+    if not args.reuse or args.sweep:
+        items, users, item_vectors, user_vectors = embedding_records(args.items, 2_000, dims=64, seed=1)
+    if not args.reuse:
+        es.indices.delete(index="bench-*", ignore_unavailable=True)
+        run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
+                    force_merge=True, expected_items=len(items), expected_users=len(users))
+    segments = es.indices.segments(index=settings.item_alias)
+    n_segments = sum(len(s["segments"]) for shards in segments["indices"].values() for shard in shards["shards"].values() for s in shard)
+    user_ids = [h["_id"] for h in es.search(index=settings.user_alias, size=args.users, source=False,
+                                            sort=["_doc"])["hits"]["hits"]]
+    target = Target(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
+                    num_candidates_factor=settings.num_candidates_factor, request_timeout_s=30.0)
+    rows = catalog.homepage_rows()
+    bodies = []  # per user: the served row bodies
+    for user_id in user_ids:
+        user = fetch_user(es, settings.user_alias, user_id, 5.0)
+        searches = build_searches(rows, user, USER_CLAUSES, target)
+        bodies.append([searches[i + 1] for i in range(0, len(searches), 2)])
+    print(f"command: python bench/profile_homepage.py {' '.join(sys.argv[1:])}")
+    print(f"item index: {es.count(index=settings.item_alias)['count']:,} docs in {n_segments} segment(s), "
+          f"{args.index_type}; {len(user_ids)} users x {len(rows)} rows; p50 took in ms")
+
+    table = {}
+    for variant in args.variants:
+        change = VARIANTS[variant]
+        for cache in ("cold", "warm"):
+            took = {row.id: [] for row in rows}
+            for user_bodies in bodies:
+                for row, body in zip(rows, user_bodies):
+                    if cache == "cold":
+                        es.indices.clear_cache(index=settings.item_alias, query=True, request=True)
+                    took[row.id].append(es.search(index=settings.item_alias, body=change(body))["took"])
+            table[(variant, cache)] = {row_id: pct(v, 50) for row_id, v in took.items()}
+            if cache == "cold":  # one warm-up pass, then the warm measurement reuses what it built
+                for user_bodies in bodies:
+                    for body in user_bodies:
+                        es.search(index=settings.item_alias, body=change(body))
+    header = f"{'variant':<12} {'cache':<5} " + " ".join(f"{r.id[:11]:>11}" for r in rows) + f" {'homepage':>9}"
+    print(header)
+    for (variant, cache), per_row in table.items():
+        print(f"{variant:<12} {cache:<5} " + " ".join(f"{per_row[r.id]:>11.1f}" for r in rows)
+              + f" {sum(per_row.values()):>9.1f}")
+
+    if args.sweep:
+        sweep(es, settings, rows, bodies, user_ids, items, users, item_vectors, user_vectors, args.sweep)
+
+    body = bodies[0][0]
+    es.indices.clear_cache(index=settings.item_alias, query=True, request=True)
+    profile = es.search(index=settings.item_alias, body={**body, "profile": True})["profile"]
+    print("\nprofile of row", rows[0].id, "(first user, cold cache):")
+    print(json.dumps(_summarize(profile), indent=2)[:4000])
+    return 0
+
+
+def sweep(es, settings, rows, bodies, user_ids, items, users, item_vectors, user_vectors, factors) -> None:
+    """Recall per row against numpy exact answers, for each num_candidates factor (warm cache)."""
+    from serving_bench import ExactRows  # the same exact answers as the serving benchmark
+
+    exact = ExactRows(RowCatalog.load(REPO_ROOT / "app" / "rows.yaml"), items, item_vectors)
+    by_id = {u["user_id"]: i for i, u in enumerate(users)}
+    print(f"\n{'factor':>6} {'row':<13} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
+    for factor in factors:
+        change = num_candidates(factor)
+        for r, row in enumerate(rows):
+            id_rec, score_rec, took = [], [], []
+            for user_id, user_bodies in zip(user_ids, bodies):
+                u = by_id[user_id]
+                top_idx, top_scores = exact.top(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size)
+                result = es.search(index=settings.item_alias, body=change(user_bodies[r]))
+                got = [h["_id"] for h in result["hits"]["hits"][:row.size]]
+                took.append(result["took"])
+                id_rec.append(len(set(exact.item_ids[top_idx]) & set(got)) / max(len(top_idx), 1))
+                got_sum = sum(float(exact.vectors[exact.position[g]] @ user_vectors[u]) for g in got)
+                score_rec.append(got_sum / float(top_scores.sum()))
+            print(f"{factor:>6} {row.id:<13} {np.mean(id_rec):>9.3f} {np.mean(score_rec):>9.4f} {pct(took, 50):>8.1f}")
+
+
+def _summarize(profile: dict) -> list:
+    """The profile API's tree reduced to (phase, query type, time ms, vector ops)."""
+    out = []
+    for shard in profile["shards"]:
+        for knn in (shard.get("dfs") or {}).get("knn", []):
+            out.append({"phase": "dfs.knn", "vector_operations_count": knn.get("vector_operations_count"),
+                        "query": [(q["type"], round(q["time_in_nanos"] / 1e6, 2)) for q in knn.get("query", [])],
+                        "rewrite_ms": round(knn.get("rewrite_time", 0) / 1e6, 2)})
+        for search in shard.get("searches", []):
+            out.append({"phase": "query", "query": [(q["type"], round(q["time_in_nanos"] / 1e6, 2))
+                                                    for q in search.get("query", [])]})
+        fetch = shard.get("fetch")
+        if fetch:
+            out.append({"phase": "fetch", "ms": round(fetch["time_in_nanos"] / 1e6, 2)})
+    return out
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"\ndone in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    sys.exit(code)
