@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
                          similarity=settings.similarity, default_mode=settings.retrieval_mode,
                          num_candidates_factor=settings.num_candidates_factor,
                          dedupe_across_rows=settings.dedupe_across_rows,
-                         request_timeout_s=settings.es_request_timeout_s),
+                         request_timeout_s=settings.es_request_timeout_s, script_lang=settings.script_lang),
     }
     logs.init_app(app)
     errors.init_app(app)

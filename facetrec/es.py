@@ -6,7 +6,9 @@ real cluster. Without ``ES_URL`` the local node recorded by ``facetrec-es start`
 
 from __future__ import annotations
 
-from elasticsearch import Elasticsearch
+import weakref
+
+from elasticsearch import ApiError, Elasticsearch
 
 from facetrec.es_local import local_url
 from facetrec.settings import Settings
@@ -53,12 +55,38 @@ def alias_index(es: Elasticsearch, alias: str) -> str | None:
     return names[0] if names else None
 
 
-def has_painless(client: Elasticsearch) -> bool:
-    """True when every node has the painless scripting module (full distributions do; the local
-    node assembled from Maven Central does not)."""
-    nodes = client.nodes.info(metric="plugins")["nodes"]
-    if not nodes:
-        return False
-    return all(any(m.get("name") == "lang-painless" for m in node.get("modules", []))
-               or any(p.get("name") == "lang-painless" for p in node.get("plugins", []))
-               for node in nodes.values())
+# The module or plugin that brings each script language script_score can use.
+SCRIPT_LANG_PROVIDERS = {
+    "painless": "lang-painless",                              # every full distribution
+    "facetrec_vector": "io.facetrec.eslocal.VectorScriptPlugin",  # the local node (elasticsearch_local/)
+}
+_detected_script_lang: "weakref.WeakKeyDictionary[Elasticsearch, str]" = weakref.WeakKeyDictionary()
+
+
+def script_languages(client: Elasticsearch) -> set[str]:
+    """The script languages of SCRIPT_LANG_PROVIDERS that every node has (``GET _nodes/plugins``)."""
+    nodes = client.nodes.info(metric="plugins")["nodes"].values()
+    names = [{p.get("name") for p in [*node.get("modules", []), *node.get("plugins", [])]} for node in nodes]
+    return {lang for lang, provider in SCRIPT_LANG_PROVIDERS.items() if names and all(provider in n for n in names)}
+
+
+def script_lang(client: Elasticsearch, setting: str = "auto", timeout_s: float | None = None) -> str:
+    """The language of script_score scripts: ``setting`` unless it is ``auto``; then painless when
+    the cluster has it, else facetrec_vector when it has that (detected once per client), else
+    painless, so the row fails with Elasticsearch's reason. Credentials without the ``monitor``
+    privilege cannot read ``_nodes/plugins``: then painless, as on every full distribution."""
+    if setting != "auto":
+        return setting
+    if client in _detected_script_lang:
+        return _detected_script_lang[client]
+    try:
+        found = script_languages(client.options(request_timeout=timeout_s) if timeout_s else client)
+    except ApiError as exc:
+        if exc.status_code not in (401, 403):
+            raise
+        found = {"painless"}
+    lang = next((lang for lang in SCRIPT_LANG_PROVIDERS if lang in found), None)
+    if lang is None:
+        return "painless"  # not remembered: a plugin installed later is picked up
+    _detected_script_lang[client] = lang
+    return lang

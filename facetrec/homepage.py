@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
+from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
 from facetrec.rows import Row, build_row_search
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
@@ -41,6 +42,7 @@ class Target:
     num_candidates_factor: int = 10
     dedupe_across_rows: bool = True
     request_timeout_s: float = 1.0
+    script_lang: str = "auto"              # script_score: auto | painless | facetrec_vector
 
 
 def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: float) -> UserVector | None:
@@ -61,7 +63,8 @@ def _row_mode(row: Row, mode: str | None, target: Target) -> str:
 
 
 def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: Sequence[dict], target: Target,
-                   mode: str | None = None, sizes: dict[str, int] | None = None) -> list[dict]:
+                   mode: str | None = None, sizes: dict[str, int] | None = None,
+                   script_lang: str = "painless") -> list[dict]:
     """The ``_msearch`` lines: one header + body per row. Rows later on the page over-fetch by the
     sizes of earlier rows so they can be backfilled after cross-row de-duplication."""
     searches: list[dict] = []
@@ -71,7 +74,8 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
         k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         body = build_row_search(row, user_vector=user.vector if user else None, user_filters=user_filters,
                                 exclude_ids=user.seen_item_ids if user else (), k=k,
-                                mode=_row_mode(row, mode, target), num_candidates_factor=target.num_candidates_factor)
+                                mode=_row_mode(row, mode, target), num_candidates_factor=target.num_candidates_factor,
+                                script_lang=script_lang)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
         searches += [{"index": target.item_index}, body]
         earlier += size
@@ -104,7 +108,17 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
     metrics = metrics or NoMetrics()
     user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
     source = "personalized" if user else "popular"
-    searches = build_searches(rows, user, user_filters, target, mode, sizes)
+    lang = "painless"
+    if user and any(_row_mode(row, mode, target) == "script_score" for row in rows):
+        try:
+            lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
+        except (ESConnectionError, ConnectionTimeout) as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+        except ApiError as exc:
+            if exc.status_code in (429, 502, 503, 504):
+                raise ClusterUnavailable(str(exc)) from exc
+            raise
+    searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)
 
     for attempt in range(2):
         try:

@@ -189,11 +189,12 @@ def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Iterable[str
 
 def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filters: Sequence[dict],
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
-                     vector_field: str = "item_embed") -> dict:
+                     vector_field: str = "item_embed", script_lang: str = "painless") -> dict:
     """The ``_search`` body for one row.
 
     * ``knn``: top-level knn with the filter *inside* it (a true pre-filter).
-    * ``script_score``: the classic exact form; the vector goes into ``params``.
+    * ``script_score``: the classic exact form in ``script_lang`` (``painless``, or ``facetrec_vector``
+      on the local node); the vector goes into ``params``.
     * no user vector: the cold-start popularity ranking under the same filters.
     """
     prefilter = row_filter(row, user_filters, exclude_ids)
@@ -207,13 +208,24 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
         body["knn"] = {"field": vector_field, "query_vector": vector, "k": k,
                        "num_candidates": max(k * num_candidates_factor, 100), "filter": prefilter}
     elif mode == "script_score":
-        body["query"] = {"script_score": {
-            "query": prefilter,
-            "script": {
-                "source": f"double v = dotProduct(params.query_vector, '{vector_field}'); "
-                          "return Math.max(0, v + params.shift);",
-                "params": {"query_vector": vector, "shift": SCRIPT_SCORE_SHIFT},
-            }}}
+        body["query"] = {"script_score": {"query": prefilter,
+                                          "script": dot_product_script(vector, vector_field, script_lang)}}
     else:
         raise ValueError(f"unknown retrieval mode {mode!r}")
     return body
+
+
+def dot_product_script(vector: list[float], vector_field: str, script_lang: str) -> dict:
+    """``max(0, dot(vector, doc[vector_field]) + SCRIPT_SCORE_SHIFT)`` as a script of ``script_lang``.
+
+    Both forms take the same score contract (``facetrec.scoring.script_score_to_dot`` inverts it);
+    the source is a constant and the vector only ever travels in ``params``.
+    """
+    if script_lang == "painless":
+        return {"source": f"double v = dotProduct(params.query_vector, '{vector_field}'); "
+                          "return Math.max(0, v + params.shift);",
+                "params": {"query_vector": vector, "shift": SCRIPT_SCORE_SHIFT}}
+    if script_lang == "facetrec_vector":  # elasticsearch_local's VectorScriptPlugin
+        return {"lang": "facetrec_vector", "source": "dot_product",
+                "params": {"field": vector_field, "query_vector": vector, "shift": SCRIPT_SCORE_SHIFT}}
+    raise ValueError(f"unknown script language {script_lang!r}")

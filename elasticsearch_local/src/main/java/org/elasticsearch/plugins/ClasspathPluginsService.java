@@ -2,30 +2,28 @@ package org.elasticsearch.plugins;
 
 import org.elasticsearch.Build;
 import org.elasticsearch.action.admin.cluster.node.info.PluginsAndModules;
-import org.elasticsearch.common.settings.Settings;
 import org.elasticsearch.env.Environment;
-import org.elasticsearch.jdk.ModuleQualifiedExportsService;
 
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.List;
-import java.util.Map;
 
 /**
  * A {@link PluginsService} that adds plugins found on the classpath (e.g. Netty4Plugin, which
- * provides the HTTP and transport layers) to whatever the (empty) modules/plugins folders hold.
+ * provides the HTTP and transport layers) to whatever the {@link PluginsLoader} found on disk
+ * (nothing, for the local node).
  *
  * <p>In {@code org.elasticsearch.plugins} because {@code LoadedPlugin} and {@code loadPlugin}
  * are package-private. Plugins listed here show up in {@code GET _nodes/plugins}, which is how
- * callers detect capabilities such as painless.
+ * callers detect capabilities such as painless or facetrec's own script language.
  */
 public final class ClasspathPluginsService extends PluginsService {
 
     private final List<LoadedPlugin> allPlugins;
     private final PluginsAndModules allInfo;
 
-    public ClasspathPluginsService(Settings settings, Environment env, Collection<Class<? extends Plugin>> classpathPlugins) {
-        super(settings, env.configFile(), env.modulesFile(), env.pluginsFile());
+    public ClasspathPluginsService(Environment env, PluginsLoader loader, Collection<Class<? extends Plugin>> classpathPlugins) {
+        super(env.settings(), env.configDir(), loader);
         List<LoadedPlugin> loaded = new ArrayList<>();
         List<PluginRuntimeInfo> infos = new ArrayList<>(super.info().getPluginInfos());
         for (Class<? extends Plugin> type : classpathPlugins) {
@@ -38,8 +36,10 @@ public final class ClasspathPluginsService extends PluginsService {
                 type.getName(),                      // classname
                 null,                                // module name
                 List.of(),                           // extended plugins
-                false, false, false, false);
-            loaded.add(new LoadedPlugin(descriptor, loadPlugin(type, settings, env.configFile())));
+                false, false, false, false,          // native controller, licensed, modular, stable
+                PluginDescriptor.DeploymentTarget.ALL);
+            Plugin instance = loadPlugin(type, env.settings(), env.configDir());
+            loaded.add(new LoadedPlugin(descriptor, instance, type.getClassLoader()));
             infos.add(new PluginRuntimeInfo(descriptor));
         }
         loaded.addAll(super.plugins());
@@ -55,10 +55,5 @@ public final class ClasspathPluginsService extends PluginsService {
     @Override
     public PluginsAndModules info() {
         return allInfo;
-    }
-
-    @Override
-    protected void addServerExportsService(Map<String, List<ModuleQualifiedExportsService>> qualifiedExports) {
-        // Classpath mode: there is no server module layer to export from.
     }
 }
