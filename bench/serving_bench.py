@@ -32,7 +32,7 @@ from datetime import date
 import numpy as np
 
 from app.server import start_gunicorn
-from facetrec.es import make_client, resolve_url
+from facetrec.es import make_client, resolve_url, script_lang
 from facetrec.es_local import port_is_free
 from facetrec.homepage import Target, build_searches, fetch_user
 from facetrec.rows import RowCatalog
@@ -93,7 +93,8 @@ def measure_overhead(base: str, es, target: Target, catalog: RowCatalog, users: 
         service.append(http_get(homepage_url(base, user_id, mode))[0])
         started = time.perf_counter()
         user = fetch_user(es, target.user_index, user_id, 5.0)
-        result = es.msearch(searches=build_searches(rows, user, USER_CLAUSES, target, mode=mode))
+        result = es.msearch(searches=build_searches(rows, user, USER_CLAUSES, target, mode=mode,
+                                                    script_lang=script_lang(es)))
         direct.append((time.perf_counter() - started) * 1000)
         took.append(result["took"])
         for row, response in zip(rows, result["responses"]):
@@ -153,7 +154,7 @@ def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, us
         for u in range(n_users):
             top_idx, top_scores = exact.top(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size)
             user = fetch_user(es, target.user_index, users[u]["user_id"], 5.0)
-            body = build_searches([row], user, USER_CLAUSES, target, mode=mode)
+            body = build_searches([row], user, USER_CLAUSES, target, mode=mode, script_lang=script_lang(es))
             got = [h["_id"] for h in es.msearch(searches=body)["responses"][0]["hits"]["hits"][:row.size]]
             got_scores = [float(exact.vectors[exact.position[g]] @ user_vectors[u]) for g in got]
             id_recalls.append(len(set(exact.item_ids[top_idx]) & set(got)) / max(len(top_idx), 1))
@@ -176,6 +177,8 @@ def main() -> int:
     parser.add_argument("--overhead-requests", type=int, default=200)
     parser.add_argument("--quality-users", type=int, default=30)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--reuse", action="store_true",
+                        help="serve the bench-* generation already loaded (same --items; one index type)")
     args = parser.parse_args()
 
     base_settings = Settings.from_env()
@@ -190,13 +193,18 @@ def main() -> int:
     for index_type in args.index_types:
         settings = base_settings.replace(item_alias="bench-item_index", user_alias="bench-user_index",
                                          index_type=index_type)
-        es.indices.delete(index="bench-*", ignore_unavailable=True)
-        started = time.perf_counter()
-        published = run_reindex(es, settings, catalog, items=items, users=users, model_version="bench",
-                                sample_users=5, force_merge=index_type != "flat", expected_items=len(items),
-                                expected_users=len(users))
-        loads[index_type] = {"publish_s": time.perf_counter() - started,
-                             "item_docs_per_s": published.get("docs_per_s", {}).get("item")}
+        if args.reuse:
+            live = es.count(index=settings.item_alias)["count"]
+            if live != len(items):
+                raise SystemExit(f"--reuse: {settings.item_alias} holds {live:,} items, not {len(items):,}")
+        else:
+            es.indices.delete(index="bench-*", ignore_unavailable=True)
+            started = time.perf_counter()
+            published = run_reindex(es, settings, catalog, items=items, users=users, model_version="bench",
+                                    sample_users=5, force_merge=index_type != "flat", expected_items=len(items),
+                                    expected_users=len(users))
+            loads[index_type] = {"publish_s": time.perf_counter() - started,
+                                 "item_docs_per_s": published.get("docs_per_s", {}).get("item")}
         port = next(p for p in range(18000, 18100) if port_is_free(p))
         proc = start_service(settings, port)
         base = f"http://127.0.0.1:{port}"

@@ -37,6 +37,11 @@ FACET_TYPES = ("keyword", "float", "integer", "date")
 CLAUSES = ("term", "terms", "range")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
 MAX_ROW_SIZE = 100
+# knn rows exclude the user's seen items AFTER the vector search, so the knn filter (user facets +
+# row filters) is the same for every user and Elasticsearch reuses its cached bitset; to make up
+# for the dropped hits a row asks for k + min(#seen, SEEN_OVERFETCH_MAX) neighbours.
+SEEN_OVERFETCH_MAX = 100
+MAX_NUM_CANDIDATES = 10_000   # Elasticsearch rejects more
 ITEM_SOURCE_FIELDS = ["item_id", "title", "item_format", "language", "categories", "popularity", "generation"]
 
 
@@ -180,7 +185,7 @@ def check_value(value: Any, kind: str, where: str) -> Any:
     raise BadRequest(where, f"unsupported facet type {kind}")
 
 
-def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Iterable[str]) -> dict:
+def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Iterable[str] = ()) -> dict:
     """The pre-filter of one row: user filters AND row filters, minus exclusions."""
     excluded = list(dict.fromkeys(exclude_ids))
     must_not = list(row.must_not) + ([{"ids": {"values": excluded}}] if excluded else [])
@@ -192,12 +197,15 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
                      vector_field: str = "item_embed", script_lang: str = "painless") -> dict:
     """The ``_search`` body for one row.
 
-    * ``knn``: top-level knn with the filter *inside* it (a true pre-filter).
+    * ``knn``: a knn query whose own filter holds the user and row filters (a true pre-filter that
+      is the same for every user of the row, so its bitset is cached), with the seen items removed
+      from its neighbours by a ``must_not`` around it (over-fetched by ``SEEN_OVERFETCH_MAX`` at most).
     * ``script_score``: the classic exact form in ``script_lang`` (``painless``, or ``facetrec_vector``
       on the local node); the vector goes into ``params``.
     * no user vector: the cold-start popularity ranking under the same filters.
     """
-    prefilter = row_filter(row, user_filters, exclude_ids)
+    excluded = list(dict.fromkeys(exclude_ids))
+    prefilter = row_filter(row, user_filters, excluded)
     body: dict[str, Any] = {"size": k, "_source": ITEM_SOURCE_FIELDS}
     if user_vector is None:
         body["query"] = {"bool": {**prefilter["bool"]}}
@@ -205,14 +213,23 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
         return body
     vector = [float(x) for x in user_vector]
     if mode == "knn":
-        body["knn"] = {"field": vector_field, "query_vector": vector, "k": k,
-                       "num_candidates": max(k * num_candidates_factor, 100), "filter": prefilter}
+        neighbours = k + min(len(excluded), SEEN_OVERFETCH_MAX)
+        knn = {"field": vector_field, "query_vector": vector, "k": neighbours,
+               "num_candidates": num_candidates(neighbours, num_candidates_factor),
+               "filter": row_filter(row, user_filters)}
+        body["query"] = ({"bool": {"must": [{"knn": knn}], "must_not": [{"ids": {"values": excluded}}]}}
+                         if excluded else {"knn": knn})
     elif mode == "script_score":
         body["query"] = {"script_score": {"query": prefilter,
                                           "script": dot_product_script(vector, vector_field, script_lang)}}
     else:
         raise ValueError(f"unknown retrieval mode {mode!r}")
     return body
+
+
+def num_candidates(k: int, factor: int) -> int:
+    """Candidates per shard for ``k`` neighbours: k * factor, at least 100, at most ES's limit."""
+    return min(max(k * factor, 100, k), MAX_NUM_CANDIDATES)
 
 
 def dot_product_script(vector: list[float], vector_field: str, script_lang: str) -> dict:

@@ -244,6 +244,30 @@ def test_metrics_arrive_over_real_udp(published):
     assert "component:service" in text
 
 
+def test_knn_filter_is_the_same_for_every_user_and_seen_items_are_removed_outside_it():
+    """Elasticsearch caches a knn filter's bitset by the whole filter: it must not hold per-user ids."""
+    from facetrec.rows import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, Row, build_row_search
+
+    row = Row(id="r", title="r", filter=({"term": {"item_format": "audiobook"}},),
+              must_not=({"term": {"categories": "horror"}},))
+    user_filters = [{"term": {"language": "en"}}]
+
+    def body(seen, k=10, factor=10):
+        return build_row_search(row, user_vector=[0.5, -1.0], user_filters=user_filters, exclude_ids=seen, k=k,
+                                mode="knn", num_candidates_factor=factor)
+
+    a, b = body(["s1", "s2", "s1"]), body([f"s{i}" for i in range(500)])
+    knn_a, knn_b = a["query"]["bool"]["must"][0]["knn"], b["query"]["bool"]["must"][0]["knn"]
+    assert knn_a["filter"] == knn_b["filter"] == {"bool": {
+        "filter": [{"term": {"language": "en"}}, {"term": {"item_format": "audiobook"}}],
+        "must_not": [{"term": {"categories": "horror"}}]}}
+    assert a["query"]["bool"]["must_not"] == [{"ids": {"values": ["s1", "s2"]}}]  # de-duplicated, in order
+    assert a["size"] == 10 and knn_a["k"] == 12 and knn_a["num_candidates"] == 120
+    assert knn_b["k"] == 10 + SEEN_OVERFETCH_MAX and len(b["query"]["bool"]["must_not"][0]["ids"]["values"]) == 500
+    assert body([])["query"] == {"knn": {**knn_a, "k": 10, "num_candidates": 100}}
+    assert body([], k=100, factor=1000)["query"]["knn"]["num_candidates"] == MAX_NUM_CANDIDATES
+
+
 @pytest.mark.parametrize("lang", ["painless", "facetrec_vector"])
 def test_script_score_request_body_keeps_user_values_in_params(lang):
     from facetrec.rows import Row, build_row_search
