@@ -6,11 +6,12 @@ Publishes (or with --reuse, reuses) the synthetic catalog behind the ``bench-*``
 sends each homepage row of --users users as its own search (so ``took`` is the row's alone), once
 per variant of the request body:
 
-- ``as_served``: the body the service sends (user + row filters and the user's seen ids inside
-  the knn filter);
-- ``no_seen_ids``: the same without the seen-id exclusion (the filter is then the same for every
-  user of a row, so Elasticsearch can reuse it);
-- ``knn_query``: the knn as a query clause instead of the top-level ``knn`` section;
+- ``as_served``: the bodies the service sends (per row config: a knn query whose filter is the
+  same for every user, seen ids removed around it; or exact ``script_score``);
+- ``seen_in_filter``: the form served before: a top-level ``knn`` section whose filter also holds
+  the user's seen ids (unique per user, so its bitset is never reused);
+- ``knn_section``: the cacheable filter in a top-level ``knn`` section (an extra dfs phase), seen
+  ids as a post-filter;
 - ``no_source``: ``_source: false`` (no stored-field fetch);
 - ``nc_x``: ``num_candidates`` = k * x.
 
@@ -30,7 +31,7 @@ import time
 
 import numpy as np
 
-from facetrec.es import make_client
+from facetrec.es import make_client, script_lang
 from facetrec.homepage import Target, build_searches, fetch_user
 from facetrec.rows import RowCatalog
 from facetrec.settings import REPO_ROOT, Settings
@@ -40,18 +41,39 @@ from ingest.indexing.reindex import run_reindex
 USER_CLAUSES = [{"term": {"language": "en"}}, {"term": {"country": "US"}}]
 
 
-def without_seen_ids(body: dict) -> dict:
-    body = copy.deepcopy(body)
-    bool_ = body["knn"]["filter"]["bool"]
-    bool_["must_not"] = [c for c in bool_["must_not"] if "ids" not in c]
-    return body
+def _knn(body: dict) -> dict:
+    """The knn clause of a served knn row body (a knn query, alone or inside bool.must)."""
+    query = body["query"]
+    return query["knn"] if "knn" in query else query["bool"]["must"][0]["knn"]
 
 
-def as_knn_query(body: dict) -> dict:
-    body = copy.deepcopy(body)
-    knn = body.pop("knn")
-    body["query"] = {"knn": {k: v for k, v in knn.items() if k != "k"}}
-    return body
+def _seen(body: dict) -> list:
+    query = body["query"]
+    return [] if "knn" in query else query["bool"]["must_not"][0]["ids"]["values"]
+
+
+def seen_ids_in_filter(body: dict) -> dict:
+    """The form served before: a top-level knn section whose filter also holds the seen ids."""
+    if "script_score" in body["query"]:
+        return body
+    knn = copy.deepcopy(_knn(body))
+    seen = _seen(body)
+    knn["k"] = body["size"]
+    knn["num_candidates"] = max(body["size"] * 10, 100)
+    if seen:
+        knn["filter"]["bool"]["must_not"].append({"ids": {"values": seen}})
+    return {**{k: v for k, v in body.items() if k != "query"}, "knn": knn}
+
+
+def knn_section(body: dict) -> dict:
+    """The cacheable filter, but as a top-level knn section (an extra dfs phase) with a post-filter."""
+    if "script_score" in body["query"]:
+        return body
+    out = {k: v for k, v in copy.deepcopy(body).items() if k != "query"}
+    out["knn"] = copy.deepcopy(_knn(body))
+    if _seen(body):
+        out["post_filter"] = {"bool": {"must_not": [{"ids": {"values": _seen(body)}}]}}
+    return out
 
 
 def no_source(body: dict) -> dict:
@@ -61,12 +83,14 @@ def no_source(body: dict) -> dict:
 def num_candidates(factor: int):
     def apply(body: dict) -> dict:
         body = copy.deepcopy(body)
-        body["knn"]["num_candidates"] = min(max(body["knn"]["k"] * factor, body["knn"]["k"]), 10_000)
+        if "script_score" not in body["query"]:
+            knn = _knn(body)
+            knn["num_candidates"] = min(max(knn["k"] * factor, knn["k"]), 10_000)
         return body
     return apply
 
 
-VARIANTS = {"as_served": lambda b: b, "no_seen_ids": without_seen_ids, "knn_query": as_knn_query,
+VARIANTS = {"as_served": lambda b: b, "seen_in_filter": seen_ids_in_filter, "knn_section": knn_section,
             "no_source": no_source, "nc_x2": num_candidates(2), "nc_x50": num_candidates(50)}
 
 
@@ -80,6 +104,8 @@ def main() -> int:
     parser.add_argument("--index-type", default="hnsw")
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--reuse", action="store_true", help="use the bench-* generation already loaded")
+    parser.add_argument("--mode", choices=["knn", "script_score"], help="force one mode on every row "
+                        "(default: each row's configured retrieval)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--sweep", nargs="*", type=int, default=[], metavar="FACTOR",
                         help="num_candidates factors for the recall sweep")
@@ -106,7 +132,7 @@ def main() -> int:
     bodies = []  # per user: the served row bodies
     for user_id in user_ids:
         user = fetch_user(es, settings.user_alias, user_id, 5.0)
-        searches = build_searches(rows, user, USER_CLAUSES, target)
+        searches = build_searches(rows, user, USER_CLAUSES, target, mode=args.mode, script_lang=script_lang(es))
         bodies.append([searches[i + 1] for i in range(0, len(searches), 2)])
     print(f"command: python bench/profile_homepage.py {' '.join(sys.argv[1:])}")
     print(f"item index: {es.count(index=settings.item_alias)['count']:,} docs in {n_segments} segment(s), "
