@@ -38,8 +38,10 @@ CLAUSES = ("term", "terms", "range")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
 MAX_ROW_SIZE = 100
 # knn rows exclude the user's seen items AFTER the vector search, so the knn filter (user facets +
-# row filters) is the same for every user and Elasticsearch reuses its cached bitset; to make up
-# for the dropped hits a row asks for k + min(#seen, SEEN_OVERFETCH_MAX) neighbours.
+# row filters) is the same for every user and Elasticsearch can reuse its cached bitset; to make
+# up for the dropped hits a row asks for k + #seen neighbours. A user with more seen items than
+# SEEN_OVERFETCH_MAX gets them inside the knn filter instead (exact, but built per request), so a
+# row never comes back short because too many seen items ranked at the top.
 SEEN_OVERFETCH_MAX = 100
 MAX_NUM_CANDIDATES = 10_000   # Elasticsearch rejects more
 ITEM_SOURCE_FIELDS = ["item_id", "title", "item_format", "language", "categories", "popularity", "generation"]
@@ -198,8 +200,8 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
     """The ``_search`` body for one row.
 
     * ``knn``: a knn query whose own filter holds the user and row filters (a true pre-filter that
-      is the same for every user of the row, so its bitset is cached), with the seen items removed
-      from its neighbours by a ``must_not`` around it (over-fetched by ``SEEN_OVERFETCH_MAX`` at most).
+      is the same for every user of the row, so its bitset can be cached), with the seen items
+      removed from its neighbours by a ``must_not`` around it (``SEEN_OVERFETCH_MAX`` above).
     * ``script_score``: the classic exact form in ``script_lang`` (``painless``, or ``facetrec_vector``
       on the local node); the vector goes into ``params``.
     * no user vector: the cold-start popularity ranking under the same filters.
@@ -213,12 +215,12 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
         return body
     vector = [float(x) for x in user_vector]
     if mode == "knn":
-        neighbours = k + min(len(excluded), SEEN_OVERFETCH_MAX)
+        after = excluded if len(excluded) <= SEEN_OVERFETCH_MAX else []   # seen ids removed after the search
+        neighbours = k + len(after)
         knn = {"field": vector_field, "query_vector": vector, "k": neighbours,
-               "num_candidates": num_candidates(neighbours, num_candidates_factor),
-               "filter": row_filter(row, user_filters)}
-        body["query"] = ({"bool": {"must": [{"knn": knn}], "must_not": [{"ids": {"values": excluded}}]}}
-                         if excluded else {"knn": knn})
+               "num_candidates": min(max(num_candidates(k, num_candidates_factor), neighbours), MAX_NUM_CANDIDATES),
+               "filter": row_filter(row, user_filters, () if after else excluded)}
+        body["query"] = {"bool": {"must": [{"knn": knn}], "must_not": [{"ids": {"values": after}}]}} if after else {"knn": knn}
     elif mode == "script_score":
         body["query"] = {"script_score": {"query": prefilter,
                                           "script": dot_product_script(vector, vector_field, script_lang)}}

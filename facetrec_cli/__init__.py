@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the CLI's last line: one clear message, the traceback only with -v
+    except Exception as exc:  # the CLI's last line: one clear message, the traceback with FACETREC_DEBUG=1
         from facetrec_cli.errors import explain
 
         print(f"facetrec: error: {explain(exc)}", file=sys.stderr)

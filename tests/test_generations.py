@@ -274,7 +274,16 @@ def test_parallel_bulk_streams_load_every_document_once_and_name_the_invalid(es,
         bulk_load(es, index, "item", [], generation="g", dims=64, streams=0)
 
 
-def test_a_failing_stream_stops_the_others(es, settings, small_data):
+def test_a_stopped_shared_stream_ends_for_every_consumer():
+    from ingest.indexing.bulk_load import _SharedStream
+
+    shared = _SharedStream(iter(range(10)))
+    assert [next(shared), next(shared)] == [0, 1]
+    shared.stop()
+    assert list(shared) == [] and list(shared) == []
+
+
+def test_a_load_against_an_unreachable_cluster_stops_reading_records(es, settings, small_data):
     from elasticsearch import Elasticsearch
 
     from ingest.indexing.bulk_load import bulk_load

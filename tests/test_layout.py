@@ -65,11 +65,25 @@ def test_ingest_is_split_into_its_two_jobs():
     assert (REPO / "ingest" / "indexing" / "__init__.py").exists()
 
 
-def test_the_embedding_side_does_not_reach_into_the_index_side():
+def test_the_embedding_side_does_not_talk_to_elasticsearch():
     """Computing embeddings needs no Elasticsearch code: the index side consumes its files."""
-    assert layering_violations("ingest/embedding", {"app", "facetrec_cli"}) == []
-    offenders = [v for v in layering_violations("ingest/embedding", {"ingest"}) if "ingest.indexing" in v]
+    assert layering_violations("ingest/embedding", {"app", "facetrec_cli", "elasticsearch"}) == []
+    offenders = [v for v in layering_violations("ingest/embedding", {"ingest", "facetrec"})
+                 if "ingest.indexing" in v or "facetrec.es" in v or "facetrec.homepage" in v]
     assert offenders == []
+
+
+def test_dags_only_call_the_airflow_task_functions():
+    """DAG files stay thin: of this project they import only ingest.dag_tasks (inside tasks)."""
+    project = {"facetrec", "app", "ingest", "facetrec_cli"}
+    for path in sorted((REPO / "dags").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for lineno, module in imported_modules(path):
+            if module.split(".")[0] not in project:
+                continue
+            names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == module
+                     for a in n.names}
+            assert (module, names) == ("ingest", {"dag_tasks"}), f"{path.name}:{lineno} imports {module} {names}"
 
 
 def test_one_command_line_tree_holds_every_command():

@@ -83,6 +83,31 @@ def test_rows_honour_filters_exclusions_dedupe_and_exact_order(client, published
     assert [i["id"] for i in page["rows"][0]["items"]] == expected
 
 
+@pytest.mark.parametrize("n_seen", [60, 150])
+def test_rows_stay_full_when_the_users_top_items_are_all_seen(es, client, published, n_seen):
+    """Seen items are dropped after the vector search (60: within the over-fetch) or excluded
+    inside the filter (150: more than it covers); either way the row is the exact top-10 of the
+    unseen items, never short."""
+    from facetrec.es import alias_index
+    from facetrec.rows import SEEN_OVERFETCH_MAX
+
+    assert (n_seen <= SEEN_OVERFETCH_MAX) == (n_seen == 60)  # one case on each side of the bound
+    settings, _, items, users, item_vectors, user_vectors = published
+    vector = user_vectors[5]
+    eligible = [i for i, r in enumerate(items) if facets_ok(r, "for_you", "en", "US")]
+    ranked = [items[eligible[j]]["item_id"] for j in np.argsort(-(item_vectors[eligible] @ vector), kind="stable")]
+    seen, expected = ranked[:n_seen], ranked[n_seen:n_seen + 10]
+    user_index = alias_index(es, settings.user_alias)
+    user_id = f"heavy-reader-{n_seen}"
+    es.index(index=user_index, id=user_id, refresh=True,
+             document={"user_embed": vector.tolist(), "seen_item_ids": seen, "generation": "20260101-000001"})
+    try:
+        page = client.get(f"/v1/users/{user_id}/homepage?language=en&country=US&rows=for_you").json
+    finally:
+        es.delete(index=user_index, id=user_id, refresh=True)
+    assert [i["id"] for i in page["rows"][0]["items"]] == expected
+
+
 def test_later_rows_are_backfilled_after_dedupe(client, published):
     _, _, items, users, *_ = published
     body = {"rows": [{"id": "for_you", "size": 30}, {"id": "ebooks", "size": 20}]}
@@ -256,16 +281,21 @@ def test_knn_filter_is_the_same_for_every_user_and_seen_items_are_removed_outsid
         return build_row_search(row, user_vector=[0.5, -1.0], user_filters=user_filters, exclude_ids=seen, k=k,
                                 mode="knn", num_candidates_factor=factor)
 
-    a, b = body(["s1", "s2", "s1"]), body([f"s{i}" for i in range(500)])
+    shared_filter = {"bool": {"filter": [{"term": {"language": "en"}}, {"term": {"item_format": "audiobook"}}],
+                              "must_not": [{"term": {"categories": "horror"}}]}}
+    a, b = body(["s1", "s2", "s1"]), body([f"s{i}" for i in range(SEEN_OVERFETCH_MAX)])
     knn_a, knn_b = a["query"]["bool"]["must"][0]["knn"], b["query"]["bool"]["must"][0]["knn"]
-    assert knn_a["filter"] == knn_b["filter"] == {"bool": {
-        "filter": [{"term": {"language": "en"}}, {"term": {"item_format": "audiobook"}}],
-        "must_not": [{"term": {"categories": "horror"}}]}}
+    assert knn_a["filter"] == knn_b["filter"] == shared_filter
     assert a["query"]["bool"]["must_not"] == [{"ids": {"values": ["s1", "s2"]}}]  # de-duplicated, in order
-    assert a["size"] == 10 and knn_a["k"] == 12 and knn_a["num_candidates"] == 120
-    assert knn_b["k"] == 10 + SEEN_OVERFETCH_MAX and len(b["query"]["bool"]["must_not"][0]["ids"]["values"]) == 500
+    assert a["size"] == 10 and knn_a["k"] == 12 and knn_a["num_candidates"] == 100
+    assert knn_b["k"] == 10 + SEEN_OVERFETCH_MAX and knn_b["num_candidates"] == 10 + SEEN_OVERFETCH_MAX
     assert body([])["query"] == {"knn": {**knn_a, "k": 10, "num_candidates": 100}}
     assert body([], k=100, factor=1000)["query"]["knn"]["num_candidates"] == MAX_NUM_CANDIDATES
+
+    # More seen items than the over-fetch covers: they go inside the filter, so the row cannot run short.
+    heavy = [f"s{i}" for i in range(SEEN_OVERFETCH_MAX + 1)]
+    knn_c = body(heavy)["query"]["knn"]
+    assert knn_c["k"] == 10 and knn_c["filter"]["bool"]["must_not"][-1] == {"ids": {"values": heavy}}
 
 
 @pytest.mark.parametrize("lang", ["painless", "facetrec_vector"])

@@ -197,7 +197,7 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
                     result = next(iter(item.values()))
                     if len(report.failed) < MAX_REPORTED_IDS:
                         report.failed.append((str(result.get("_id")), str(result.get("error"))))
-            bar.update(1)
+                bar.update(1)
 
     started = time.perf_counter()
     try:
@@ -214,8 +214,12 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
                     raise
 
             with ThreadPoolExecutor(streams, thread_name_prefix="bulk") as pool:
-                for done in [pool.submit(send_shared) for _ in range(streams)]:
-                    done.result()
+                try:
+                    for done in [pool.submit(send_shared) for _ in range(streams)]:
+                        done.result()
+                except BaseException:  # a failed stream, Ctrl-C or SIGTERM: the others stop sending too
+                    shared.stop()
+                    raise
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started
