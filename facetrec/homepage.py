@@ -6,6 +6,7 @@ new generation's concrete index names, before any alias moves).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, Sequence
@@ -97,6 +98,19 @@ def _item(hit: dict, source: str, mode: str, similarity: str) -> dict:
     return item
 
 
+@contextlib.contextmanager
+def _cluster_errors_as_unavailable():
+    """Unreachable, timed out or overloaded (429/502/503/504) Elasticsearch: ClusterUnavailable (a 503)."""
+    try:
+        yield
+    except (ESConnectionError, ConnectionTimeout) as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+    except ApiError as exc:
+        if exc.status_code in (429, 502, 503, 504):
+            raise ClusterUnavailable(str(exc)) from exc
+        raise
+
+
 def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict] = (),
               *, mode: str | None = None, sizes: dict[str, int] | None = None,
               metrics: NoMetrics | None = None) -> dict:
@@ -110,27 +124,15 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
     source = "personalized" if user else "popular"
     lang = "painless"
     if user and any(_row_mode(row, mode, target) == "script_score" for row in rows):
-        try:
+        with _cluster_errors_as_unavailable():
             lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
-        except (ESConnectionError, ConnectionTimeout) as exc:
-            raise ClusterUnavailable(str(exc)) from exc
-        except ApiError as exc:
-            if exc.status_code in (429, 502, 503, 504):
-                raise ClusterUnavailable(str(exc)) from exc
-            raise
     searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)
 
     for attempt in range(2):
-        try:
+        with _cluster_errors_as_unavailable():
             started = time.perf_counter()
             result = es.options(request_timeout=target.request_timeout_s).msearch(searches=searches)
             metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)
-        except (ESConnectionError, ConnectionTimeout) as exc:
-            raise ClusterUnavailable(str(exc)) from exc
-        except ApiError as exc:
-            if exc.status_code in (429, 502, 503, 504):
-                raise ClusterUnavailable(str(exc)) from exc
-            raise
         responses = result["responses"]
         indices = {h["_index"] for r in responses if "hits" in r for h in r["hits"]["hits"]}
         # An alias swap landed between the searches of this one _msearch: ask again, so a

@@ -120,6 +120,74 @@ def test_failure_midway_leaves_aliases_and_next_run_succeeds(es, settings, catal
     assert publish(es, settings, catalog, small_data, "20260101-000003")["status"] == "swapped"
 
 
+def _gen_indices(settings, generation):
+    return [f"{settings.item_alias}-{generation}", f"{settings.user_alias}-{generation}"]
+
+
+def test_a_timeout_after_the_alias_swap_applied_keeps_the_new_live_generation(es, settings, catalog, small_data,
+                                                                              monkeypatch):
+    """The _aliases call lands, then the client times out: the run reads the aliases back and carries on
+    (before: it deleted the new, already live indices and both aliases vanished)."""
+    from elasticsearch import ConnectionTimeout
+
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    real_swap = Generations.swap
+
+    def swap_then_time_out(self, targets):
+        real_swap(self, targets)
+        raise ConnectionTimeout("simulated: the response to _aliases never came")
+
+    monkeypatch.setattr(Generations, "swap", swap_then_time_out)
+    assert publish(es, settings, catalog, small_data, "20260101-000002")["status"] == "swapped"
+    assert live(es, settings) == tuple(_gen_indices(settings, "20260101-000002"))
+    assert all(es.indices.exists(index=i) for i in _gen_indices(settings, "20260101-000002"))
+
+
+def test_a_timeout_before_the_alias_swap_applied_leaves_the_old_generation(es, settings, catalog, small_data,
+                                                                           monkeypatch):
+    from elasticsearch import ConnectionTimeout
+
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    before = live(es, settings)
+
+    def time_out(self, targets):
+        raise ConnectionTimeout("simulated: _aliases timed out and was not applied")
+
+    monkeypatch.setattr(Generations, "swap", time_out)
+    with pytest.raises(ConnectionTimeout):
+        publish(es, settings, catalog, small_data, "20260101-000002")
+    assert live(es, settings) == before
+    assert not any(es.indices.exists(index=i) for i in _gen_indices(settings, "20260101-000002"))
+
+
+def test_a_signal_right_after_the_swap_never_deletes_the_live_indices(es, settings, catalog, small_data, monkeypatch):
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    real_swap = Generations.swap
+
+    def swap_then_interrupt(self, targets):
+        real_swap(self, targets)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Generations, "swap", swap_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        publish(es, settings, catalog, small_data, "20260101-000002")
+    assert live(es, settings) == tuple(_gen_indices(settings, "20260101-000002"))
+    assert es.count(index=settings.item_alias)["count"] == len(small_data[0])
+
+
+def test_cleanup_deletes_nothing_when_the_aliases_cannot_be_read(es, settings, catalog, small_data):
+    from elasticsearch import Elasticsearch
+
+    from ingest.indexing.reindex import delete_unless_aliased
+
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    unreachable = Elasticsearch("http://127.0.0.1:9", request_timeout=2, max_retries=0)
+    indices = _gen_indices(settings, "20260101-000001")
+    assert delete_unless_aliased(unreachable, indices) == []
+    assert delete_unless_aliased(es, indices) == []        # both live: nothing to delete
+    assert all(es.indices.exists(index=i) for i in indices)
+
+
 def _alias_target(settings):
     return Target(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
                   request_timeout_s=10)

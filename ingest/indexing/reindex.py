@@ -1,16 +1,19 @@
 """One re-index run: lock -> templates -> new generation -> load -> validate -> ONE alias swap -> retention.
 
 Any failure before the swap leaves the aliases untouched and deletes this run's own partial
-indices; a crash that could not clean up (SIGKILL) is cleaned by the next run. Rerunning a
-generation that is already live does nothing.
+indices, only those no alias points at (read back from the cluster at that moment). An error
+around the ``_aliases`` call is settled by reading the aliases back: if the swap was applied, the
+run carries on. A crash that could not clean up (SIGKILL) is cleaned by the next run. Rerunning
+a generation that is already live does nothing.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Iterable, Mapping
 
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch
 
 from facetrec.es import client_options, resolve_url
 from facetrec.homepage import Target
@@ -33,6 +36,35 @@ def _load(es, settings: Settings, index: str, kind: str, source: Any, generation
                           client_options={"request_timeout": 120, **client_options(settings)})
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams)
+
+
+def swap_and_confirm(gens: Generations, targets: dict[str, str]) -> None:
+    """The one ``_aliases`` call. If it errs (a timeout, a dropped connection), it may still have been
+    applied: read the aliases back and carry on when they already name the targets; raise otherwise."""
+    try:
+        gens.swap(targets)
+    except (ConnectionTimeout, ESConnectionError, ApiError) as exc:
+        if any(gens.live_index(family) != index for family, index in targets.items()):
+            raise
+        print(f"facetrec: the _aliases call failed ({type(exc).__name__}) but the aliases show it was applied; "
+              "carrying on", file=sys.stderr)
+
+
+def delete_unless_aliased(es: Elasticsearch, indices: list[str]) -> list[str]:
+    """Delete those of ``indices`` that no alias points at, read from the cluster now. If the aliases
+    cannot be read, delete nothing: a later run's cleanup decides with the cluster in view."""
+    if not indices:
+        return []
+    try:
+        aliases = es.indices.get_alias(index=indices, ignore_unavailable=True)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, deleting blind is worse
+        print(f"facetrec: could not read the aliases ({type(exc).__name__}); left {', '.join(indices)} for the "
+              "next run to clean up", file=sys.stderr)
+        return []
+    doomed = [i for i in indices if not (aliases.get(i) or {}).get("aliases")]
+    for index in doomed:
+        es.options(ignore_status=404).indices.delete(index=index)
+    return doomed
 
 
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
@@ -91,12 +123,11 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
 
             for index in created:
                 gens.mark(index, VALIDATED)
-            gens.swap({f: gens.index_name(f, generation) for f in families})
+            swap_and_confirm(gens, {f: gens.index_name(f, generation) for f in families})
             metrics.increment("reindex.swap", tags=[f"families:{'+'.join(families)}"])
         except BaseException as exc:
             metrics.increment("reindex.failed", tags=[f"error:{type(exc).__name__}"])
-            for index in created:
-                es.options(ignore_status=404).indices.delete(index=index)
+            delete_unless_aliased(es, created)
             raise
         deleted = gens.retain()
         seconds = time.perf_counter() - started
