@@ -1,6 +1,6 @@
-"""Ingest throughput into a new generation: docs/s per index type and catalog size.
+"""Ingest throughput into a new generation: docs/s per index type, catalog size and bulk streams.
 
-    python bench/ingest_bench.py --sizes 100000 1000000 --index-types flat int8_hnsw
+    python bench/ingest_bench.py --sizes 100000 1000000 --index-types flat int8_hnsw --streams 1 2
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def records(n: int, dims: int, seed: int = 0):
         yield {**item_record(catalog, i), "item_embed": vectors[i]}
 
 
-def run(sizes, index_types, dims: int) -> list[dict]:
+def run(sizes, index_types, dims: int, streams_options=(1,)) -> list[dict]:
     base = Settings.from_env()
     es = make_client(base, request_timeout=600)
     results = []
     for index_type in index_types:
-        for n in sizes:
+        for n, streams in [(n, s) for n in sizes for s in streams_options]:
             settings = base.replace(item_alias="bench-item_index", user_alias="bench-user_index",
                                     index_type=index_type, vector_dims=dims)
             templates.apply(es, settings, "bench")
@@ -40,11 +40,12 @@ def run(sizes, index_types, dims: int) -> list[dict]:
             es.indices.delete(index="bench-item_index-*", ignore_unavailable=True)
             index = gens.create("item", "20260101-000000", "bench")
             started = time.perf_counter()
-            report = bulk_load(es, index, "item", records(n, dims), generation="bench", dims=dims, total=n)
+            report = bulk_load(es, index, "item", records(n, dims), generation="bench", dims=dims, total=n,
+                               streams=streams)
             loaded = time.perf_counter() - started
             gens.finish_loading(index)
             total = time.perf_counter() - started
-            results.append({"index_type": index_type, "docs": n, "load_s": loaded, "load_docs_s": n / loaded,
+            results.append({"index_type": index_type, "docs": n, "streams": streams, "load_s": loaded, "load_docs_s": n / loaded,
                             "with_refresh_s": total, "docs_s": n / total, "failed": report.failed_count})
             es.indices.delete(index=index)
     return results
@@ -55,15 +56,18 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--index-types", nargs="+", default=["flat", "int8_hnsw"])
     parser.add_argument("--dims", type=int, default=64)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2], help="bulk requests in flight")
     args = parser.parse_args()
-    results = run(args.sizes, args.index_types, args.dims)
+    results = run(args.sizes, args.index_types, args.dims, args.streams)
     print(f"\ncommand: python bench/ingest_bench.py {' '.join(sys.argv[1:])}")
-    print(f"{'index_type':<11} {'docs':>9} {'bulk s':>8} {'bulk docs/s':>12} {'+refresh s':>11} {'docs/s':>9} {'vs flat':>8}")
-    flat = {r["docs"]: r["docs_s"] for r in results if r["index_type"] == "flat"}
+    print(f"{'index_type':<11} {'docs':>9} {'streams':>7} {'bulk s':>8} {'bulk docs/s':>12} {'+refresh s':>11} "
+          f"{'docs/s':>9} {'vs 1 stream':>11}")
+    single = {(r["index_type"], r["docs"]): r["docs_s"] for r in results if r["streams"] == 1}
     for r in results:
-        ratio = f"{r['docs_s'] / flat[r['docs']]:.2f}x" if r["docs"] in flat else "-"
-        print(f"{r['index_type']:<11} {r['docs']:>9,} {r['load_s']:>8.1f} {r['load_docs_s']:>12,.0f} "
-              f"{r['with_refresh_s']:>11.1f} {r['docs_s']:>9,.0f} {ratio:>8}")
+        base = single.get((r["index_type"], r["docs"]))
+        ratio = f"{r['docs_s'] / base:.2f}x" if base else "-"
+        print(f"{r['index_type']:<11} {r['docs']:>9,} {r['streams']:>7} {r['load_s']:>8.1f} {r['load_docs_s']:>12,.0f} "
+              f"{r['with_refresh_s']:>11.1f} {r['docs_s']:>9,.0f} {ratio:>11}")
     return 0
 
 
