@@ -12,6 +12,8 @@ per variant of the request body:
   the user's seen ids (unique per user, so its bitset is never reused);
 - ``knn_section``: the cacheable filter in a top-level ``knn`` section (an extra dfs phase), seen
   ids as a post-filter;
+- ``script_nested``: for script_score rows, the user + row filters as one inner clause (the same
+  for every user) with the seen ids beside it;
 - ``no_source``: ``_source: false`` (no stored-field fetch);
 - ``nc_x``: ``num_candidates`` = k * x.
 
@@ -90,7 +92,20 @@ def num_candidates(factor: int):
     return apply
 
 
-VARIANTS = {"as_served": lambda b: b, "seen_in_filter": seen_ids_in_filter, "knn_section": knn_section,
+def script_nested_filter(body: dict) -> dict:
+    """script_score with the user + row filters as ONE inner clause (the same for every user, so the
+    query cache can keep it) and the seen ids beside it, instead of one flat conjunction."""
+    if "script_score" not in body.get("query", {}):
+        return body
+    body = copy.deepcopy(body)
+    inner = body["query"]["script_score"]["query"]["bool"]
+    seen = [c for c in inner["must_not"] if "ids" in c]
+    shared = {"bool": {"filter": inner["filter"], "must_not": [c for c in inner["must_not"] if "ids" not in c]}}
+    body["query"]["script_score"]["query"] = {"bool": {"filter": [shared], "must_not": seen}}
+    return body
+
+
+VARIANTS = {"as_served": lambda b: b, "script_nested": script_nested_filter, "seen_in_filter": seen_ids_in_filter, "knn_section": knn_section,
             "no_source": no_source, "nc_x2": num_candidates(2), "nc_x50": num_candidates(50)}
 
 
