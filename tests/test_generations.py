@@ -120,6 +120,19 @@ def test_failure_midway_leaves_aliases_and_next_run_succeeds(es, settings, catal
     assert publish(es, settings, catalog, small_data, "20260101-000003")["status"] == "swapped"
 
 
+def test_generation_ids_differ_within_one_second_and_sort_in_time_order():
+    from datetime import datetime, timedelta, timezone
+
+    from ingest.indexing.generations import new_generation_id
+
+    t = datetime(2026, 11, 23, 18, 0, 0, 1, tzinfo=timezone.utc)
+    times = [t, t + timedelta(microseconds=1), t + timedelta(milliseconds=400), t + timedelta(seconds=1)]
+    ids = [new_generation_id(x) for x in times]
+    assert len(set(ids)) == len(ids) and sorted(ids) == ids
+    # beside a DAG generation (the data interval's end, to the second) the order still follows time
+    assert sorted(["20261123-180001", ids[0], ids[2]]) == [ids[0], ids[2], "20261123-180001"]
+
+
 def _gen_indices(settings, generation):
     return [f"{settings.item_alias}-{generation}", f"{settings.user_alias}-{generation}"]
 

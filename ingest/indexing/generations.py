@@ -21,7 +21,10 @@ LOADING, VALIDATED = "loading", "validated"
 
 
 def new_generation_id(now: datetime | None = None) -> str:
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    """A generation id from the UTC clock, to the microsecond: two publishes in the same second get
+    different generations (a second-resolution id made the later one a silent "already live" no-op).
+    Ids sort lexically in time order, also beside the DAG's second-resolution ``YYYYMMDD-HHMMSS``."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S-%f")
 
 
 @dataclasses.dataclass(frozen=True)
