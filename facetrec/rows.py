@@ -218,7 +218,7 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
         after = excluded if len(excluded) <= SEEN_OVERFETCH_MAX else []   # seen ids removed after the search
         neighbours = k + len(after)
         knn = {"field": vector_field, "query_vector": vector, "k": neighbours,
-               "num_candidates": min(max(num_candidates(k, num_candidates_factor), neighbours), MAX_NUM_CANDIDATES),
+               "num_candidates": num_candidates(k, num_candidates_factor, at_least=neighbours),
                "filter": row_filter(row, user_filters, () if after else excluded)}
         body["query"] = {"bool": {"must": [{"knn": knn}], "must_not": [{"ids": {"values": after}}]}} if after else {"knn": knn}
     elif mode == "script_score":
@@ -229,9 +229,10 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
     return body
 
 
-def num_candidates(k: int, factor: int) -> int:
-    """Candidates per shard for ``k`` neighbours: k * factor, at least 100, at most ES's limit."""
-    return min(max(k * factor, 100, k), MAX_NUM_CANDIDATES)
+def num_candidates(k: int, factor: int, at_least: int = 0) -> int:
+    """Candidates per shard for ``k`` results: k * factor, at least 100, ``at_least`` (the neighbours
+    asked for) and k, at most ES's limit."""
+    return min(max(k * factor, 100, k, at_least), MAX_NUM_CANDIDATES)
 
 
 def dot_product_script(vector: list[float], vector_field: str, script_lang: str) -> dict:
