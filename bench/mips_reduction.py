@@ -25,7 +25,7 @@ import numpy as np
 from elasticsearch import helpers
 
 from facetrec.es import make_client
-from facetrec.rows import RowCatalog, row_filter
+from facetrec.rows import RowCatalog, num_candidates, row_filter
 from facetrec.settings import REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from serving_bench import USER_CLAUSES, ExactRows
@@ -90,19 +90,18 @@ def main() -> int:
                 ids, scores, took = [], [], []
                 for u in range(args.users):
                     seen = users[u]["seen_item_ids"]
-                    top_idx, top_scores = exact.top(row.id, user_vectors[u], seen, row.size)
                     k = row.size + len(seen)
                     body = {"size": k, "_source": False, "query": {"knn": {
                         "field": "v", "query_vector": to_query(user_vectors[u]).tolist(), "k": k,
-                        "num_candidates": min(max(k * factor, 100), 10_000), "filter": row_filter(row, USER_CLAUSES)}}}
+                        "num_candidates": num_candidates(k, factor), "filter": row_filter(row, USER_CLAUSES)}}}
                     result = es.search(index=f"mips-{name}", body=body)
                     seen_set = set(seen)
                     got = [h["_id"] for h in result["hits"]["hits"] if h["_id"] not in seen_set][:row.size]
                     took.append(result["took"])
-                    ids.append(len(set(exact.item_ids[top_idx]) & set(got)) / len(top_idx))
-                    scores.append(sum(float(exact.vectors[exact.position[g]] @ user_vectors[u]) for g in got)
-                                  / float(top_scores.sum()))
-                print(f"{name:<8} {factor:>6} {row.id:<13} {np.mean(ids):>9.3f} {np.mean(scores):>9.4f} "
+                    id_recall, score_recall = exact.recall(row.id, user_vectors[u], seen, row.size, got)
+                    ids.append(id_recall)
+                    scores.append(score_recall)
+                print(f"{name:<8} {factor:>6} {row.id:<13} {np.mean(ids):>9.3f} {np.nanmean(scores):>9.4f} "
                       f"{np.percentile(took, 50):>8.1f}", flush=True)
     for name in variants:
         es.indices.delete(index=f"mips-{name}")

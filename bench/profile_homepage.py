@@ -39,8 +39,7 @@ from facetrec.rows import RowCatalog
 from facetrec.settings import REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
-
-USER_CLAUSES = [{"term": {"language": "en"}}, {"term": {"country": "US"}}]
+from serving_bench import USER_CLAUSES, ExactRows, pct  # the serving benchmark's user filters and exact answers
 
 
 def _knn(body: dict) -> dict:
@@ -107,10 +106,6 @@ def script_nested_filter(body: dict) -> dict:
 
 VARIANTS = {"as_served": lambda b: b, "script_nested": script_nested_filter, "seen_in_filter": seen_ids_in_filter, "knn_section": knn_section,
             "no_source": no_source, "nc_x2": num_candidates(2), "nc_x50": num_candidates(50)}
-
-
-def pct(values, q):
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def main() -> int:
@@ -187,8 +182,6 @@ def main() -> int:
 
 def sweep(es, settings, rows, bodies, user_ids, items, users, item_vectors, user_vectors, factors) -> None:
     """Recall per row against numpy exact answers, for each num_candidates factor (warm cache)."""
-    from serving_bench import ExactRows  # the same exact answers as the serving benchmark
-
     exact = ExactRows(RowCatalog.load(REPO_ROOT / "app" / "rows.yaml"), items, item_vectors)
     by_id = {u["user_id"]: i for i, u in enumerate(users)}
     print(f"\n{'factor':>6} {'row':<13} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
@@ -198,14 +191,13 @@ def sweep(es, settings, rows, bodies, user_ids, items, users, item_vectors, user
             id_rec, score_rec, took = [], [], []
             for user_id, user_bodies in zip(user_ids, bodies):
                 u = by_id[user_id]
-                top_idx, top_scores = exact.top(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size)
                 result = es.search(index=settings.item_alias, body=change(user_bodies[r]))
                 got = [h["_id"] for h in result["hits"]["hits"][:row.size]]
                 took.append(result["took"])
-                id_rec.append(len(set(exact.item_ids[top_idx]) & set(got)) / max(len(top_idx), 1))
-                got_sum = sum(float(exact.vectors[exact.position[g]] @ user_vectors[u]) for g in got)
-                score_rec.append(got_sum / float(top_scores.sum()))
-            print(f"{factor:>6} {row.id:<13} {np.mean(id_rec):>9.3f} {np.mean(score_rec):>9.4f} {pct(took, 50):>8.1f}")
+                id_recall, score_recall = exact.recall(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size, got)
+                id_rec.append(id_recall)
+                score_rec.append(score_recall)
+            print(f"{factor:>6} {row.id:<13} {np.mean(id_rec):>9.3f} {np.nanmean(score_rec):>9.4f} {pct(took, 50):>8.1f}")
 
 
 def _summarize(profile: dict) -> list:

@@ -145,6 +145,17 @@ class ExactRows:
         best = np.argsort(-scores, kind="stable")[:size]
         return idx[best], scores[best]
 
+    def recall(self, row_id: str, user_vector: np.ndarray, seen: list[str], size: int,
+               got: list[str]) -> tuple[float, float]:
+        """(id recall, score recall) of the ids ``got`` for a row of ``size``: the share of the exact
+        top-size ids returned, and the sum of the returned items' true dot products over the exact
+        top's (nan when that sum is not positive). A short answer counts against both."""
+        top_idx, top_scores = self.top(row_id, user_vector, seen, size)
+        id_recall = len(set(self.item_ids[top_idx]) & set(got)) / max(len(top_idx), 1)
+        best = float(top_scores.sum())
+        got_sum = sum(float(self.vectors[self.position[g]] @ user_vector) for g in got)
+        return id_recall, (got_sum / best if best > 0 else float("nan"))
+
 
 def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, user_vectors, mode: str,
             n_users: int = 30) -> dict:
@@ -152,14 +163,12 @@ def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, us
     for row in catalog.homepage_rows():
         id_recalls, score_recalls = [], []
         for u in range(n_users):
-            top_idx, top_scores = exact.top(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size)
             user = fetch_user(es, target.user_index, users[u]["user_id"], 5.0)
             body = build_searches([row], user, USER_CLAUSES, target, mode=mode, script_lang=script_lang(es))
             got = [h["_id"] for h in es.msearch(searches=body)["responses"][0]["hits"]["hits"][:row.size]]
-            got_scores = [float(exact.vectors[exact.position[g]] @ user_vectors[u]) for g in got]
-            id_recalls.append(len(set(exact.item_ids[top_idx]) & set(got)) / max(len(top_idx), 1))
-            best = float(top_scores.sum())
-            score_recalls.append(sum(got_scores) / best if best > 0 else float("nan"))
+            id_recall, score_recall = exact.recall(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size, got)
+            id_recalls.append(id_recall)
+            score_recalls.append(score_recall)
         out[row.id] = {"match_fraction": float(exact.masks[row.id].mean()), "id_recall": float(np.mean(id_recalls)),
                        "score_recall": float(np.nanmean(score_recalls))}
     return out
