@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from facetrec.homepage import ClusterUnavailable
+from facetrec.homepage import ClusterUnavailable, InconsistentGenerations
 from facetrec.rows import BadRequest
 
 log = logging.getLogger("facetrec.service")
@@ -29,6 +29,14 @@ def init_app(app: Flask) -> None:
     def unavailable(exc: ClusterUnavailable):
         log.warning("elasticsearch unavailable", extra={"event": "es_unavailable", "detail": str(exc)[:300]})
         response = jsonify(error_body("unavailable", "the recommendation index is unreachable; retry shortly"))
+        response.headers["Retry-After"] = "1"
+        return response, 503
+
+    @app.errorhandler(InconsistentGenerations)
+    def inconsistent(exc: InconsistentGenerations):
+        log.warning("page refused: generations kept mixing", extra={"event": "mixed_generations",
+                                                                     "detail": str(exc)[:300]})
+        response = jsonify(error_body("generation_swap", "the index is switching generations; retry shortly"))
         response.headers["Retry-After"] = "1"
         return response, 503
 

@@ -19,10 +19,16 @@ from facetrec.rows import Row, build_row_search
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
 
 MAX_OVERFETCH = 200
+PAGE_READS = 3  # a page read during an alias swap is read again, at most this many times in all
 
 
 class ClusterUnavailable(RuntimeError):
     """Elasticsearch could not be reached (or did not answer in time)."""
+
+
+class InconsistentGenerations(ClusterUnavailable):
+    """The user vector and the item hits kept coming from different pairs (a swap in progress):
+    the page is refused (503 + Retry-After) rather than served with a vector of another model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +37,13 @@ class UserVector:
     vector: list[float]
     seen_item_ids: list[str]
     generation: str | None
+    item_generation: str | None = None   # the item generation this vector was made for
+
+    @property
+    def pairs_with(self) -> str | None:
+        """The item generation whose hits this vector may be scored against (user indices made
+        before pairs were recorded pair with the item generation of their own id)."""
+        return self.item_generation or self.generation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +61,15 @@ class Target:
 
 def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: float) -> UserVector | None:
     try:
-        doc = es.options(request_timeout=timeout_s).get(index=user_index, id=user_id,
-                                                        source_includes=["user_embed", "seen_item_ids", "generation"])
+        doc = es.options(request_timeout=timeout_s).get(
+            index=user_index, id=user_id, source_includes=["user_embed", "seen_item_ids", "generation", "item_generation"])
     except NotFoundError:
         return None
     except (ESConnectionError, ConnectionTimeout) as exc:
         raise ClusterUnavailable(str(exc)) from exc
     src = doc["_source"]
     return UserVector(user_id=user_id, vector=src["user_embed"], seen_item_ids=src.get("seen_item_ids") or [],
-                      generation=src.get("generation"))
+                      generation=src.get("generation"), item_generation=src.get("item_generation"))
 
 
 def _row_mode(row: Row, mode: str | None, target: Target) -> str:
@@ -114,32 +127,25 @@ def _cluster_errors_as_unavailable():
 def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict] = (),
               *, mode: str | None = None, sizes: dict[str, int] | None = None,
               metrics: NoMetrics | None = None) -> dict:
-    """The homepage of ``user_id``: ``{"user_id", "generation", "rows": [...]}``.
+    """The homepage of ``user_id``: ``{"user_id", "generation", "user_generation", "rows": [...]}``.
 
     A failing row carries ``"error"`` and no items while the others are returned. Raises
-    ClusterUnavailable when Elasticsearch cannot be reached at all.
+    ClusterUnavailable when Elasticsearch cannot be reached at all, and InconsistentGenerations
+    when the user vector and the item hits still come from different pairs after PAGE_READS reads.
     """
     metrics = metrics or NoMetrics()
-    user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
-    source = "personalized" if user else "popular"
-    lang = "painless"
-    if user and any(_row_mode(row, mode, target) == "script_score" for row in rows):
-        with _cluster_errors_as_unavailable():
-            lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
-    searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)
-
-    for attempt in range(2):
-        with _cluster_errors_as_unavailable():
-            started = time.perf_counter()
-            result = es.options(request_timeout=target.request_timeout_s).msearch(searches=searches)
-            metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)
-        responses = result["responses"]
-        indices = {h["_index"] for r in responses if "hits" in r for h in r["hits"]["hits"]}
-        # An alias swap landed between the searches of this one _msearch: ask again, so a
-        # response never mixes two generations.
-        if len(indices) <= 1:
+    for attempt in range(PAGE_READS):
+        user, responses = _read_page(es, target, user_id, rows, user_filters, mode, sizes, metrics)
+        problem = _mixed(user, responses)
+        if problem is None:
             break
+        # An alias swap landed between the user GET and the _msearch, or between the searches of
+        # the _msearch: read the whole page again (user vector and rows), so a page never mixes.
         metrics.increment("homepage.mixed_generation_retry")
+    else:
+        metrics.increment("homepage.mixed_generation_refused")
+        raise InconsistentGenerations(f"{problem} after {PAGE_READS} reads (an alias swap in progress?)")
+    source = "personalized" if user else "popular"
 
     taken: set[str] = set()
     out_rows = []
@@ -174,4 +180,37 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         if user is None:
             metrics.increment("homepage.row.fallback", tags)
         out_rows.append(entry)
-    return {"user_id": user_id, "generation": generation, "rows": out_rows}
+    return {"user_id": user_id, "generation": generation, "user_generation": user.generation if user else None,
+            "rows": out_rows}
+
+
+def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict],
+               mode: str | None, sizes: dict[str, int] | None, metrics: NoMetrics) -> tuple[UserVector | None, list]:
+    """One read of a page: the user GET, then the one _msearch."""
+    user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
+    lang = "painless"
+    if user and any(_row_mode(row, mode, target) == "script_score" for row in rows):
+        with _cluster_errors_as_unavailable():
+            lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
+    searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)
+    with _cluster_errors_as_unavailable():
+        started = time.perf_counter()
+        result = es.options(request_timeout=target.request_timeout_s).msearch(searches=searches)
+        metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)
+    return user, result["responses"]
+
+
+def _mixed(user: UserVector | None, responses: list) -> str | None:
+    """Why this read mixes generations, or None: every hit must come from ONE item index, and from
+    the item generation the user vector was made for."""
+    hits = [h for r in responses if "hits" in r for h in r["hits"]["hits"]]
+    indices = {h["_index"] for h in hits}
+    if len(indices) > 1:
+        return f"rows came from {len(indices)} item indices"
+    if user is None or user.pairs_with is None:
+        return None
+    generations = {h.get("_source", {}).get("generation") for h in hits}
+    if generations - {user.pairs_with}:
+        return (f"the user vector (generation {user.generation}) pairs with items {user.pairs_with}, "
+                f"the hits came from items {sorted(g for g in generations if g)}")
+    return None

@@ -47,6 +47,7 @@ class Settings:
     replicas: int = 0                      # FACETREC_REPLICAS
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
     bulk_streams: int = 2                  # FACETREC_BULK_STREAMS: bulk requests in flight while loading
+    lock_lease_s: float = 60.0             # FACETREC_LOCK_LEASE_S: re-index lock lease (renewed every third)
     templates_dir: Path = REPO_ROOT / "index_templates"  # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
@@ -74,6 +75,8 @@ class Settings:
             raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
         if self.generations_to_keep < 1:
             raise SettingsError("FACETREC_GENERATIONS_TO_KEEP must be at least 1 (the live generation)")
+        if not 1.0 <= self.lock_lease_s <= 3600.0:
+            raise SettingsError(f"FACETREC_LOCK_LEASE_S={self.lock_lease_s}: expected 1..3600 seconds")
         if self.bulk_streams < 1:
             raise SettingsError(f"FACETREC_BULK_STREAMS={self.bulk_streams}: expected at least 1")
         if self.es_request_timeout_s <= 0:
@@ -115,6 +118,7 @@ _ENV_NAMES = {
     "replicas": "FACETREC_REPLICAS",
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",
     "bulk_streams": "FACETREC_BULK_STREAMS",
+    "lock_lease_s": "FACETREC_LOCK_LEASE_S",
     "templates_dir": "FACETREC_TEMPLATES_DIR",
     "rows_config": "FACETREC_ROWS_CONFIG",
     "retrieval_mode": "FACETREC_RETRIEVAL_MODE",

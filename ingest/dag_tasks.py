@@ -71,9 +71,9 @@ def publish(work_dir: str, rows_config: str | None, interval_end: datetime, user
 
 
 def refresh_user_vectors(work_dir: str, models_root: str) -> dict:
-    """Daily user refresh: fresh histories (from this interval's ETL) through the EXPORTED user
-    encoder of the live model; items are not touched."""
-    import numpy as np
+    """Daily user refresh: fresh histories and user features (from this interval's ETL) through the
+    EXPORTED user encoder of the live model, so a user's vector equals what the nightly job computes
+    for the same history and features; items are not touched."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -83,7 +83,7 @@ def refresh_user_vectors(work_dir: str, models_root: str) -> dict:
     encoder = ExportedUserEncoder(model_dir)
     users = pd.read_parquet(pipeline.paths(work_dir)["etl"] / "users.parquet")
     histories = [[str(i) for i in h] for h in users["history"]]
-    vectors = np.stack([encoder.user_vector(h) for h in histories])
+    vectors = encoder.user_vectors(histories, encoder.feature_indices(users.to_dict("records")))
     out = pipeline.paths(work_dir)["embeddings"]
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_dir / "items.parquet", out / "items.parquet")  # for the model version only

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.validate import ValidationFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEASE_S = 4.0  # the re-index lock's lease in these tests: a killed run's lock runs out this fast
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def small_data():
 @pytest.fixture
 def settings(es_settings, unique):
     return es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
-                               index_type="flat")
+                               index_type="flat", lock_lease_s=LEASE_S)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,18 @@ def publish(es, settings, catalog, data, generation, **kwargs):
     items, users = data
     return run_reindex(es, settings, catalog, items=items, users=users, model_version="test-model",
                        generation=generation, progress=False, sample_users=5, **kwargs)
+
+
+def publish_when_free(es, settings, catalog, data, generation, timeout_s=LEASE_S * 4, **kwargs):
+    """Publish, waiting (as a retried DAG task would) while a dead run's lease runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return publish(es, settings, catalog, data, generation, **kwargs)
+        except LockHeld:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def live(es, settings):
@@ -146,8 +160,8 @@ def test_a_timeout_after_the_alias_swap_applied_keeps_the_new_live_generation(es
     publish(es, settings, catalog, small_data, "20260101-000001")
     real_swap = Generations.swap
 
-    def swap_then_time_out(self, targets):
-        real_swap(self, targets)
+    def swap_then_time_out(self, targets, **kwargs):
+        real_swap(self, targets, **kwargs)
         raise ConnectionTimeout("simulated: the response to _aliases never came")
 
     monkeypatch.setattr(Generations, "swap", swap_then_time_out)
@@ -163,7 +177,7 @@ def test_a_timeout_before_the_alias_swap_applied_leaves_the_old_generation(es, s
     publish(es, settings, catalog, small_data, "20260101-000001")
     before = live(es, settings)
 
-    def time_out(self, targets):
+    def time_out(self, targets, **kwargs):
         raise ConnectionTimeout("simulated: _aliases timed out and was not applied")
 
     monkeypatch.setattr(Generations, "swap", time_out)
@@ -177,8 +191,8 @@ def test_a_signal_right_after_the_swap_never_deletes_the_live_indices(es, settin
     publish(es, settings, catalog, small_data, "20260101-000001")
     real_swap = Generations.swap
 
-    def swap_then_interrupt(self, targets):
-        real_swap(self, targets)
+    def swap_then_interrupt(self, targets, **kwargs):
+        real_swap(self, targets, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Generations, "swap", swap_then_interrupt)
@@ -235,7 +249,7 @@ def test_sigkilled_loader_leaves_aliases_and_next_run_succeeds(es, es_settings, 
     before = live(es, settings)
     script = tmp_path / "loader.py"
     script.write_text(KILLED_LOADER)
-    env = {**os.environ, "ES_URL": es_settings.es_url}
+    env = {**os.environ, "ES_URL": es_settings.es_url, "FACETREC_LOCK_LEASE_S": str(LEASE_S)}
     proc = subprocess.Popen([sys.executable, str(script), settings.item_alias, settings.user_alias,
                              os.path.join(REPO, "app", "rows.yaml")], env=env)
     partial = f"{settings.item_alias}-20260101-000002"
@@ -255,8 +269,8 @@ def test_sigkilled_loader_leaves_aliases_and_next_run_succeeds(es, es_settings, 
     assert live(es, settings) == before
     page = recommend(es, _alias_target(settings), small_data[1][0]["user_id"], catalog.homepage_rows())
     assert page["generation"] == "20260101-000001"
-    # The dead run's lock and partial generation do not block the next run.
-    result = publish(es, settings, catalog, small_data, "20260101-000003")
+    # The dead run's lock (once its lease runs out) and partial generation do not block the next run.
+    result = publish_when_free(es, settings, catalog, small_data, "20260101-000003")
     assert result["status"] == "swapped"
     assert not es.indices.exists(index=partial)
 
@@ -409,3 +423,252 @@ def test_spark_executors_get_the_same_auth_options_as_the_driver(es_settings):
                                                                                        "ca_certs": "/ca.pem"}
     assert client_options(es_settings.replace(es_username="u", es_password="p")) == {"basic_auth": ("u", "p")}
     assert client_options(es_settings.replace(es_api_key=None, es_username=None, es_ca_cert=None)) == {}
+
+
+# ---- pairs: a user generation and the item generation its vectors were made for ------------------
+
+def _model_data(seed):
+    """Items and users of one 'model': vectors differ from model to model, ids do not."""
+    items, users, _, _ = embedding_records(n_items=400, n_users=40, dims=64, seed=seed)
+    return items, users
+
+
+def _refreshed_users(data, seed):
+    """The same model's users with new vectors (a day's new events)."""
+    _, users, _, _ = embedding_records(n_items=400, n_users=40, dims=64, seed=seed)
+    return data[0], users
+
+
+def _publish_users_only(es, settings, catalog, data, generation, model_version):
+    return run_reindex(es, settings, catalog, items=None, users=data[1], model_version=model_version,
+                       generation=generation, progress=False, sample_users=5)
+
+
+def _live_models(es, settings):
+    gens = Generations(es, settings)
+    item, user = live(es, settings)
+    return gens.meta(item)["model_version"], gens.meta(user)["model_version"]
+
+
+def test_users_only_refresh_pairs_with_the_live_items_and_refuses_another_model(es, settings, catalog):
+    from ingest.indexing.generations import ModelMismatch
+
+    m1 = _model_data(21)
+    run_reindex(es, settings, catalog, items=m1[0], users=m1[1], model_version="m1", generation="20260101-000001",
+                progress=False, sample_users=5)
+    result = _publish_users_only(es, settings, catalog, _refreshed_users(m1, 22), "20260101-140000", "m1")
+    assert result["status"] == "swapped" and result["item_generation"] == "20260101-000001"
+    gens = Generations(es, settings)
+    user_index = f"{settings.user_alias}-20260101-140000"
+    assert live(es, settings) == (f"{settings.item_alias}-20260101-000001", user_index)
+    assert gens.meta(user_index)["item_generation"] == "20260101-000001"
+    doc = es.get(index=settings.user_alias, id=m1[1][0]["user_id"])["_source"]
+    assert doc["generation"] == "20260101-140000" and doc["item_generation"] == "20260101-000001"
+    assert gens.live_pair().generation == "20260101-140000" and gens.live_pair().state == "validated"
+
+    # Vectors of another model are refused before anything is created; the aliases stay.
+    before = live(es, settings)
+    with pytest.raises(ModelMismatch, match="model 'm2' but the live items .* are model 'm1'"):
+        _publish_users_only(es, settings, catalog, _model_data(23), "20260101-150000", "m2")
+    assert live(es, settings) == before
+    assert not es.indices.exists(index=f"{settings.user_alias}-20260101-150000")
+
+
+def test_retention_and_rollback_work_on_whole_pairs_and_never_return_to_a_rolled_back_one(es, settings, catalog):
+    """Before: retention kept N per family, so after a users-only refresh rollback paired the
+    previous model's items with the current model's users; rollback did not mark what it left."""
+    from ingest.indexing.generations import NoPairToRollBackTo
+
+    settings = settings.replace(generations_to_keep=3)
+    gens = Generations(es, settings)
+    m1, m2 = _model_data(31), _model_data(32)
+    g = lambda n: f"20260101-00000{n}"  # noqa: E731
+    run_reindex(es, settings, catalog, items=m1[0], users=m1[1], model_version="m1", generation=g(1),
+                progress=False, sample_users=5)
+    run_reindex(es, settings, catalog, items=m2[0], users=m2[1], model_version="m2", generation=g(2),
+                progress=False, sample_users=5)
+    _publish_users_only(es, settings, catalog, _refreshed_users(m2, 33), g(3), "m2")
+    result = _publish_users_only(es, settings, catalog, _refreshed_users(m2, 34), g(4), "m2")
+    # Three pairs kept: (2,4) live, (2,3), (2,2); pair (1,1) goes whole, item 1 with it.
+    assert sorted(result["deleted"]) == [f"{settings.item_alias}-{g(1)}", f"{settings.user_alias}-{g(1)}"]
+    assert [(p.generation, p.item_index[-len(g(1)):]) for p in gens.pairs()] == [(g(2), g(2)), (g(3), g(2)),
+                                                                                (g(4), g(2))]
+
+    assert gens.rollback() == {"item": f"{settings.item_alias}-{g(2)}", "user": f"{settings.user_alias}-{g(3)}"}
+    assert _live_models(es, settings) == ("m2", "m2")
+    assert gens.rollback()["user"] == f"{settings.user_alias}-{g(2)}"
+    states = {p.generation: p.state for p in gens.pairs()}
+    assert states == {g(2): "validated", g(3): "rolled_back", g(4): "rolled_back"}
+    before = live(es, settings)
+    with pytest.raises(NoPairToRollBackTo):
+        gens.rollback()
+    assert live(es, settings) == before
+
+    # A new nightly; rollback then goes to the last good pair, never to a rolled-back one.
+    m3 = _model_data(35)
+    result = run_reindex(es, settings, catalog, items=m3[0], users=m3[1], model_version="m3", generation=g(5),
+                         progress=False, sample_users=5)
+    assert sorted(result["deleted"]) == [f"{settings.user_alias}-{g(3)}", f"{settings.user_alias}-{g(4)}"]
+    assert gens.rollback() == {"item": f"{settings.item_alias}-{g(2)}", "user": f"{settings.user_alias}-{g(2)}"}
+    assert _live_models(es, settings) == ("m2", "m2")
+
+
+def test_a_remove_that_no_longer_holds_makes_the_whole_alias_swap_fail(es, settings, catalog, small_data):
+    """The swap names the index each alias pointed at (must_exist): if another writer moved an alias
+    in between, nothing moves (no alias ends up on two indices or on none)."""
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    publish(es, settings, catalog, small_data, "20260101-000002")
+    gens = Generations(es, settings)
+    real_live_index = Generations.live_index
+    stale = {"item": f"{settings.item_alias}-20260101-000001", "user": f"{settings.user_alias}-20260101-000001"}
+    before = live(es, settings)
+    try:
+        Generations.live_index = lambda self, family: stale[family]  # a view read before someone else's swap
+        from elasticsearch import ApiError, NotFoundError
+        with pytest.raises((ApiError, NotFoundError)):
+            gens.swap({"item": f"{settings.item_alias}-20260101-000001", "user": f"{settings.user_alias}-20260101-000001"})
+    finally:
+        Generations.live_index = real_live_index
+    assert live(es, settings) == before
+    for alias in (settings.item_alias, settings.user_alias):
+        assert len(es.indices.get_alias(name=alias)) == 1
+
+
+# ---- the lock: a lease, a heartbeat, fencing, no pids ---------------------------------------------
+
+def test_a_live_lease_is_never_taken_over_because_its_pid_looks_dead(es, settings):
+    """Before: a lock held by a pid that does not exist on this host was taken over at once, which
+    is wrong for a holder in another container with the same hostname."""
+    import socket
+
+    from ingest.indexing.lock import LOCK_INDEX
+
+    name = f"reindex-{settings.item_alias}"
+    ReindexLock(es, name=name)._ensure_index()
+    now = time.time()
+    es.index(index=LOCK_INDEX, id=name, refresh="true",
+             document={"token": "other", "host": socket.gethostname(), "pid": 2 ** 22 + 7, "acquired_at": now,
+                       "renewed_at": now, "expires_at": now + 30})
+    try:
+        with pytest.raises(LockHeld, match="another re-index holds the lock"):
+            ReindexLock(es, name=name, lease_s=LEASE_S).acquire()
+        es.update(index=LOCK_INDEX, id=name, doc={"expires_at": time.time() - 1}, refresh="true")
+        lock = ReindexLock(es, name=name, lease_s=LEASE_S).acquire()  # expired: taken over
+        lock.release()
+    finally:
+        es.options(ignore_status=404).delete(index=LOCK_INDEX, id=name, refresh="true")
+
+
+def test_the_heartbeat_keeps_a_lease_alive_past_its_length_and_a_stalled_holder_is_fenced_off(es, settings):
+    name = f"reindex-{settings.item_alias}"
+    first = ReindexLock(es, name=name, lease_s=1.5).acquire()
+    try:
+        time.sleep(3.5)  # more than two leases: the heartbeat renewed it
+        with pytest.raises(LockHeld):
+            ReindexLock(es, name=name, lease_s=1.5).acquire()
+        first.fence("still mine")
+
+        first.pause_heartbeat()  # a stalled holder (GC pause, SIGSTOP, a hung call)
+        time.sleep(1.8)
+        second = ReindexLock(es, name=name, lease_s=1.5).acquire()
+        from ingest.indexing.lock import LockLost
+        with pytest.raises(LockLost):
+            first.check("load")
+        with pytest.raises(LockLost):
+            first.fence("swap")
+        second.fence("swap")  # the new holder is unaffected
+        second.release()
+    finally:
+        first.release()
+    # the stalled holder's release did not delete anyone else's lock, and the lock is free now
+    ReindexLock(es, name=name, lease_s=1.5).acquire().release()
+
+
+STALLED_PUBLISHER = textwrap.dedent("""
+    import sys
+    from facetrec.rows import RowCatalog
+    from facetrec.settings import Settings
+    from facetrec.es import make_client
+    from ingest.indexing.reindex import run_reindex
+    from ingest.embedding.synthetic import embedding_records
+
+    settings = Settings.from_env().replace(item_alias=sys.argv[1], user_alias=sys.argv[2], index_type="flat")
+    items, users, _, _ = embedding_records(n_items=1500, n_users=200, dims=64, seed=3)
+    run_reindex(make_client(settings, request_timeout=30), settings, RowCatalog.load(sys.argv[3]),
+                items=items, users=users, model_version="test-model", generation=sys.argv[4], progress=False)
+""")
+
+
+def test_a_run_stalled_past_its_lease_is_fenced_off_and_changes_nothing_when_it_resumes(
+        es, es_settings, settings, catalog, small_data, tmp_path):
+    """Before: a run that outlived its lock was taken over, and on resuming still reached the swap
+    (and its cleanup deleted the new holder's indices). Now it stops at its next fence."""
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED_PUBLISHER)
+    env = {**os.environ, "ES_URL": es_settings.es_url, "FACETREC_LOCK_LEASE_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-u", str(script), settings.item_alias, settings.user_alias,
+                             os.path.join(REPO, "app", "rows.yaml"), "20260101-000002"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "] validate " in line:
+                break
+        else:
+            pytest.fail(f"the publisher never reached validation (exit {proc.wait()})")
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)  # its lease runs out while it is stopped
+        taken_over = publish_when_free(es, settings.replace(lock_lease_s=2.0), catalog, small_data, "20260101-000003")
+        assert taken_over["status"] == "swapped"
+        after_takeover = live(es, settings)
+        proc.send_signal(signal.SIGCONT)
+        rest = proc.stderr.read()
+        assert proc.wait(60) != 0
+    finally:
+        proc.kill()
+    assert re.search(r"lease on the lock .* ran out|lock document changed hands", rest), rest
+    assert "] swap aliases" not in rest and "] retention" not in rest, rest
+    assert live(es, settings) == after_takeover == tuple(_gen_indices(settings, "20260101-000003"))
+    assert es.count(index=settings.item_alias)["count"] == len(small_data[0])
+    assert es.count(index=settings.user_alias)["count"] == len(small_data[1])
+
+
+# ---- serving never mixes models ------------------------------------------------------------------
+
+def test_a_page_whose_user_vector_and_items_belong_to_different_pairs_is_refused_with_503(
+        es, settings, catalog):
+    """Before: the user vector's generation was never compared with the items'; a mixed page was
+    served with 200. Now it is re-read, and refused (503 + Retry-After, counted) if still mixed."""
+    import socket
+
+    from app import create_app
+
+    m1, m2 = _model_data(41), _model_data(42)
+    run_reindex(es, settings, catalog, items=m1[0], users=m1[1], model_version="m1", generation="20260101-000001",
+                progress=False, sample_users=5)
+    run_reindex(es, settings, catalog, items=m2[0], users=m2[1], model_version="m2", generation="20260101-000002",
+                progress=False, sample_users=5)
+    user_id = m1[1][3]["user_id"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(5)
+        app = create_app(settings.replace(es_request_timeout_s=5.0, statsd_host="127.0.0.1",
+                                          statsd_port=listener.getsockname()[1]), catalog)
+        client = app.test_client()
+        ok = client.get(f"/v1/users/{user_id}/homepage")
+        assert ok.status_code == 200
+        assert ok.json["generation"] == ok.json["user_generation"] == "20260101-000002"
+
+        # Someone moves the user alias alone (a hand-made change, or half of a swap): m1 user vectors
+        # beside m2 items.
+        es.indices.update_aliases(actions=[
+            {"remove": {"index": f"{settings.user_alias}-20260101-000002", "alias": settings.user_alias}},
+            {"add": {"index": f"{settings.user_alias}-20260101-000001", "alias": settings.user_alias}}])
+        refused = client.get(f"/v1/users/{user_id}/homepage")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json["error"]["code"] == "generation_swap"
+        seen = b""
+        deadline = time.monotonic() + 5
+        while b"mixed_generation_refused" not in seen and time.monotonic() < deadline:
+            seen += listener.recv(65536) + b"\n"
+    assert seen.count(b"homepage.mixed_generation_retry") >= 3 and b"homepage.mixed_generation_refused" in seen

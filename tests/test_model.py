@@ -132,19 +132,47 @@ def test_checkpoint_round_trip_and_exported_user_encoder_matches_eager(synthetic
     assert users["seen_item_ids"][5] == [data.item_ids[i] for i in data.histories[5]]
 
 
-def test_daily_user_refresh_reproduces_nightly_user_vectors(synthetic_run, tmp_path):
-    """The users-only refresh recomputes vectors from the ETL histories with the exported encoder
-    alone; for users without features they equal the nightly (eager) ones and carry the model version."""
+@pytest.fixture(scope="module")
+def featured_run(spark, tmp_path_factory):
+    """Synthetic data whose users carry a categorical feature (``segment``), through the real ETL,
+    trained briefly: the user tower's feature embedding is part of every user vector."""
+    import pandas as pd
+
+    from ingest.embedding.datasets import write_dataset
+    from ingest.embedding.etl import run_etl
+    from ingest.embedding.features import load_training_data
+    from ingest.embedding.model import ModelConfig
+    from ingest.embedding.train import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("featured")
+    files = write_dataset("synthetic", work / "raw", n_items=200, n_users=300, history=20, seed=8)
+    users = pd.read_parquet(files["users"])
+    users["segment"] = [f"s{i % 5}" for i in range(len(users))]
+    users.loc[users.index[:7], "segment"] = None  # missing values map to "unknown" everywhere
+    users.to_parquet(files["users"], index=False)
+    run_etl(spark, files["events"], files["catalog"], work / "etl", users_path=files["users"])
+    data = load_training_data(work / "etl")
+    assert data.user_feature_names == ["segment"]
+    summary = train(data, ModelConfig(dim=16, hidden=32, max_len=20, layers=1, dropout=0.1),
+                    TrainConfig(epochs=2, patience=4, batch_size=64, lr=5e-3, seed=3), out_dir=work / "model",
+                    progress=False, log=lambda *_: None)
+    return work, data, summary
+
+
+def test_daily_user_refresh_reproduces_nightly_user_vectors_with_user_features(featured_run, tmp_path):
+    """The users-only refresh recomputes vectors from the ETL histories AND user features with the
+    exported encoder alone; they equal the nightly (eager) ones within 1e-5 and carry the model
+    version. Without the features they would not (checked, so this test can fail)."""
     import shutil
 
     import pyarrow.parquet as pq
 
     from ingest import dag_tasks
-    from ingest.embedding.embed import export_embeddings
+    from ingest.embedding.embed import ExportedUserEncoder, export_embeddings
     from ingest.pipeline import paths
     from ingest.embedding.train import load_checkpoint
 
-    work, data, _ = synthetic_run
+    work, data, _ = featured_run
     model, meta = load_checkpoint(work / "model" / "checkpoint.pt", data)
     nightly = tmp_path / "nightly"
     shutil.copytree(work / "etl", paths(nightly)["etl"])
@@ -159,4 +187,10 @@ def test_daily_user_refresh_reproduces_nightly_user_vectors(synthetic_run, tmp_p
     after = pq.read_table(paths(refresh)["embeddings"] / "users.parquet").to_pydict()
     assert after["user_id"] == before["user_id"] and after["seen_item_ids"] == before["seen_item_ids"]
     assert set(after["model_version"]) == {meta["model_version"]}
-    np.testing.assert_allclose(np.array(after["user_embed"]), np.array(before["user_embed"]), atol=1e-5)
+    nightly_vectors = np.array(before["user_embed"])
+    np.testing.assert_allclose(np.array(after["user_embed"]), nightly_vectors, atol=1e-5)
+
+    encoder = ExportedUserEncoder(tmp_path / "models" / "latest-embeddings")
+    histories = [[data.item_ids[i] for i in h] for h in data.histories]
+    without = encoder.user_vectors(histories, np.zeros((len(histories), 1), dtype=np.int64))
+    assert np.abs(without - nightly_vectors).max() > 1e-3, "the feature must matter for this test to mean anything"

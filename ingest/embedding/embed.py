@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ingest.embedding.datasets import ITEM_FACETS
-from ingest.embedding.features import TrainingData, left_pad
+from ingest.embedding.features import TrainingData, left_pad, user_feature_indices
 from ingest.embedding.model import SequenceUserEncoder, TwoTower
 
 MAX_SEEN = 500
@@ -73,7 +73,8 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
     users = user_matrix(model, data, progress=progress)
     write_user_embeddings(out / "users.parquet", data.user_ids, users,
                           [[data.item_ids[i] for i in h] for h in data.histories], model_version)
-    export_user_encoder(model, data, vectors, out)
+    vocab = json.loads((Path(etl_dir) / "vocab.json").read_text())["user_features"]
+    export_user_encoder(model, data, vectors, out, {name: vocab[name] for name in data.user_feature_names})
     return {"items": out / "items.parquet", "users": out / "users.parquet", "user_encoder": out / "user_encoder.pt",
             "n_items": int(len(items)), "n_users": int(len(users))}
 
@@ -88,7 +89,8 @@ def write_user_embeddings(path: Path, user_ids: list[str], vectors: np.ndarray, 
                              "updated_at": pa.array([now] * len(user_ids))}), path)
 
 
-def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.ndarray, out: Path) -> Path:
+def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.ndarray, out: Path,
+                        user_feature_vocab: dict[str, list[str]]) -> Path:
     encoder = SequenceUserEncoder(model.user_tower, torch.from_numpy(item_vectors)).eval()
     example = (torch.from_numpy(left_pad(data.histories[:2], model.cfg.max_len)),
                torch.from_numpy(data.user_features[:2]))
@@ -99,7 +101,7 @@ def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.nd
     traced.save(str(path))
     (out / "user_encoder.json").write_text(json.dumps({
         "max_len": model.cfg.max_len, "item_index": data.id_to_idx,
-        "user_features": data.user_feature_names}))
+        "user_features": data.user_feature_names, "user_feature_vocab": user_feature_vocab}))
     return path
 
 
@@ -112,9 +114,26 @@ class ExportedUserEncoder:
         meta = json.loads((directory / "user_encoder.json").read_text())
         self.max_len, self.item_index = meta["max_len"], meta["item_index"]
         self.feature_names = meta["user_features"]
+        self.feature_vocab = meta.get("user_feature_vocab")
+        if self.feature_names and self.feature_vocab is None:
+            raise ValueError(f"{directory}/user_encoder.json has user features {self.feature_names} but no "
+                             "vocabulary for them (exported before facetrec recorded it): re-run the embed step")
+
+    def feature_indices(self, users: list[dict]) -> np.ndarray:
+        """(U, F) feature indices of raw user records ({feature name: value}) in the model's vocabulary."""
+        return user_feature_indices(self.feature_vocab or {}, users)
+
+    def user_vectors(self, histories: list[list[str]], features: np.ndarray, batch: int = 512) -> np.ndarray:
+        """(U, D) user vectors of many histories (item ids) with their feature indices, batched."""
+        out = []
+        for start in range(0, len(histories), batch):
+            seqs = [np.array([self.item_index[i] for i in h if i in self.item_index], dtype=np.int64)
+                    for h in histories[start:start + batch]]
+            feats = np.asarray(features[start:start + batch], dtype=np.int64).reshape(len(seqs), len(self.feature_names))
+            with torch.no_grad():
+                out.append(self.module(torch.from_numpy(left_pad(seqs, self.max_len)), torch.from_numpy(feats)).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
     def user_vector(self, item_ids: list[str], feature_indices: list[int] | None = None) -> np.ndarray:
-        seq = np.array([self.item_index[i] for i in item_ids if i in self.item_index], dtype=np.int64)
-        feats = np.array([feature_indices or [0] * len(self.feature_names)], dtype=np.int64)
-        with torch.no_grad():
-            return self.module(torch.from_numpy(left_pad([seq], self.max_len)), torch.from_numpy(feats))[0].numpy()
+        features = np.array([feature_indices or [0] * len(self.feature_names)], dtype=np.int64)
+        return self.user_vectors([item_ids], features)[0]

@@ -88,11 +88,7 @@ def load_training_data(etl_dir: str | Path, title_buckets: int = 4096, max_title
     train_counts = np.concatenate([[0], items["train_count"].to_numpy(dtype=np.float64)])
 
     names = list(vocab["user_features"])
-    feature_cols = []
-    for name in names:
-        index = {v: i + 1 for i, v in enumerate(vocab["user_features"][name])}
-        feature_cols.append([index.get(str(v), 0) if v is not None else 0 for v in users[name]])
-    user_features = np.array(feature_cols, dtype=np.int64).T if names else np.zeros((len(users), 0), dtype=np.int64)
+    user_features = user_feature_indices(vocab["user_features"], users.to_dict("records"))
 
     def to_idx(seq) -> np.ndarray:
         return np.array([id_to_idx[str(x)] for x in seq], dtype=np.int64)
@@ -105,6 +101,15 @@ def load_training_data(etl_dir: str | Path, title_buckets: int = 4096, max_title
         valid_items=to_idx(users["valid_item"]), test_items=to_idx(users["test_item"]),
         histories=[to_idx(s) for s in users["history"]], data_version=report.get("data_version", "unknown"),
         title_buckets=title_buckets)
+
+
+def user_feature_indices(vocab: dict[str, list[str]], records: list[dict]) -> np.ndarray:
+    """(U, F) indices of each user's categorical features in the model's vocabulary (0 = unknown or
+    missing). The one mapping used in training, the nightly embedding and the user refresh."""
+    index = {name: {v: i + 1 for i, v in enumerate(values)} for name, values in vocab.items()}
+    rows = [[index[name].get(str(r.get(name)), 0) if r.get(name) is not None else 0 for name in vocab]
+            for r in records]
+    return np.array(rows, dtype=np.int64).reshape(len(records), len(vocab))
 
 
 def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:

@@ -160,8 +160,11 @@ class _SharedStream:
 def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mapping[str, Any]], *, generation: str,
               dims: int, require_unit: bool = False, chunk_docs: int = 1000, chunk_bytes: int = 20 * 1024 * 1024,
               max_retries: int = 6, initial_backoff: float = 0.5, progress: bool = True,
-              total: int | None = None, streams: int = 1) -> LoadReport:
+              total: int | None = None, streams: int = 1, doc_fields: Mapping[str, Any] | None = None,
+              check: Callable[[str], None] | None = None) -> LoadReport:
     """Stream ``records`` into ``index`` with explicit ``_id``s, ``streams`` bulk requests in flight.
+    ``doc_fields`` are added to every document (a user generation's ``item_generation``); ``check``
+    runs before each document is sent and stops the load by raising (the re-index lock's lease).
     Returns the report; never raises for per-document problems (the validation gate decides what
     they mean)."""
     if streams < 1:
@@ -179,6 +182,10 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
                 if len(report.invalid) < MAX_REPORTED_IDS:
                     report.invalid.append((str(record.get(f"{kind}_id")), str(exc)))
                 continue
+            if doc_fields:
+                source.update(doc_fields)
+            if check is not None:
+                check(f"loading {index}")
             yield {"_index": index, "_id": doc_id, "_source": source}
 
     bar = tqdm(total=total, desc=f"loading {index}", unit="doc", disable=not progress, file=sys.stderr,
@@ -229,22 +236,27 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
 
 
 def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, index: str, kind: str,
-                    generation: str, dims: int, require_unit: bool) -> Iterator[dict]:
+                    generation: str, dims: int, require_unit: bool, doc_fields: dict | None) -> Iterator[dict]:
     """Runs on a Spark executor: one client per partition, the same bulk code."""
     es = Elasticsearch(es_url, **client_options)
     try:
         report = bulk_load(es, index, kind, (row.asDict(recursive=True) for row in rows), generation=generation,
-                           dims=dims, require_unit=require_unit, progress=False)
+                           dims=dims, require_unit=require_unit, progress=False, doc_fields=doc_fields)
     finally:
         es.close()
     yield dataclasses.asdict(report)
 
 
 def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims: int, require_unit: bool = False,
-               client_options: dict | None = None) -> LoadReport:
-    """Load a Spark DataFrame partition by partition (in parallel on the executors)."""
+               client_options: dict | None = None, doc_fields: dict | None = None,
+               check: Callable[[str], None] | None = None) -> LoadReport:
+    """Load a Spark DataFrame partition by partition (in parallel on the executors). ``check`` runs
+    on the driver before and after the job (executors cannot see the driver's lock)."""
+    if check is not None:
+        check(f"loading {index}")
     fn = partial(_load_partition, es_url=es_url, client_options=client_options or {"request_timeout": 120},
-                 index=index, kind=kind, generation=generation, dims=dims, require_unit=require_unit)
+                 index=index, kind=kind, generation=generation, dims=dims, require_unit=require_unit,
+                 doc_fields=doc_fields)
     started = time.perf_counter()
     total = LoadReport(index=index)
     for part in df.rdd.mapPartitions(fn).collect():
@@ -252,4 +264,6 @@ def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims:
                                     "failed": [tuple(x) for x in part["failed"]]})
         total.merge(part_report)
     total.seconds = time.perf_counter() - started
+    if check is not None:
+        check(f"loading {index}")
     return total

@@ -1,14 +1,20 @@
 """Index generations: dated ``item_index-*`` / ``user_index-*`` indices behind two aliases.
 
 A generation is loaded with refresh off and no replicas, restored before it is validated, and
-marked in its mapping ``_meta`` (``state``: loading -> validated). The aliases move in ONE
-``_aliases`` call, so readers see the old pair or the new pair, never a mix. The newest
-``generations_to_keep`` validated generations of each family stay for rollback.
+marked in its mapping ``_meta`` (``state``: loading -> validated -> rolled_back). The aliases move
+in ONE ``_aliases`` call, so readers see the old pair or the new pair, never a mix.
+
+A **pair** is what serving reads: one user index and the item index its vectors were made for,
+both of ONE ``model_version``. Each user index records its item generation in ``_meta``
+(``item_generation``) and in every user document, so a pair is named by its user index: the
+nightly run makes a new item index and a new user index; the daily users-only refresh makes a new
+user index for the live item index. Retention and rollback work on whole pairs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from datetime import datetime, timezone
 
 from elasticsearch import Elasticsearch
@@ -17,7 +23,7 @@ from facetrec.es import alias_index
 from facetrec.settings import Settings
 
 FAMILIES = ("item", "user")
-LOADING, VALIDATED = "loading", "validated"
+LOADING, VALIDATED, ROLLED_BACK = "loading", "validated", "rolled_back"
 
 
 def new_generation_id(now: datetime | None = None) -> str:
@@ -38,8 +44,34 @@ class GenerationInfo:
     model_version: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One user generation with the item generation it was made for."""
+    generation: str                # the user generation (names the pair)
+    user_index: str
+    item_index: str
+    model_version: str | None      # the user index's
+    item_model_version: str | None
+    state: str                     # the user index's state; "broken" when the item side is unusable
+    user_docs: int
+    item_docs: int
+    live: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.state == VALIDATED
+
+
 class AlreadyLive(RuntimeError):
     pass
+
+
+class NoPairToRollBackTo(RuntimeError):
+    pass
+
+
+class ModelMismatch(RuntimeError):
+    """User vectors of one model version offered for items of another."""
 
 
 class Generations:
@@ -72,21 +104,60 @@ class Generations:
                                       meta.get("state", "unknown"), meta.get("model_version")))
         return sorted(out, key=lambda g: g.generation)
 
+    def _user_metas(self) -> dict[str, dict]:
+        pattern = f"{self.alias('user')}-*"
+        mappings = self.es.options(ignore_status=404).indices.get_mapping(index=pattern, allow_no_indices=True)
+        if not mappings or "error" in mappings:
+            return {}
+        return {index: body.get("mappings", {}).get("_meta", {}) for index, body in mappings.items()}
+
+    def pairs(self) -> list[Pair]:
+        """Every user generation as a pair with its item generation, oldest first. A user index
+        without ``item_generation`` (made before pairs were recorded) pairs with the item
+        generation of the same id."""
+        items = {g.generation: g for g in self.list("item")}
+        metas = self._user_metas()
+        out = []
+        for user in self.list("user"):
+            item_generation = metas.get(user.index, {}).get("item_generation") or user.generation
+            item = items.get(item_generation)
+            state = user.state
+            if state == VALIDATED and (item is None or item.state not in (VALIDATED, ROLLED_BACK)
+                                       or item.model_version != user.model_version):
+                state = "broken"
+            out.append(Pair(generation=user.generation, user_index=user.index,
+                            item_index=item.index if item else self.index_name("item", item_generation),
+                            model_version=user.model_version, item_model_version=item.model_version if item else None,
+                            state=state, user_docs=user.docs, item_docs=item.docs if item else 0,
+                            live=user.live and bool(item and item.live)))
+        return out
+
+    def live_pair(self) -> Pair | None:
+        return next((p for p in self.pairs() if p.live), None)
+
     def status(self) -> dict:
-        return {family: [dataclasses.asdict(g) for g in self.list(family)] for family in FAMILIES}
+        """The pairs (what serving reads and rollback moves between) and every index of each family."""
+        return {"pairs": [dataclasses.asdict(p) for p in self.pairs()],
+                **{family: [dataclasses.asdict(g) for g in self.list(family)] for family in FAMILIES}}
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def create(self, family: str, generation: str, model_version: str) -> str:
+    def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
-        index of the same generation (an earlier failed run) is replaced; a live one is refused."""
+        index of the same generation (an earlier failed run) is replaced; a live one is refused.
+        A user index records the item generation it pairs with (``item_generation``)."""
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
+        meta = {"state": LOADING, "model_version": model_version, "generation": generation}
+        if family == "user":
+            meta["item_generation"] = item_generation or generation
         self.es.indices.delete(index=index, ignore_unavailable=True)
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0},
-                               mappings={"_meta": {"state": LOADING, "model_version": model_version,
-                                                   "generation": generation}})
+                               mappings={"_meta": meta})
         return index
+
+    def meta(self, index: str) -> dict:
+        return self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
 
     def finish_loading(self, index: str, force_merge: bool = False) -> None:
         """Restore refresh and replicas (from the template's values), refresh, wait for health."""
@@ -99,62 +170,82 @@ class Generations:
         self.es.options(request_timeout=600).cluster.health(index=index, wait_for_status="green", timeout="300s")
 
     def mark(self, index: str, state: str) -> None:
-        meta = self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
-        self.es.indices.put_mapping(index=index, meta={**meta, "state": state})
-
-    def delete(self, index: str) -> None:
-        if index in {self.live_index(f) for f in FAMILIES}:
-            raise AlreadyLive(f"refusing to delete live index {index}")
-        self.es.indices.delete(index=index, ignore_unavailable=True)
+        self.es.indices.put_mapping(index=index, meta={**self.meta(index), "state": state})
 
     def cleanup_partial(self) -> list[str]:
-        """Delete generations a crashed run left in state 'loading' (never a live one)."""
-        removed = []
-        for family in FAMILIES:
-            for g in self.list(family):
-                if g.state != VALIDATED and not g.live:
-                    self.es.indices.delete(index=g.index, ignore_unavailable=True)
-                    removed.append(g.index)
-        return removed
+        """Delete generations a crashed or fenced-off run left behind: still 'loading', or with no
+        state at all (an index re-created by a late bulk write of a run that lost the lock). Never
+        one an alias names."""
+        partial = [g.index for family in FAMILIES for g in self.list(family)
+                   if g.state not in (VALIDATED, ROLLED_BACK)]
+        return delete_unless_aliased(self.es, partial)
 
-    def swap(self, targets: dict[str, str]) -> None:
-        """Point each family's alias at its target index, all in ONE _aliases call."""
+    def swap(self, targets: dict[str, str], pin: dict[str, str] | None = None) -> None:
+        """Point each family's alias at its target index, all in ONE _aliases call.
+
+        Each ``remove`` names the index read just before with ``must_exist``, so if another writer
+        moved an alias in between, the whole call fails and nothing moves. ``pin`` (family -> index)
+        asserts an alias that must stay where it is (a users-only refresh pins the item alias to the
+        item index its users were made for) in the same call."""
         actions = []
-        for family, index in targets.items():
+        for family, index in {**(pin or {}), **targets}.items():
             alias = self.alias(family)
             current = self.live_index(family)
-            if current and current != index:
-                actions.append({"remove": {"index": current, "alias": alias}})
+            if family in (pin or {}) and family not in targets and current != index:
+                raise RuntimeError(f"alias {alias} points at {current}, not {index}: another run moved it")
+            if current:
+                actions.append({"remove": {"index": current, "alias": alias, "must_exist": True}})
             actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
         self.es.indices.update_aliases(actions=actions)
 
-    def previous(self, family: str) -> str | None:
-        validated = [g for g in self.list(family) if g.state == VALIDATED]
-        live = self.live_index(family)
-        older = [g.index for g in validated if live is None or g.index < live]
-        return older[-1] if older else None
+    def rollback_target(self) -> Pair:
+        """The newest usable pair older than the live one (rolled-back and broken pairs are skipped)."""
+        pairs = self.pairs()
+        live = next((p for p in pairs if p.live), None)
+        older = [p for p in pairs if p.usable and not p.live and (live is None or p.generation < live.generation)]
+        if not older:
+            raise NoPairToRollBackTo("no earlier validated pair of item and user generations to roll back to "
+                                     "(see `facetrec index status`)")
+        return older[-1]
 
-    def rollback(self) -> dict[str, str]:
-        targets = {}
-        for family in FAMILIES:
-            prev = self.previous(family)
-            if prev:
-                targets[family] = prev
-        if not targets:
-            raise RuntimeError("no earlier validated generation to roll back to (see `facetrec index status`)")
+    def rollback(self, fence=lambda step: None) -> dict[str, str]:
+        """Move both aliases to the previous consistent pair in ONE _aliases call and mark the pair
+        it left as rolled back, so a second rollback goes further back instead of returning to it."""
+        live = self.live_pair()
+        target = self.rollback_target()
+        targets = {"item": target.item_index, "user": target.user_index}
+        fence("rollback swap")
         self.swap(targets)
+        if live is not None:
+            self.mark(live.user_index, ROLLED_BACK)
         return targets
 
     def retain(self, keep: int | None = None) -> list[str]:
-        """Delete validated generations beyond the newest ``keep`` of each family (never the live one)."""
+        """Keep the live pair and the newest ``keep`` usable pairs; delete every other user index
+        and every item index no kept pair uses. Never a live index, never one still loading (that
+        is ``cleanup_partial``'s, under the lock)."""
         keep = keep or self.settings.generations_to_keep
-        removed = []
-        for family in FAMILIES:
-            validated = [g for g in self.list(family) if g.state == VALIDATED]
-            live = self.live_index(family)
-            keepers = {g.index for g in validated[-keep:]} | {live}
-            for g in validated:
-                if g.index not in keepers:
-                    self.es.indices.delete(index=g.index, ignore_unavailable=True)
-                    removed.append(g.index)
-        return removed
+        pairs = self.pairs()
+        kept = [p for p in pairs if p.live] + [p for p in pairs if p.usable][-keep:]
+        keep_indices = {p.user_index for p in kept} | {p.item_index for p in kept}
+        keep_indices |= {self.live_index(f) for f in FAMILIES}
+        doomed = [g.index for family in FAMILIES for g in self.list(family)
+                  if g.index not in keep_indices and g.state in (VALIDATED, ROLLED_BACK)]
+        return delete_unless_aliased(self.es, doomed)
+
+
+def delete_unless_aliased(es: Elasticsearch, indices: list[str]) -> list[str]:
+    """Delete those of ``indices`` that no alias points at, read from the cluster now. If the aliases
+    cannot be read, delete nothing: a later run's cleanup decides with the cluster in view."""
+    if not indices:
+        return []
+    try:
+        aliases = es.indices.get_alias(index=indices, ignore_unavailable=True)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, deleting blind is worse
+        print(f"facetrec: could not read the aliases ({type(exc).__name__}); left {', '.join(indices)} for the "
+              "next run to clean up", file=sys.stderr)
+        return []
+    doomed = [i for i in indices if not (aliases.get(i) or {}).get("aliases")]
+    for index in doomed:
+        es.options(ignore_status=404).indices.delete(index=index)
+    return doomed

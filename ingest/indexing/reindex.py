@@ -5,6 +5,11 @@ indices, only those no alias points at (read back from the cluster at that momen
 around the ``_aliases`` call is settled by reading the aliases back: if the swap was applied, the
 run carries on. A crash that could not clean up (SIGKILL) is cleaned by the next run. Rerunning
 a generation that is already live does nothing.
+
+Every destructive step is fenced by the lock (``ReindexLock.fence``): a run that lost its lease
+stops before it deletes, replaces or swaps anything. A users-only refresh pairs its user index
+with the LIVE item index, refuses vectors of another model version, and pins the item alias in
+the same ``_aliases`` call.
 """
 
 from __future__ import annotations
@@ -22,27 +27,30 @@ from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
 from ingest.indexing import templates
 from ingest.indexing.bulk_load import bulk_load, spark_load
-from ingest.indexing.generations import VALIDATED, Generations, new_generation_id
-from ingest.indexing.lock import ReindexLock
+from ingest.indexing.generations import (VALIDATED, Generations, ModelMismatch, delete_unless_aliased,
+                                         new_generation_id)
+from ingest.indexing.lock import LockLost, ReindexLock
 from ingest.indexing.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
 
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
-          total: int | None):
+          total: int | None, doc_fields: dict | None, check):
     require_unit = kind == "item" and settings.similarity == "dot_product"
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
-                          client_options={"request_timeout": 120, **client_options(settings)})
+                          client_options={"request_timeout": 120, **client_options(settings)},
+                          doc_fields=doc_fields, check=check)
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
-                     require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams)
+                     require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams,
+                     doc_fields=doc_fields, check=check)
 
 
-def swap_and_confirm(gens: Generations, targets: dict[str, str]) -> None:
+def swap_and_confirm(gens: Generations, targets: dict[str, str], pin: dict[str, str] | None = None) -> None:
     """The one ``_aliases`` call. If it errs (a timeout, a dropped connection), it may still have been
     applied: read the aliases back and carry on when they already name the targets; raise otherwise."""
     try:
-        gens.swap(targets)
+        gens.swap(targets, pin=pin)
     except (ConnectionTimeout, ESConnectionError, ApiError) as exc:
         if any(gens.live_index(family) != index for family, index in targets.items()):
             raise
@@ -50,21 +58,25 @@ def swap_and_confirm(gens: Generations, targets: dict[str, str]) -> None:
               "carrying on", file=sys.stderr)
 
 
-def delete_unless_aliased(es: Elasticsearch, indices: list[str]) -> list[str]:
-    """Delete those of ``indices`` that no alias points at, read from the cluster now. If the aliases
-    cannot be read, delete nothing: a later run's cleanup decides with the cluster in view."""
-    if not indices:
-        return []
-    try:
-        aliases = es.indices.get_alias(index=indices, ignore_unavailable=True)
-    except Exception as exc:  # noqa: BLE001 - whatever went wrong, deleting blind is worse
-        print(f"facetrec: could not read the aliases ({type(exc).__name__}); left {', '.join(indices)} for the "
-              "next run to clean up", file=sys.stderr)
-        return []
-    doomed = [i for i in indices if not (aliases.get(i) or {}).get("aliases")]
-    for index in doomed:
-        es.options(ignore_status=404).indices.delete(index=index)
-    return doomed
+def _step(generation: str, message: str) -> None:
+    """One progress line per step on stderr (what an on-call engineer, and the chaos test, follow)."""
+    print(f"facetrec: [publish {generation}] {message}", file=sys.stderr, flush=True)
+
+
+def _pair_items(gens: Generations, model_version: str) -> tuple[str, str]:
+    """For a users-only refresh: the live item index and its generation, refusing (before anything is
+    created) when those items come from another model than the new user vectors."""
+    item_index = gens.live_index("item")
+    if item_index is None:
+        raise RuntimeError("no live item generation: run a full re-index (items and users) first")
+    meta = gens.meta(item_index)
+    if meta.get("model_version") != model_version:
+        raise ModelMismatch(
+            f"users-only refresh refused: the new user vectors come from model {model_version!r} but the live "
+            f"items ({item_index}) are model {meta.get('model_version')!r}; a user vector may only be scored "
+            "against items of its own model. Refresh with the live model's exported encoder, or run the full "
+            "nightly (items and users). The aliases were not touched.")
+    return item_index, meta.get("generation") or item_index[len(gens.alias("item")) + 1:]
 
 
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
@@ -78,10 +90,18 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     generation = generation or new_generation_id()
     families = ("item", "user") if items is not None else ("user",)
     started = time.perf_counter()
-    with ReindexLock(es, name=f"reindex-{settings.item_alias}"):
+    with ReindexLock(es, name=f"reindex-{settings.item_alias}", lease_s=settings.lock_lease_s) as lock:
+        _step(generation, f"locked; publishing {' and '.join(families)} of model {model_version}")
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
             print(f"facetrec: generation {generation} is already live; nothing to do")
             return {"generation": generation, "status": "already_live"}
+        if "item" in families:
+            item_index, item_generation, pin = gens.index_name("item", generation), generation, None
+        else:
+            item_index, item_generation = _pair_items(gens, model_version)
+            pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
+        lock.fence("cleanup")
+        _step(generation, "cleanup of partial generations")
         removed = gens.cleanup_partial()
         if removed:
             print(f"facetrec: removed partial generations left by an earlier run: {', '.join(removed)}")
@@ -93,9 +113,13 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 if family not in families:
                     continue
                 step = time.perf_counter()
-                index = gens.create(family, generation, model_version)
+                lock.fence(f"create {family}")
+                _step(generation, f"create {gens.index_name(family, generation)}")
+                index = gens.create(family, generation, model_version, item_generation=item_generation)
                 created.append(index)
-                report = _load(es, settings, index, family, source, generation, progress, expected)
+                _step(generation, f"load {index}")
+                report = _load(es, settings, index, family, source, generation, progress, expected,
+                               {"item_generation": item_generation} if family == "user" else None, lock.check)
                 reports[family] = report
                 check_load(report)
                 gens.finish_loading(index, force_merge=force_merge and family == "item")
@@ -103,10 +127,8 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 metrics.gauge("reindex.docs_indexed", report.indexed, tags=[f"family:{family}"])
                 metrics.timing("reindex.load", (time.perf_counter() - step) * 1000, tags=[f"family:{family}"])
 
-            item_index = gens.index_name("item", generation) if "item" in families else gens.live_index("item")
-            if item_index is None:
-                raise RuntimeError("no live item generation: run a full re-index (items and users) first")
             user_index = gens.index_name("user", generation)
+            _step(generation, f"validate {item_index} + {user_index}")
             target = Target(item_index=item_index, user_index=user_index, similarity=settings.similarity,
                             default_mode=settings.retrieval_mode, num_candidates_factor=settings.num_candidates_factor,
                             dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=30.0,
@@ -121,20 +143,33 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 validation.checks.append("recall")
             metrics.increment("reindex.validation", tags=["result:passed"])
 
+            lock.fence("mark validated")
             for index in created:
                 gens.mark(index, VALIDATED)
-            swap_and_confirm(gens, {f: gens.index_name(f, generation) for f in families})
+            lock.fence("swap")
+            _step(generation, "swap aliases")
+            swap_and_confirm(gens, {f: gens.index_name(f, generation) for f in families}, pin=pin)
             metrics.increment("reindex.swap", tags=[f"families:{'+'.join(families)}"])
         except BaseException as exc:
             metrics.increment("reindex.failed", tags=[f"error:{type(exc).__name__}"])
+            try:
+                lock.check("cleanup after a failure")
+            except LockLost as lost:  # another run may be rebuilding the same names: touch nothing
+                print(f"facetrec: {lost}; left {', '.join(created) or 'nothing'} for the lock's holder",
+                      file=sys.stderr)
+                raise exc
             delete_unless_aliased(es, created)
             raise
+        lock.fence("retention")
+        _step(generation, "retention")
         deleted = gens.retain()
         seconds = time.perf_counter() - started
         metrics.timing("reindex.total", seconds * 1000)
+        _step(generation, f"live ({', '.join(families)}) after {seconds:.1f}s")
         print(f"facetrec: generation {generation} is live ({', '.join(families)}) after {seconds:.1f}s; "
-              f"kept {settings.generations_to_keep} per family, deleted {deleted or 'none'}")
+              f"kept {settings.generations_to_keep} pairs, deleted {deleted or 'none'}")
         return {"generation": generation, "status": "swapped", "families": list(families),
+                "item_generation": item_generation, "model_version": model_version,
                 "loaded": {f: r.indexed for f, r in reports.items()},
                 "docs_per_s": {f: round(r.docs_per_s) for f, r in reports.items()}, "validation": validation.checks,
                 "recall": validation.recall, "deleted": deleted, "seconds": seconds}
