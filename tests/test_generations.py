@@ -450,7 +450,10 @@ def _live_models(es, settings):
     return gens.meta(item)["model_version"], gens.meta(user)["model_version"]
 
 
-def test_users_only_refresh_pairs_with_the_live_items_and_refuses_another_model(es, settings, catalog):
+def test_users_only_refresh_pairs_with_the_live_items_and_refuses_another_model(es, settings, catalog, capsys):
+    import argparse
+
+    from facetrec_cli.index import cmd_index_status
     from ingest.indexing.generations import ModelMismatch
 
     m1 = _model_data(21)
@@ -465,6 +468,11 @@ def test_users_only_refresh_pairs_with_the_live_items_and_refuses_another_model(
     doc = es.get(index=settings.user_alias, id=m1[1][0]["user_id"])["_source"]
     assert doc["generation"] == "20260101-140000" and doc["item_generation"] == "20260101-000001"
     assert gens.live_pair().generation == "20260101-140000" and gens.live_pair().state == "validated"
+    capsys.readouterr()
+    cmd_index_status(argparse.Namespace(json=False), settings)
+    table = capsys.readouterr().out
+    live_line = next(line for line in table.splitlines() if "20260101-140000" in line and "*" in line)
+    assert live_line.split()[1:6] == ["20260101-140000", "20260101-000001", "m1", "validated", "40"], table
 
     # Vectors of another model are refused before anything is created; the aliases stay.
     before = live(es, settings)
