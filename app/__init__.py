@@ -10,14 +10,17 @@ from facetrec.metrics import make_metrics
 from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
 
+MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is refused with 413 unread
+
 
 def create_app(settings: Settings | None = None, catalog: RowCatalog | None = None) -> Flask:
     """Application factory: one Elasticsearch client per process (per gunicorn worker), created here."""
-    from app import api, errors, logs, page
+    from app import api, auth, errors, logs, page
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["facetrec"] = {
         "settings": settings,
         "catalog": catalog or RowCatalog.load(settings.rows_config),
@@ -31,6 +34,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
                          request_timeout_s=settings.es_request_timeout_s, script_lang=settings.script_lang),
     }
     logs.init_app(app)
+    auth.init_app(app, settings.api_token_list)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(page.bp)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from app.requests import parse_homepage_args, parse_rows_body
 from facetrec.es import alias_index
@@ -20,13 +20,15 @@ def _serve(query):
     ctx = _ctx()
     request.environ["facetrec.user_id"] = query.user_id
     page = recommend(ctx["es"], ctx["target"], query.user_id, query.rows, query.user_filters, mode=query.mode,
-                     sizes=query.sizes, metrics=ctx["metrics"])
+                     sizes=query.sizes, metrics=ctx["metrics"], request_id=g.get("request_id"))
     return jsonify(page)
 
 
 @bp.get("/v1/users/<path:user_id>/homepage")
 def homepage(user_id: str):
-    return _serve(parse_homepage_args(user_id, request.args.to_dict(flat=True), _ctx()["catalog"]))
+    ctx = _ctx()
+    return _serve(parse_homepage_args(user_id, request.args.to_dict(flat=True), ctx["catalog"],
+                                      ctx["settings"].retrieval_mode))
 
 
 @bp.post("/v1/users/<path:user_id>/rows")
@@ -34,7 +36,8 @@ def rows(user_id: str):
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
-    return _serve(parse_rows_body(user_id, body, _ctx()["catalog"]))
+    ctx = _ctx()
+    return _serve(parse_rows_body(user_id, body, ctx["catalog"], ctx["settings"].retrieval_mode))
 
 
 @bp.get("/v1/rows")

@@ -10,7 +10,7 @@ import dataclasses
 import unicodedata
 from typing import Any, Mapping
 
-from facetrec.rows import MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
+from facetrec.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
 from facetrec.settings import RETRIEVAL_MODES
 
 MAX_USER_ID = 128
@@ -70,7 +70,8 @@ def user_filter_clauses(filters: Mapping[str, Any], catalog: RowCatalog, field: 
     return clauses
 
 
-def parse_homepage_args(user_id: str, args: Mapping[str, str], catalog: RowCatalog) -> HomepageQuery:
+def parse_homepage_args(user_id: str, args: Mapping[str, str], catalog: RowCatalog,
+                        default_mode: str = "knn") -> HomepageQuery:
     """GET /v1/users/<user_id>/homepage?language=&country=&rows=&size=&mode="""
     user_id = check_user_id(user_id)
     unknown = set(args) - QUERY_PARAMS - set(catalog.user_filters)
@@ -88,11 +89,11 @@ def parse_homepage_args(user_id: str, args: Mapping[str, str], catalog: RowCatal
         rows = [catalog.rows[r] for r in dict.fromkeys(ids)]
     sizes = {r.id: _size(args["size"], "size") for r in rows} if "size" in args else {}
     filters = {k: v for k, v in args.items() if k in catalog.user_filters}
-    return HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
-                         _mode(args.get("mode")))
+    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
+                                  _mode(args.get("mode"))), catalog, default_mode, "size", "mode")
 
 
-def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog) -> HomepageQuery:
+def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: str = "knn") -> HomepageQuery:
     """POST /v1/users/<user_id>/rows with {"rows": [...], "filters": {...}, "mode": ...}.
 
     A row is a configured row id, ``{"id": ..., "size": n}``, or an ad-hoc row
@@ -120,8 +121,29 @@ def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog) -> HomepageQue
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
         raise BadRequest("filters", "must be an object of user filters")
-    return HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
-                         _mode(body.get("mode")))
+    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
+                                  _mode(body.get("mode"))), catalog, default_mode, "rows", "mode")
+
+
+def _checked(query: HomepageQuery, catalog: RowCatalog, default_mode: str, size_field: str,
+             mode_field: str) -> HomepageQuery:
+    """What a caller may ask of each row is set in the row config, not by the caller: a mode other
+    than the row's own only if the row lists it in ``caller_modes``; a size up to its ``max_size``
+    (default twice its size); and at most MAX_PAGE_HITS items over the whole page."""
+    total = 0
+    for row in query.rows:
+        size = query.sizes.get(row.id, row.size)
+        configured = catalog.rows.get(row.id) is row
+        if configured and size > row.size_limit:
+            raise BadRequest(size_field, f"row {row.id!r} allows at most {row.size_limit} items")
+        own = row.retrieval or default_mode
+        if query.mode is not None and query.mode != own and query.mode not in row.caller_modes:
+            raise BadRequest(mode_field, f"row {row.id!r} does not allow mode {query.mode!r}; its config "
+                                         f"allows {sorted({own, *row.caller_modes})}")
+        total += size
+    if total > MAX_PAGE_HITS:
+        raise BadRequest(size_field, f"the rows ask for {total} items; at most {MAX_PAGE_HITS} per request")
+    return query
 
 
 def _row_entry(entry: Any, catalog: RowCatalog, field: str) -> tuple[Row, int | None]:

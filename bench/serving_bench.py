@@ -25,18 +25,21 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from datetime import date
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from app.server import start_gunicorn
 from facetrec.es import make_client, resolve_url, script_lang
 from facetrec.es_local import port_is_free
 from facetrec.homepage import Target, build_searches, fetch_user
 from facetrec.rows import RowCatalog
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import REPO_ROOT, RETRIEVAL_MODES, Settings
 from ingest.indexing.reindex import run_reindex
 from ingest.embedding.synthetic import embedding_records
 
@@ -59,9 +62,22 @@ def pct(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def bench_rows_config() -> Path:
+    """app/rows.yaml with every mode open to callers on every row (the bench asks for each mode on
+    the whole homepage; the shipped config allows callers only the rows' own modes)."""
+    raw = yaml.safe_load((REPO_ROOT / "app" / "rows.yaml").read_text())
+    raw["caller_modes"] = list(RETRIEVAL_MODES)
+    for row in raw["rows"]:
+        row.pop("caller_modes", None)
+    path = Path(tempfile.mkdtemp(prefix="facetrec-bench-")) / "rows.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def start_service(settings: Settings, port: int) -> subprocess.Popen:
     return start_gunicorn({"ES_URL": resolve_url(settings), "FACETREC_ITEM_ALIAS": settings.item_alias,
                            "FACETREC_USER_ALIAS": settings.user_alias,
+                           "FACETREC_ROWS_CONFIG": str(bench_rows_config()),
                            "FACETREC_WORKERS": os.environ.get("FACETREC_WORKERS", "2"), "FACETREC_THREADS": "8",
                            "FACETREC_LOG_LEVEL": "warning", "ES_REQUEST_TIMEOUT_S": "2"}, f"127.0.0.1:{port}")
 

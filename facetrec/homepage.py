@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from typing import Any, Sequence
 
@@ -15,9 +16,10 @@ from elasticsearch import ApiError, ConnectionError as ESConnectionError, Connec
 
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
-from facetrec.rows import Row, build_row_search
+from facetrec.rows import MAX_SEEN_ITEMS, Row, build_row_search, query_vector
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
 
+log = logging.getLogger("facetrec.homepage")
 MAX_OVERFETCH = 200
 PAGE_READS = 3  # a page read during an alias swap is read again, at most this many times in all
 
@@ -60,16 +62,31 @@ class Target:
 
 
 def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: float) -> UserVector | None:
+    """The user's vector and seen items, or None for a user the live generation does not know.
+    A missing user index/alias or an overloaded cluster is ClusterUnavailable (a 503), never an
+    unknown user: serving everyone popularity rows with a 200 would hide the outage."""
     try:
-        doc = es.options(request_timeout=timeout_s).get(
-            index=user_index, id=user_id, source_includes=["user_embed", "seen_item_ids", "generation", "item_generation"])
-    except NotFoundError:
+        with _cluster_errors_as_unavailable():
+            doc = es.options(request_timeout=timeout_s).get(
+                index=user_index, id=user_id,
+                source_includes=["user_embed", "seen_item_ids", "generation", "item_generation"])
+    except NotFoundError as exc:
+        if _error_type(exc) == "index_not_found_exception":
+            raise ClusterUnavailable(f"the user index {user_index} does not exist: publish a generation "
+                                     "(`facetrec pipeline run`) or check the alias") from exc
         return None
-    except (ESConnectionError, ConnectionTimeout) as exc:
-        raise ClusterUnavailable(str(exc)) from exc
+    except ApiError as exc:  # credentials, a closed index, ...: the cluster cannot serve this page
+        raise ClusterUnavailable(f"user GET failed with {exc.status_code}: {exc}") from exc
     src = doc["_source"]
-    return UserVector(user_id=user_id, vector=src["user_embed"], seen_item_ids=src.get("seen_item_ids") or [],
+    seen = (src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:]
+    return UserVector(user_id=user_id, vector=src["user_embed"], seen_item_ids=list(dict.fromkeys(seen)),
                       generation=src.get("generation"), item_generation=src.get("item_generation"))
+
+
+def _error_type(exc: ApiError) -> str | None:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    return error.get("type") if isinstance(error, dict) else None
 
 
 def _row_mode(row: Row, mode: str | None, target: Target) -> str:
@@ -83,11 +100,14 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
     sizes of earlier rows so they can be backfilled after cross-row de-duplication."""
     searches: list[dict] = []
     earlier = 0
+    # Built once per request, shared by every row: the query vector (unit length when the similarity
+    # needs it) and the seen items (at most MAX_SEEN_ITEMS, de-duplicated in fetch_user).
+    vector = query_vector(user.vector, target.similarity) if user else None
+    seen = user.seen_item_ids if user else []
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
         k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
-        body = build_row_search(row, user_vector=user.vector if user else None, user_filters=user_filters,
-                                exclude_ids=user.seen_item_ids if user else (), k=k,
+        body = build_row_search(row, user_vector=vector, user_filters=user_filters, exclude_ids=seen, k=k,
                                 mode=_row_mode(row, mode, target), num_candidates_factor=target.num_candidates_factor,
                                 script_lang=script_lang)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
@@ -126,10 +146,13 @@ def _cluster_errors_as_unavailable():
 
 def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict] = (),
               *, mode: str | None = None, sizes: dict[str, int] | None = None,
-              metrics: NoMetrics | None = None) -> dict:
+              metrics: NoMetrics | None = None, request_id: str | None = None,
+              detailed_errors: bool = False) -> dict:
     """The homepage of ``user_id``: ``{"user_id", "generation", "user_generation", "rows": [...]}``.
 
-    A failing row carries ``"error"`` and no items while the others are returned. Raises
+    A failing row carries ``"error_code"`` and a safe ``"error"`` message (Elasticsearch's reason
+    appended only with ``detailed_errors``, for operators: the validation gate) and no items while
+    the others are returned. Raises
     ClusterUnavailable when Elasticsearch cannot be reached at all, and InconsistentGenerations
     when the user vector and the item hits still come from different pairs after PAGE_READS reads.
     """
@@ -156,9 +179,8 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         size = (sizes or {}).get(row.id, row.size)
         entry: dict[str, Any] = {"id": row.id, "title": row.title, "source": source, "items": []}
         if "error" in response:
-            err = response["error"]
-            entry["error"] = (err.get("root_cause") or [err])[0].get("reason", str(err)) if isinstance(err, dict) else str(err)
-            metrics.increment("homepage.row.error", tags)
+            entry["error_code"], entry["error"] = _row_error(response, row, request_id, detailed_errors)
+            metrics.increment("homepage.row.error", [*tags, f"code:{entry['error_code']}"])
             out_rows.append(entry)
             continue
         metrics.timing("es.took", response.get("took", 0), tags)
@@ -182,6 +204,27 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         out_rows.append(entry)
     return {"user_id": user_id, "generation": generation, "user_generation": user.generation if user else None,
             "rows": out_rows}
+
+
+ROW_ERROR_MESSAGES = {
+    "search_rejected": "this row's search was rejected; the other rows are served",
+    "search_unavailable": "this row's search could not run (cluster busy); retry shortly",
+    "search_failed": "this row's search failed; the other rows are served",
+}
+
+
+def _row_error(response: dict, row: Row, request_id: str | None, detailed: bool = False) -> tuple[str, str]:
+    """A stable code and a short safe message for the caller; Elasticsearch's reason (which can hold
+    mapping details or a preview of the user's vector) goes to the structured log only."""
+    status = int(response.get("status") or 500)
+    code = "search_rejected" if 400 <= status < 500 and status != 429 else \
+        "search_unavailable" if status in (429, 502, 503, 504) else "search_failed"
+    err = response.get("error")
+    reason = (err.get("root_cause") or [err])[0].get("reason", str(err)) if isinstance(err, dict) else str(err)
+    log.warning("row failed", extra={"event": "row_error", "request_id": request_id, "row": row.id,
+                                     "status": status, "code": code, "detail": str(reason)[:1000]})
+    message = ROW_ERROR_MESSAGES[code] + (f" (request {request_id})" if request_id else "")
+    return code, f"{message}: {reason}" if detailed else message
 
 
 def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -43,6 +44,13 @@ MAX_ROW_SIZE = 100
 # SEEN_OVERFETCH_MAX gets them inside the knn filter instead (exact, but built per request), so a
 # row never comes back short because too many seen items ranked at the top.
 SEEN_OVERFETCH_MAX = 100
+# The seen-item exclusion's one bound: the MAX_SEEN_ITEMS most recent items of a user's history are
+# stored with the user vector and removed from every row; older ones may reappear.
+MAX_SEEN_ITEMS = 500
+MAX_PAGE_HITS = 200           # items one request may ask for over all its rows
+# Dates: validated and sent to Elasticsearch with ONE explicit format, so what passes filters as written.
+DATE_FORMAT = "strict_date_optional_time"
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?")
 MAX_NUM_CANDIDATES = 10_000   # Elasticsearch rejects more
 ITEM_SOURCE_FIELDS = ["item_id", "title", "item_format", "language", "categories", "popularity", "generation"]
 
@@ -68,6 +76,12 @@ class Row:
     filter: tuple[dict, ...] = ()
     must_not: tuple[dict, ...] = ()
     retrieval: str | None = None
+    caller_modes: tuple[str, ...] = ()   # modes a caller may ask for besides the row's own
+    max_size: int | None = None          # the largest size a caller may ask for (default: 2 x size)
+
+    @property
+    def size_limit(self) -> int:
+        return self.max_size or min(2 * self.size, MAX_ROW_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +105,14 @@ class RowCatalog:
         for name, kind in facets.items():
             if kind not in FACET_TYPES:
                 raise RowConfigError(f"{source}: facet {name!r} has type {kind!r}; expected one of {FACET_TYPES}")
+        default_caller_modes = _modes(raw.get("caller_modes") or [], f"{source}: caller_modes")
         user_filters = tuple(raw.get("user_filters") or ())
         for name in user_filters:
             if name not in facets:
                 raise RowConfigError(f"{source}: user filter {name!r} is not a declared facet")
         rows: dict[str, Row] = {}
         for entry in raw.get("rows") or []:
-            row = _parse_row(entry, facets, source)
+            row = _parse_row(entry, facets, source, default_caller_modes)
             if row.id in rows:
                 raise RowConfigError(f"{source}: duplicate row id {row.id!r}")
             rows[row.id] = row
@@ -113,7 +128,13 @@ class RowCatalog:
         return [self.rows[row_id] for row_id in self.homepage]
 
 
-def _parse_row(entry: Any, facets: dict[str, str], source: str) -> Row:
+def _modes(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or any(m not in RETRIEVAL_MODES for m in value):
+        raise RowConfigError(f"{where}: a list of modes among {RETRIEVAL_MODES}")
+    return tuple(value)
+
+
+def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_modes: tuple[str, ...] = ()) -> Row:
     if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
         raise RowConfigError(f"{source}: every row needs a non-empty string id, got {entry!r}")
     where = f"{source}: row {entry['id']!r}"
@@ -129,8 +150,14 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str) -> Row:
             clauses[key] = tuple(validate_clause(c, facets) for c in entry.get(key) or [])
         except BadRequest as exc:
             raise RowConfigError(f"{where}: {key}: {exc}") from None
+    max_size = entry.get("max_size")
+    if max_size is not None and (not isinstance(max_size, int) or not size <= max_size <= MAX_ROW_SIZE):
+        raise RowConfigError(f"{where}: max_size must be an integer in size..{MAX_ROW_SIZE}")
+    caller_modes = _modes(entry["caller_modes"], f"{where}: caller_modes") if "caller_modes" in entry \
+        else default_caller_modes
     return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
-               filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval)
+               filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
+               caller_modes=caller_modes, max_size=max_size)
 
 
 def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:
@@ -159,7 +186,10 @@ def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "fi
         raise BadRequest(where, f"range needs bounds among {RANGE_OPS}")
     if kind_of == "keyword":
         raise BadRequest(where, "range filters apply to numeric or date facets only")
-    return {"range": {name: {op: check_value(v, kind_of, where) for op, v in value.items()}}}
+    bounds: dict[str, Any] = {op: check_value(v, kind_of, where) for op, v in value.items()}
+    if kind_of == "date":
+        bounds["format"] = DATE_FORMAT  # Elasticsearch reads the bounds exactly as validated
+    return {"range": {name: bounds}}
 
 
 def check_value(value: Any, kind: str, where: str) -> Any:
@@ -177,12 +207,13 @@ def check_value(value: Any, kind: str, where: str) -> Any:
         return value
     if kind == "date":
         from datetime import date, datetime
-        if not isinstance(value, str):
-            raise BadRequest(where, "expected an ISO-8601 date string")
+        message = "expected a date yyyy-MM-dd, optionally with time THH:mm[:ss[.fraction]][Z|+hh:mm]"
+        if not isinstance(value, str) or not _DATE_RE.fullmatch(value):
+            raise BadRequest(where, message)
         try:
-            (datetime if "T" in value else date).fromisoformat(value)
+            (datetime if "T" in value else date).fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise BadRequest(where, "expected an ISO-8601 date such as 1995-01-01") from None
+            raise BadRequest(where, message) from None
         return value
     raise BadRequest(where, f"unsupported facet type {kind}")
 
@@ -227,6 +258,17 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
     else:
         raise ValueError(f"unknown retrieval mode {mode!r}")
     return body
+
+
+def query_vector(vector: Sequence[float], similarity: str) -> list[float]:
+    """The user vector as sent to Elasticsearch: unit length when the similarity needs unit vectors
+    (``dot_product``, ``cosine``), raw for ``max_inner_product``. The ranking is the same."""
+    values = [float(x) for x in vector]
+    if similarity in ("dot_product", "cosine"):
+        norm = math.sqrt(sum(x * x for x in values))
+        if norm > 0:
+            values = [x / norm for x in values]
+    return values
 
 
 def num_candidates(k: int, factor: int, at_least: int = 0) -> int:

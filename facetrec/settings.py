@@ -56,6 +56,7 @@ class Settings:
     script_lang: str = "auto"              # FACETREC_SCRIPT_LANG: auto | painless | facetrec_vector (script_score)
     num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
+    api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
 
     # --- Metrics -------------------------------------------------------------------------------
     statsd_host: str | None = None         # DD_AGENT_HOST (unset: metrics disabled)
@@ -79,6 +80,11 @@ class Settings:
             raise SettingsError(f"FACETREC_LOCK_LEASE_S={self.lock_lease_s}: expected 1..3600 seconds")
         if self.bulk_streams < 1:
             raise SettingsError(f"FACETREC_BULK_STREAMS={self.bulk_streams}: expected at least 1")
+        if not 1 <= self.num_candidates_factor <= 1000:
+            raise SettingsError(f"FACETREC_NUM_CANDIDATES_FACTOR={self.num_candidates_factor}: expected 1..1000 "
+                                "(num_candidates = k x factor, capped at Elasticsearch's 10,000)")
+        if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
+            raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
         if self.es_request_timeout_s <= 0:
             raise SettingsError("ES_REQUEST_TIMEOUT_S must be positive")
 
@@ -93,6 +99,16 @@ class Settings:
                 continue
             kwargs[field.name] = _parse(var, raw, field.type)
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def api_token_list(self) -> list[str]:
+        return [t.strip() for t in (self.api_tokens or "").split(",") if t.strip()]
+
+    def __repr__(self) -> str:  # never print secrets (tokens, passwords, API keys) in logs or tracebacks
+        hidden = {"api_tokens", "es_password", "es_api_key"}
+        shown = ", ".join(f"{f.name}={'***' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)!r}"
+                          for f in dataclasses.fields(self))
+        return f"Settings({shown})"
 
     def replace(self, **changes: object) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -125,6 +141,7 @@ _ENV_NAMES = {
     "script_lang": "FACETREC_SCRIPT_LANG",
     "num_candidates_factor": "FACETREC_NUM_CANDIDATES_FACTOR",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
+    "api_tokens": "FACETREC_API_TOKENS",
     "statsd_host": "DD_AGENT_HOST",
     "statsd_port": "DD_DOGSTATSD_PORT",
     "metrics_namespace": "FACETREC_METRICS_NAMESPACE",

@@ -110,10 +110,10 @@ def test_rows_stay_full_when_the_users_top_items_are_all_seen(es, client, publis
 
 def test_later_rows_are_backfilled_after_dedupe(client, published):
     _, _, items, users, *_ = published
-    body = {"rows": [{"id": "for_you", "size": 30}, {"id": "ebooks", "size": 20}]}
+    body = {"rows": [{"id": "for_you", "size": 20}, {"id": "ebooks", "size": 20}]}  # each row's max_size
     page = client.post(f"/v1/users/{users[3]['user_id']}/rows", json=body).json
     first, second = page["rows"]
-    assert len(first["items"]) == 30 and len(second["items"]) == 20
+    assert len(first["items"]) == 20 and len(second["items"]) == 20
     assert not {i["id"] for i in first["items"]} & {i["id"] for i in second["items"]}
 
 
@@ -138,11 +138,30 @@ def test_one_failing_row_does_not_sink_the_others(published):
                     {"id": "broken", "title": "Broken", "filter": [{"term": {"popularity": "very"}}]},
                     {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
     app = create_app(settings.replace(es_request_timeout_s=5.0), RowCatalog.from_dict(raw))
-    page = app.test_client().get(f"/v1/users/{users[0]['user_id']}/homepage").json
+    logged = _capture("facetrec.homepage")
+    response = app.test_client().get(f"/v1/users/{users[0]['user_id']}/homepage", headers={"X-Request-Id": "req-77"})
+    page = response.json
+    assert_matches_schema(page, "Homepage")
     rows = {r["id"]: r for r in page["rows"]}
-    assert "error" in rows["broken"] and rows["broken"]["items"] == []
-    assert "very" in rows["broken"]["error"] or "number" in rows["broken"]["error"].lower()
+    assert rows["broken"]["items"] == [] and rows["broken"]["error_code"] == "search_rejected"
+    # The caller gets a short safe message with the request id; Elasticsearch's reason (mapping
+    # details, here the bad number) only reaches the structured log, under that id.
+    assert rows["broken"]["error"] == "this row's search was rejected; the other rows are served (request req-77)"
+    assert "very" not in response.get_data(as_text=True)
+    (record,) = [r for r in logged if getattr(r, "event", None) == "row_error"]
+    assert record.request_id == "req-77" and record.row == "broken" and "very" in record.detail
     assert len(rows["for_you"]["items"]) == 10 and len(rows["ebooks"]["items"]) == 10
+
+
+def _capture(logger_name: str) -> list:
+    """Records of a facetrec logger (they do not propagate to the root, so caplog misses them)."""
+    import logging
+
+    records: list = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(logger_name).addHandler(handler)
+    return records
 
 
 class Proxy:
@@ -323,7 +342,13 @@ def test_script_score_mode_ranks_and_scores_like_exact_knn(es, client, published
     """painless on a full distribution, facetrec_vector (elasticsearch_local's plugin) on the local node."""
     if not script_languages(es):
         pytest.skip("this cluster has neither painless nor the facetrec_vector plugin")
-    _, catalog, items, users, item_vectors, user_vectors = published
+    settings, catalog, items, users, item_vectors, user_vectors = published
+    raw = yaml.safe_load(open(os.path.join(REPO, "app", "rows.yaml")))
+    raw["caller_modes"] = ["knn", "script_score"]   # this test asks both modes of every row
+    for row in raw["rows"]:
+        row.pop("caller_modes", None)
+    open_modes = RowCatalog.from_dict(raw)
+    client = create_app(settings.replace(es_request_timeout_s=5.0), open_modes).test_client()
     row_of = {r["item_id"]: i for i, r in enumerate(items)}
     for u in (2, 3, 4):
         knn = client.get(f"/v1/users/{users[u]['user_id']}/homepage?language=en&mode=knn").json
@@ -344,8 +369,10 @@ def test_script_score_row_in_a_language_the_cluster_lacks_fails_alone(es, publis
            "rows": [{"id": "for_you", "title": "For you", "retrieval": "script_score"},
                     {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
     app = create_app(settings.replace(es_request_timeout_s=5.0, script_lang="painless"), RowCatalog.from_dict(raw))
+    logged = _capture("facetrec.homepage")
     rows = {r["id"]: r for r in app.test_client().get(f"/v1/users/{users[2]['user_id']}/homepage").json["rows"]}
-    assert "painless" in rows["for_you"]["error"] and rows["for_you"]["items"] == []
+    assert rows["for_you"]["error_code"] == "search_rejected" and rows["for_you"]["items"] == []
+    assert any("painless" in getattr(r, "detail", "") for r in logged)
     assert "error" not in rows["ebooks"] and len(rows["ebooks"]["items"]) == 10
 
 
@@ -353,6 +380,9 @@ def test_script_score_row_in_a_language_the_cluster_lacks_fails_alone(es, publis
     ("/v1/users/u1/homepage?rows=nope", "rows"),
     ("/v1/users/u1/homepage?size=0", "size"),
     ("/v1/users/u1/homepage?size=101", "size"),
+    ("/v1/users/u1/homepage?size=21", "size"),                      # for_you allows 2 x 10
+    ("/v1/users/u1/homepage?mode=script_score", "mode"),            # only podcasts/comedy allow it
+    ("/v1/users/u1/homepage?rows=podcasts,for_you&mode=script_score", "mode"),
     ("/v1/users/u1/homepage?size=ten", "size"),
     ("/v1/users/u1/homepage?mode=fast", "mode"),
     ("/v1/users/u1/homepage?colour=red", "colour"),
@@ -375,6 +405,15 @@ def test_bad_query_input_is_400_naming_the_field(client, url, field):
     ({"rows": [{"id": "x", "filter": [{"range": {"language": {"gte": "a"}}}]}]}, "rows[0].filter.language"),
     ({"rows": [{"id": "x", "filter": [{"script": {"source": "1"}}]}]}, "rows[0].filter"),
     ({"rows": [{"id": "for_you", "size": 1000}]}, "rows[0].size"),
+    ({"rows": [{"id": "for_you", "size": 30}]}, "rows"),
+    ({"rows": [{"id": f"r{i}", "size": 100, "filter": [{"term": {"language": "en"}}]} for i in range(3)]}, "rows"),
+    ({"rows": ["for_you"], "mode": "script_score"}, "mode"),
+    ({"rows": [{"id": "x", "filter": [{"range": {"published_at": {"gte": "20150101"}}}]}]},
+     "rows[0].filter.published_at"),
+    ({"rows": [{"id": "x", "filter": [{"range": {"published_at": {"gte": "2015-W01-1"}}}]}]},
+     "rows[0].filter.published_at"),
+    ({"rows": [{"id": "x", "filter": [{"range": {"published_at": {"gte": "2015-13-01"}}}]}]},
+     "rows[0].filter.published_at"),
     ({"filters": {"language": 5}}, "filters.language"),
     ({"filters": {"item_format": "ebook"}}, "filters.item_format"),
     ({"rows": []}, "rows"),
@@ -441,3 +480,146 @@ def test_fuzzed_homepage_requests_never_500(client, user_id, params):
 def test_fuzzed_rows_bodies_never_500(client, body):
     response = client.post("/v1/users/u1/rows", json=body)
     assert response.status_code in (200, 400), (body, response.json)
+
+
+# ---- hardening (issue 12): limits, error hygiene, strict inputs, access control ------------------
+
+def test_bad_settings_fail_at_start_naming_the_variable():
+    from facetrec.settings import Settings, SettingsError
+
+    for raw in ("0", "-3", "5000"):
+        with pytest.raises(SettingsError, match="FACETREC_NUM_CANDIDATES_FACTOR"):
+            Settings.from_env({"FACETREC_NUM_CANDIDATES_FACTOR": raw})
+    with pytest.raises(SettingsError, match="FACETREC_API_TOKENS"):
+        Settings.from_env({"FACETREC_API_TOKENS": "short"})
+    secret = Settings.from_env({"FACETREC_API_TOKENS": "s3cret-token-0123456789"})
+    assert "s3cret" not in repr(secret) and secret.api_token_list == ["s3cret-token-0123456789"]
+
+
+def test_a_body_over_the_limit_is_413_without_being_parsed(client):
+    from app import MAX_BODY_BYTES
+
+    huge = b'{"rows": [' + b'"for_you",' * (14 * 1024 * 1024 // 10) + b'"for_you"]}'
+    began = time.monotonic()
+    response = client.post("/v1/users/u1/rows", data=huge, content_type="application/json")
+    assert response.status_code == 413 and response.is_json and time.monotonic() - began < 1.0
+    assert_matches_schema(response.json, "Error")
+    just_under = {"rows": ["for_you"], "filters": {"language": "en"}}
+    padded = json_dumps_padded(just_under, MAX_BODY_BYTES - 1)
+    assert client.post("/v1/users/u1/rows", data=padded, content_type="application/json").status_code == 200
+
+
+def json_dumps_padded(body: dict, size: int) -> bytes:
+    import json
+
+    text = json.dumps(body).encode()
+    return text[:-1] + b" " * (size - len(text)) + b"}"
+
+
+def test_a_missing_user_alias_or_a_refusing_cluster_is_503_not_popular_rows(published):
+    """Before: a missing user alias looked like an unknown user: everyone got popularity rows, 200."""
+    settings, catalog, _, users, *_ = published
+    app = create_app(settings.replace(user_alias="no-such-user-alias", es_request_timeout_s=5.0), catalog)
+    response = app.test_client().get(f"/v1/users/{users[0]['user_id']}/homepage")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json["error"]["code"] == "unavailable"
+    # A user the live generation does not know still gets popular rows.
+    cold = create_app(settings.replace(es_request_timeout_s=5.0), catalog).test_client().get(
+        "/v1/users/never-seen/homepage?rows=for_you")
+    assert cold.status_code == 200 and cold.json["rows"][0]["source"] == "popular"
+
+
+def test_date_filters_pass_validation_only_in_the_format_elasticsearch_is_told(client, published):
+    from facetrec.rows import DATE_FORMAT, validate_clause
+
+    clause = validate_clause({"range": {"published_at": {"gte": "2015-01-01"}}}, {"published_at": "date"})
+    assert clause == {"range": {"published_at": {"gte": "2015-01-01", "format": DATE_FORMAT}}}
+    _, _, items, users, *_ = published
+    published_at = {r["item_id"]: r["published_at"] for r in items}
+    for bound in ("2015-01-01", "2015-01-01T00:00:00Z", "2015-01-01T00:00:00.000+00:00"):
+        body = {"rows": [{"id": "recent", "size": 10, "filter": [{"range": {"published_at": {"gte": bound}}}]}]}
+        page = client.post(f"/v1/users/{users[5]['user_id']}/rows", json=body).json
+        assert len(page["rows"][0]["items"]) == 10, page
+        assert all(str(published_at[i["id"]])[:10] >= "2015-01-01" for i in page["rows"][0]["items"])
+
+
+def test_dot_product_similarity_serves_rows_from_raw_user_vectors(es, es_settings, unique):
+    """Before: the raw (non-unit) user vector went to a dot_product field and every knn row failed,
+    carrying a preview of the embedding back to the caller. Now the query vector is normalized."""
+    from ingest.embedding.synthetic import embedding_records
+    from ingest.indexing.reindex import run_reindex
+
+    items, users, item_vectors, user_vectors = embedding_records(n_items=800, n_users=10, dims=64, seed=17)
+    unit = item_vectors / np.linalg.norm(item_vectors, axis=1, keepdims=True)
+    items = [{**r, "item_embed": unit[i]} for i, r in enumerate(items)]
+    settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
+                                   index_type="flat", similarity="dot_product", lock_lease_s=10.0)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    run_reindex(es, settings, catalog, items=items, users=users, model_version="unit", generation="20260101-000001",
+                progress=False, sample_users=3)
+    page = create_app(settings.replace(es_request_timeout_s=5.0), catalog).test_client().get(
+        f"/v1/users/{users[1]['user_id']}/homepage?rows=for_you").json
+    row = page["rows"][0]
+    assert "error" not in row and len(row["items"]) == 10
+    seen = set(users[1]["seen_item_ids"])
+    q = user_vectors[1] / np.linalg.norm(user_vectors[1])
+    exact = [items[i]["item_id"] for i in np.argsort(-(unit @ q)) if items[i]["item_id"] not in seen][:10]
+    assert [i["id"] for i in row["items"]] == exact
+
+
+def test_the_api_token_guards_everything_but_the_probes(published):
+    settings, catalog, _, users, *_ = published
+    token = "tok-" + "7" * 28
+    app = create_app(settings.replace(api_tokens=f"other-token-000000000,{token}", es_request_timeout_s=5.0), catalog)
+    client = app.test_client()
+    url = f"/v1/users/{users[0]['user_id']}/homepage"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token},
+                    {"Authorization": f"Basic {token}"}):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 401 and response.json["error"]["field"] == "Authorization", headers
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    for path in ("/v1/sample-users", "/", "/v1/rows"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/v1/sample-users", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_seen_items_are_excluded_up_to_the_documented_bound(es, published):
+    """A user whose MAX_SEEN_ITEMS best items are all seen gets the next best, none of the seen."""
+    from facetrec.rows import MAX_SEEN_ITEMS
+    from ingest.indexing.bulk_load import user_document
+
+    settings, catalog, items, users, item_vectors, user_vectors = published
+    order = [items[i]["item_id"] for i in np.argsort(-(item_vectors @ user_vectors[9]))]
+    index = es.indices.get_alias(name=settings.user_alias).popitem()[0]
+    live_user = es.get(index=index, id=users[9]["user_id"])["_source"]
+    over = [f"old-{i}" for i in range(40)] + order[:MAX_SEEN_ITEMS]   # older history beyond the bound first
+    _, doc = user_document({"user_id": "bound-user", "user_embed": user_vectors[9], "seen_item_ids": over},
+                           live_user["generation"], 64)
+    assert doc["seen_item_ids"] == order[:MAX_SEEN_ITEMS]               # the bound is kept at load time
+    doc["item_generation"] = live_user.get("item_generation")
+    es.index(index=index, id="bound-user", document=doc, refresh="true")
+    try:
+        client = create_app(settings.replace(es_request_timeout_s=5.0), catalog).test_client()
+        page = client.get("/v1/users/bound-user/homepage?rows=for_you").json
+        assert [i["id"] for i in page["rows"][0]["items"]] == order[MAX_SEEN_ITEMS:MAX_SEEN_ITEMS + 10]
+    finally:
+        es.delete(index=index, id="bound-user", refresh="true")
+
+
+HEADER_VALUES = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=st.dictionaries(st.sampled_from(["Authorization", "X-Request-Id", "Content-Type", "Accept",
+                                                "Content-Length"]), HEADER_VALUES, max_size=3),
+       method=st.sampled_from(["GET", "POST"]))
+def test_fuzzed_headers_never_500(client, headers, method):
+    headers = {k: v for k, v in headers.items() if k != "Content-Length" or v.isdigit()}
+    if method == "GET":
+        response = client.get("/v1/users/u1/homepage?rows=for_you", headers=headers)
+    else:
+        response = client.post("/v1/users/u1/rows", data=b'{"rows": ["for_you"]}', headers=headers)
+    assert response.status_code < 500, (headers, response.status_code)
+    assert response.is_json

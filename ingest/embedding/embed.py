@@ -22,11 +22,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from facetrec.rows import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
 from ingest.embedding.datasets import ITEM_FACETS
 from ingest.embedding.features import TrainingData, left_pad, user_feature_indices
 from ingest.embedding.model import SequenceUserEncoder, TwoTower
-
-MAX_SEEN = 500
 
 
 def item_matrix(model: TwoTower, n_items: int, batch: int = 8192, progress: bool = False) -> np.ndarray:

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from elasticsearch import Elasticsearch, helpers
 from tqdm import tqdm
 
+from facetrec.rows import MAX_SEEN_ITEMS
+
 ITEM_FACETS = ("item_format", "language", "country", "categories", "title", "popularity", "published_at")
 MAX_REPORTED_IDS = 50
 
@@ -122,7 +124,7 @@ def item_document(record: Mapping[str, Any], generation: str, dims: int, require
 def user_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool = False) -> tuple[str, dict]:
     user_id = str(record["user_id"])
     doc = {"user_embed": check_vector(_listish(record.get("user_embed")), dims, False),
-           "seen_item_ids": [str(x) for x in (_listish(record.get("seen_item_ids")) or [])],
+           "seen_item_ids": [str(x) for x in (_listish(record.get("seen_item_ids")) or [])][-MAX_SEEN_ITEMS:],
            "updated_at": _iso(record.get("updated_at") or datetime.now(timezone.utc)),
            "generation": generation}
     return user_id, doc

@@ -51,7 +51,7 @@ def check_rows(es: Elasticsearch, target: Target, rows: Sequence[Row], user_ids:
     """Every sampled user gets a non-empty result in every row, from the indices in ``target``."""
     empty: dict[str, list[str]] = {}
     for user_id in user_ids:
-        page = recommend(es, target, user_id, rows)
+        page = recommend(es, target, user_id, rows, detailed_errors=True)
         for row in page["rows"]:
             if row.get("error"):
                 raise ValidationFailed("rows", f"row {row['id']!r} failed for user {user_id}: {row['error']}")
