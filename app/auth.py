@@ -11,6 +11,8 @@ import hmac
 
 from flask import Flask, jsonify, request
 
+from app.errors import error_body
+
 OPEN_ENDPOINTS = {"api.healthz", "api.readyz"}
 
 
@@ -25,14 +27,13 @@ def init_app(app: Flask, tokens: list[str]) -> None:
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
+        offered = presented.strip().encode()
         # Compare against every token (no early exit), so timing says nothing about which matched.
         matched = False
         for secret in secrets:
-            matched |= hmac.compare_digest(presented.strip().encode(), secret)
+            matched |= hmac.compare_digest(offered, secret)
         if scheme.lower() == "bearer" and matched:
             return None
-        from app.errors import error_body
-
         response = jsonify(error_body("unauthorized", "a valid service token is required: "
                                       "Authorization: Bearer <token>", "Authorization"))
         response.headers["WWW-Authenticate"] = 'Bearer realm="facetrec"'

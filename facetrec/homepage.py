@@ -78,8 +78,8 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
     except ApiError as exc:  # credentials, a closed index, ...: the cluster cannot serve this page
         raise ClusterUnavailable(f"user GET failed with {exc.status_code}: {exc}") from exc
     src = doc["_source"]
-    seen = (src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:]
-    return UserVector(user_id=user_id, vector=src["user_embed"], seen_item_ids=list(dict.fromkeys(seen)),
+    return UserVector(user_id=user_id, vector=src["user_embed"],
+                      seen_item_ids=(src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:],
                       generation=src.get("generation"), item_generation=src.get("item_generation"))
 
 
@@ -100,8 +100,8 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
     sizes of earlier rows so they can be backfilled after cross-row de-duplication."""
     searches: list[dict] = []
     earlier = 0
-    # Built once per request, shared by every row: the query vector (unit length when the similarity
-    # needs it) and the seen items (at most MAX_SEEN_ITEMS, de-duplicated in fetch_user).
+    # Once per request, shared by every row: the query vector (unit length when the similarity needs
+    # it) and the seen items (at most MAX_SEEN_ITEMS, capped in fetch_user).
     vector = query_vector(user.vector, target.similarity) if user else None
     seen = user.seen_item_ids if user else []
     for row in rows:

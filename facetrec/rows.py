@@ -218,14 +218,13 @@ def check_value(value: Any, kind: str, where: str) -> Any:
     raise BadRequest(where, f"unsupported facet type {kind}")
 
 
-def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Iterable[str] = ()) -> dict:
-    """The pre-filter of one row: user filters AND row filters, minus exclusions."""
-    excluded = list(dict.fromkeys(exclude_ids))
-    must_not = list(row.must_not) + ([{"ids": {"values": excluded}}] if excluded else [])
+def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Sequence[str] = ()) -> dict:
+    """The pre-filter of one row: user filters AND row filters, minus exclusions (distinct ids)."""
+    must_not = list(row.must_not) + ([{"ids": {"values": exclude_ids}}] if exclude_ids else [])
     return {"bool": {"filter": [*user_filters, *row.filter], "must_not": must_not}}
 
 
-def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filters: Sequence[dict],
+def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters: Sequence[dict],
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
                      vector_field: str = "item_embed", script_lang: str = "painless") -> dict:
     """The ``_search`` body for one row.
@@ -236,25 +235,26 @@ def build_row_search(row: Row, *, user_vector: Sequence[float] | None, user_filt
     * ``script_score``: the classic exact form in ``script_lang`` (``painless``, or ``facetrec_vector``
       on the local node); the vector goes into ``params``.
     * no user vector: the cold-start popularity ranking under the same filters.
+
+    ``user_vector`` is a list of floats prepared once per request (``query_vector``); the seen ids
+    are de-duplicated here, once per row (``row_filter`` takes them as they are).
     """
-    excluded = list(dict.fromkeys(exclude_ids))
-    prefilter = row_filter(row, user_filters, excluded)
+    exclude_ids = list(dict.fromkeys(exclude_ids))
     body: dict[str, Any] = {"size": k, "_source": ITEM_SOURCE_FIELDS}
     if user_vector is None:
-        body["query"] = {"bool": {**prefilter["bool"]}}
+        body["query"] = row_filter(row, user_filters, exclude_ids)
         body["sort"] = [{"popularity": {"order": "desc", "missing": "_last"}}, {"item_id": "asc"}]
         return body
-    vector = [float(x) for x in user_vector]
     if mode == "knn":
-        after = excluded if len(excluded) <= SEEN_OVERFETCH_MAX else []   # seen ids removed after the search
+        after = exclude_ids if len(exclude_ids) <= SEEN_OVERFETCH_MAX else []   # seen ids removed after the search
         neighbours = k + len(after)
-        knn = {"field": vector_field, "query_vector": vector, "k": neighbours,
+        knn = {"field": vector_field, "query_vector": user_vector, "k": neighbours,
                "num_candidates": num_candidates(k, num_candidates_factor, at_least=neighbours),
-               "filter": row_filter(row, user_filters, () if after else excluded)}
+               "filter": row_filter(row, user_filters, () if after else exclude_ids)}
         body["query"] = {"bool": {"must": [{"knn": knn}], "must_not": [{"ids": {"values": after}}]}} if after else {"knn": knn}
     elif mode == "script_score":
-        body["query"] = {"script_score": {"query": prefilter,
-                                          "script": dot_product_script(vector, vector_field, script_lang)}}
+        body["query"] = {"script_score": {"query": row_filter(row, user_filters, exclude_ids),
+                                          "script": dot_product_script(user_vector, vector_field, script_lang)}}
     else:
         raise ValueError(f"unknown retrieval mode {mode!r}")
     return body

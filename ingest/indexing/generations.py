@@ -42,6 +42,7 @@ class GenerationInfo:
     live: bool
     state: str
     model_version: str | None
+    item_generation: str | None = None  # user indices: the item generation their vectors were made for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,28 +102,24 @@ class Generations:
         for index, body in mappings.items():
             meta = body.get("mappings", {}).get("_meta", {})
             out.append(GenerationInfo(family, index, index[len(prefix):], counts.get(index, 0), index == live,
-                                      meta.get("state", "unknown"), meta.get("model_version")))
+                                      meta.get("state", "unknown"), meta.get("model_version"),
+                                      meta.get("item_generation")))
         return sorted(out, key=lambda g: g.generation)
 
-    def _user_metas(self) -> dict[str, dict]:
-        pattern = f"{self.alias('user')}-*"
-        mappings = self.es.options(ignore_status=404).indices.get_mapping(index=pattern, allow_no_indices=True)
-        if not mappings or "error" in mappings:
-            return {}
-        return {index: body.get("mappings", {}).get("_meta", {}) for index, body in mappings.items()}
-
     def pairs(self) -> list[Pair]:
-        """Every user generation as a pair with its item generation, oldest first. A user index
-        without ``item_generation`` (made before pairs were recorded) pairs with the item
-        generation of the same id."""
-        items = {g.generation: g for g in self.list("item")}
-        metas = self._user_metas()
+        """Every user generation as a pair with its item generation, oldest first."""
+        return self._pair_up(self.list("item"), self.list("user"))
+
+    def _pair_up(self, items: list[GenerationInfo], users: list[GenerationInfo]) -> list[Pair]:
+        """A user index without ``item_generation`` (made before pairs were recorded) pairs with the
+        item generation of the same id."""
+        by_generation = {g.generation: g for g in items}
         out = []
-        for user in self.list("user"):
-            item_generation = metas.get(user.index, {}).get("item_generation") or user.generation
-            item = items.get(item_generation)
+        for user in users:
+            item_generation = user.item_generation or user.generation
+            item = by_generation.get(item_generation)
             state = user.state
-            if state == VALIDATED and (item is None or item.state not in (VALIDATED, ROLLED_BACK)
+            if state == VALIDATED and (item is None or item.state != VALIDATED
                                        or item.model_version != user.model_version):
                 state = "broken"
             out.append(Pair(generation=user.generation, user_index=user.index,
@@ -137,8 +134,9 @@ class Generations:
 
     def status(self) -> dict:
         """The pairs (what serving reads and rollback moves between) and every index of each family."""
-        return {"pairs": [dataclasses.asdict(p) for p in self.pairs()],
-                **{family: [dataclasses.asdict(g) for g in self.list(family)] for family in FAMILIES}}
+        listed = {family: self.list(family) for family in FAMILIES}
+        return {"pairs": [dataclasses.asdict(p) for p in self._pair_up(listed["item"], listed["user"])],
+                **{family: [dataclasses.asdict(g) for g in gens] for family, gens in listed.items()}}
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None) -> str:
@@ -198,10 +196,9 @@ class Generations:
             actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
         self.es.indices.update_aliases(actions=actions)
 
-    def rollback_target(self) -> Pair:
+    @staticmethod
+    def _rollback_target(pairs: list[Pair], live: Pair | None) -> Pair:
         """The newest usable pair older than the live one (rolled-back and broken pairs are skipped)."""
-        pairs = self.pairs()
-        live = next((p for p in pairs if p.live), None)
         older = [p for p in pairs if p.usable and not p.live and (live is None or p.generation < live.generation)]
         if not older:
             raise NoPairToRollBackTo("no earlier validated pair of item and user generations to roll back to "
@@ -211,8 +208,9 @@ class Generations:
     def rollback(self, fence=lambda step: None) -> dict[str, str]:
         """Move both aliases to the previous consistent pair in ONE _aliases call and mark the pair
         it left as rolled back, so a second rollback goes further back instead of returning to it."""
-        live = self.live_pair()
-        target = self.rollback_target()
+        pairs = self.pairs()
+        live = next((p for p in pairs if p.live), None)
+        target = self._rollback_target(pairs, live)
         targets = {"item": target.item_index, "user": target.user_index}
         fence("rollback swap")
         self.swap(targets)
@@ -225,12 +223,11 @@ class Generations:
         and every item index no kept pair uses. Never a live index, never one still loading (that
         is ``cleanup_partial``'s, under the lock)."""
         keep = keep or self.settings.generations_to_keep
-        pairs = self.pairs()
+        items, users = self.list("item"), self.list("user")
+        pairs, listed = self._pair_up(items, users), [*items, *users]
         kept = [p for p in pairs if p.live] + [p for p in pairs if p.usable][-keep:]
-        keep_indices = {p.user_index for p in kept} | {p.item_index for p in kept}
-        keep_indices |= {self.live_index(f) for f in FAMILIES}
-        doomed = [g.index for family in FAMILIES for g in self.list(family)
-                  if g.index not in keep_indices and g.state in (VALIDATED, ROLLED_BACK)]
+        keep_indices = {p.user_index for p in kept} | {p.item_index for p in kept} | {g.index for g in listed if g.live}
+        doomed = [g.index for g in listed if g.index not in keep_indices and g.state in (VALIDATED, ROLLED_BACK)]
         return delete_unless_aliased(self.es, doomed)
 
 

@@ -165,9 +165,8 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         deleted = gens.retain()
         seconds = time.perf_counter() - started
         metrics.timing("reindex.total", seconds * 1000)
-        _step(generation, f"live ({', '.join(families)}) after {seconds:.1f}s")
-        print(f"facetrec: generation {generation} is live ({', '.join(families)}) after {seconds:.1f}s; "
-              f"kept {settings.generations_to_keep} pairs, deleted {deleted or 'none'}")
+        _step(generation, f"live ({', '.join(families)}) after {seconds:.1f}s; kept {settings.generations_to_keep} "
+                          f"pairs, deleted {', '.join(deleted) or 'none'}")
         return {"generation": generation, "status": "swapped", "families": list(families),
                 "item_generation": item_generation, "model_version": model_version,
                 "loaded": {f: r.indexed for f, r in reports.items()},
