@@ -27,11 +27,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
         # No client-side retries: a request must answer (or fail with 503) within the timeout.
         "es": make_client(settings, max_retries=0, retry_on_timeout=False),
         "metrics": make_metrics(settings, component="service"),
-        "target": Target(item_index=settings.item_alias, user_index=settings.user_alias,
-                         similarity=settings.similarity, default_mode=settings.retrieval_mode,
-                         num_candidates_factor=settings.num_candidates_factor,
-                         dedupe_across_rows=settings.dedupe_across_rows,
-                         request_timeout_s=settings.es_request_timeout_s, script_lang=settings.script_lang),
+        "target": Target.from_settings(settings),
     }
     logs.init_app(app)
     auth.init_app(app, settings.api_token_list)

@@ -136,8 +136,8 @@ def main() -> int:
     n_segments = sum(len(s["segments"]) for shards in segments["indices"].values() for shard in shards["shards"].values() for s in shard)
     user_ids = [h["_id"] for h in es.search(index=settings.user_alias, size=args.users, source=False,
                                             sort=["_doc"])["hits"]["hits"]]
-    target = Target(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
-                    num_candidates_factor=settings.num_candidates_factor, request_timeout_s=30.0)
+    target = Target.from_settings(settings, default_mode="knn", dedupe_across_rows=True, script_lang="auto",
+                                  request_timeout_s=30.0)
     rows = catalog.homepage_rows()
     bodies = []  # per user: the served row bodies
     for user_id in user_ids:

@@ -233,9 +233,7 @@ def main() -> int:
         port = next(p for p in range(18000, 18100) if port_is_free(p))
         proc = start_service(settings, port)
         base = f"http://127.0.0.1:{port}"
-        target = Target(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
-                        default_mode="knn", num_candidates_factor=settings.num_candidates_factor,
-                        request_timeout_s=5.0)
+        target = Target.from_settings(settings, default_mode="knn", dedupe_across_rows=True, request_timeout_s=5.0)
         try:
             user_ids = [u["user_id"] for u in users]
             for mode in args.modes:

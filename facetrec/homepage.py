@@ -18,6 +18,7 @@ from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
 from facetrec.rows import MAX_SEEN_ITEMS, Row, build_row_search, query_vector
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
+from facetrec.settings import Settings
 
 log = logging.getLogger("facetrec.homepage")
 MAX_OVERFETCH = 200
@@ -59,6 +60,18 @@ class Target:
     dedupe_across_rows: bool = True
     request_timeout_s: float = 1.0
     script_lang: str = "auto"              # script_score: auto | painless | facetrec_vector
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, item_index: str | None = None, user_index: str | None = None,
+                      **changes: Any) -> "Target":
+        """The service's target (the aliases, the configured mode and limits); a caller may name
+        concrete indices (the validation gate) or change a field (a benchmark's timeout)."""
+        fields = dict(item_index=item_index or settings.item_alias, user_index=user_index or settings.user_alias,
+                      similarity=settings.similarity, default_mode=settings.retrieval_mode,
+                      num_candidates_factor=settings.num_candidates_factor,
+                      dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=settings.es_request_timeout_s,
+                      script_lang=settings.script_lang)
+        return cls(**{**fields, **changes})
 
 
 def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: float) -> UserVector | None:

@@ -56,7 +56,10 @@ def cmd_train(args, settings: Settings) -> int:
 def cmd_evaluate(args, settings: Settings) -> int:
     from ingest import pipeline
 
-    pipeline.step_evaluate(args.work_dir, args.split)
+    if args.served:
+        pipeline.step_evaluate_served(args.work_dir, settings, args.split, args.users)
+    else:
+        pipeline.step_evaluate(args.work_dir, args.split)
     return 0
 
 
@@ -93,6 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
     p = work(sub.add_parser("evaluate", help="full-ranking evaluation vs MostPop and Markov baselines"))
     p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--served", action="store_true",
+                   help="also publish the evaluation vectors to the eval_* aliases and measure the rows the service "
+                        "returns (HR@10 / NDCG@10 beside the offline full ranking)")
+    p.add_argument("--users", type=int, default=0, help="with --served: a fixed random sample of users (0: all)")
     p.set_defaults(func=cmd_evaluate)
     work(sub.add_parser("embed", help="export item/user embeddings and the user encoder")).set_defaults(func=cmd_embed)
 

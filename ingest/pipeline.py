@@ -84,6 +84,21 @@ def step_evaluate(work_dir, split: str = "test") -> dict:
     return results
 
 
+def step_evaluate_served(work_dir, settings: Settings, split: str = "test", users: int = 0,
+                         progress: bool = True) -> dict:
+    """Offline vs served HR@10 / NDCG@10 of the same vectors (see ingest.served_evaluation);
+    written to <work>/eval_served.json."""
+    from ingest.served_evaluation import evaluate_served, parity_table
+
+    model, meta, data = _load_model(work_dir)
+    result = evaluate_served(model, data, paths(work_dir)["etl"], meta["model_version"], settings, split, users,
+                             progress)
+    result["model_version"] = meta["model_version"]
+    (Path(work_dir) / "eval_served.json").write_text(json.dumps(result, indent=2))
+    print(parity_table(result))
+    return result
+
+
 def step_embed(work_dir, progress: bool = True) -> dict:
     from ingest.embedding.embed import export_embeddings
 

@@ -62,12 +62,7 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
     out.mkdir(parents=True, exist_ok=True)
     items = pd.read_parquet(Path(etl_dir) / "items.parquet").sort_values("item_idx")
     vectors = item_matrix(model, data.n_items, progress=progress)
-    columns = {"item_id": pa.array(items["item_id"].astype(str)), "item_embed": _vector_column(vectors[1:]),
-               "model_version": pa.array([model_version] * len(items))}
-    for facet in (*ITEM_FACETS, "title", "published_at", "popularity"):
-        if facet in items.columns:
-            columns[facet] = pa.array(items[facet].tolist())
-    pq.write_table(pa.table(columns), out / "items.parquet")
+    write_item_embeddings(out / "items.parquet", items, vectors[1:], model_version)
 
     users = user_matrix(model, data, progress=progress)
     write_user_embeddings(out / "users.parquet", data.user_ids, users,
@@ -76,6 +71,17 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
     export_user_encoder(model, data, vectors, out, {name: vocab[name] for name in data.user_feature_names})
     return {"items": out / "items.parquet", "users": out / "users.parquet", "user_encoder": out / "user_encoder.pt",
             "n_items": int(len(items)), "n_users": int(len(users))}
+
+
+def write_item_embeddings(path: Path, items: pd.DataFrame, vectors: np.ndarray, model_version: str) -> None:
+    """items.parquet as the indexer loads it: the ETL's items (in item_idx order) with their vectors,
+    facets, title, publication date and popularity."""
+    columns = {"item_id": pa.array(items["item_id"].astype(str)), "item_embed": _vector_column(vectors),
+               "model_version": pa.array([model_version] * len(items))}
+    for facet in (*ITEM_FACETS, "title", "published_at", "popularity"):
+        if facet in items.columns:
+            columns[facet] = pa.array(items[facet].tolist())
+    pq.write_table(pa.table(columns), path)
 
 
 def write_user_embeddings(path: Path, user_ids: list[str], vectors: np.ndarray, histories: list[list[str]],

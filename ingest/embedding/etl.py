@@ -93,12 +93,27 @@ def train_popularity(splits: DataFrame) -> DataFrame:
 
 
 def index_items(catalog: DataFrame, popularity: DataFrame) -> DataFrame:
-    """item_idx 1..N (0 is padding), most popular first, then by item_id (deterministic)."""
+    """item_idx 1..N (0 is padding), most popular first, then by item_id (deterministic).
+
+    Numbered without a window over the whole catalog (which would pull every item into one
+    partition, and makes Spark warn about it): a global sort, then each sorted partition's rows are
+    numbered from the count of the partitions before it."""
     joined = catalog.join(popularity, "item_id", "left").fillna({"train_count": 0})
-    w = Window.orderBy(F.desc("train_count"), F.asc("item_id"))
-    max_count = F.max("train_count").over(Window.partitionBy())
-    return (joined.withColumn("item_idx", F.row_number().over(w))
-            .withColumn("popularity", (F.col("train_count") / F.greatest(max_count, F.lit(1))).cast("float")))
+    max_count = joined.agg(F.max("train_count")).first()[0] or 0
+    ordered = (joined.orderBy(F.desc("train_count"), F.asc("item_id"))
+               .withColumn("_part", F.spark_partition_id())
+               .withColumn("_row", F.monotonically_increasing_id())).cache()
+    sizes = sorted((r["_part"], r["count"]) for r in ordered.groupBy("_part").count().collect())
+    offsets, total = [], 0
+    for part, count in sizes:
+        offsets.append((part, total))
+        total += count
+    start = ordered.sparkSession.createDataFrame(offsets, "_part int, _offset long")
+    within = Window.partitionBy("_part").orderBy("_row")
+    return (ordered.join(F.broadcast(start), "_part")
+            .withColumn("item_idx", (F.col("_offset") + F.row_number().over(within)).cast("int"))
+            .withColumn("popularity", (F.col("train_count") / F.lit(max(max_count, 1))).cast("float"))
+            .drop("_part", "_row", "_offset"))
 
 
 def vocabulary(df: DataFrame, column: str) -> list[str]:

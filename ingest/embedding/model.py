@@ -4,8 +4,9 @@ Item tower: item id embedding + facet embeddings (multi-valued facets pooled) + 
 tokens, through an MLP (residual on the id embedding).
 User tower: the user's recent items (through the SHARED item tower) + positions, a small causal
 transformer, beside a causal mean of the same items (overall taste), + user features, through an MLP. The user vector after position t predicts item t+1.
-Score: dot product. Loss: sampled softmax over in-batch positives and uniformly sampled extra
-negatives (mixed negative sampling) with logQ correction and a temperature.
+Score: dot product. Loss, chosen by catalog size: a full softmax over every item where the catalog
+is small, else a sampled softmax over in-batch positives and uniformly sampled extra negatives
+(mixed negative sampling) with logQ correction; both with a temperature.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class ModelConfig:
     heads: int = 2
     dropout: float = 0.3
     temperature: float = 0.05
+    # Ablation switches (all on by default): without them the model is an id-only sequence model
+    # (SASRec-like), the reference the two-tower is compared against.
+    item_facets: bool = True
+    item_title: bool = True
+    user_features: bool = True
 
 
 class ItemTower(nn.Module):
@@ -34,15 +40,18 @@ class ItemTower(nn.Module):
                  item_facets: dict[str, torch.Tensor], item_titles: torch.Tensor):
         super().__init__()
         d = cfg.dim
-        self.facet_names = list(facet_sizes)
+        self.facet_names = list(facet_sizes) if cfg.item_facets else []
+        self.use_title = cfg.item_title
         self.id_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.facet_embs = nn.ModuleDict({f: nn.EmbeddingBag(n + 1, d, mode="mean", padding_idx=0)
-                                         for f, n in facet_sizes.items()})
-        self.title_emb = nn.EmbeddingBag(title_buckets + 1, d, mode="mean", padding_idx=0)
+                                         for f, n in facet_sizes.items() if f in self.facet_names})
         for f in self.facet_names:
             self.register_buffer(f"facet_{f}", item_facets[f], persistent=True)
-        self.register_buffer("titles", item_titles, persistent=True)
-        self.mlp = nn.Sequential(nn.Linear(d * (2 + len(self.facet_names)), cfg.hidden), nn.GELU(),
+        if self.use_title:
+            self.title_emb = nn.EmbeddingBag(title_buckets + 1, d, mode="mean", padding_idx=0)
+            self.register_buffer("titles", item_titles, persistent=True)
+        width = d * (1 + len(self.facet_names) + int(self.use_title))
+        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(),
                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, d))
         nn.init.normal_(self.id_emb.weight, std=0.05)
 
@@ -52,7 +61,8 @@ class ItemTower(nn.Module):
         parts = [ids]
         for f in self.facet_names:
             parts.append(self.facet_embs[f](getattr(self, f"facet_{f}")[flat]))
-        parts.append(self.title_emb(self.titles[flat]))
+        if self.use_title:
+            parts.append(self.title_emb(self.titles[flat]))
         out = ids + self.mlp(torch.cat(parts, dim=-1))
         return out.reshape(*idx.shape, -1)
 
@@ -61,6 +71,8 @@ class UserTower(nn.Module):
     def __init__(self, cfg: ModelConfig, user_feature_sizes: list[int]):
         super().__init__()
         d = cfg.dim
+        if not cfg.user_features:
+            user_feature_sizes = []
         self.heads = cfg.heads
         self.pos = nn.Embedding(cfg.max_len, d)
         nn.init.normal_(self.pos.weight, std=0.02)  # the default N(0, 1) would drown the item signal
@@ -142,6 +154,15 @@ def corrected_logits(user: torch.Tensor, pos_idx: torch.Tensor, pos_vecs: torch.
     uniform = user @ neg_vecs.T / temperature - neg_log_q[None, :]
     uniform = uniform.masked_fill(neg_idx[None, :] == pos_idx[:, None], float("-inf"))
     return torch.cat([in_batch, uniform], dim=1)
+
+
+def full_softmax_loss(user: torch.Tensor, targets: torch.Tensor, all_items: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Cross-entropy over the whole catalog (what a small catalog affords): no sampling, so no logQ.
+    ``all_items`` is (N+1, D) with row 0 the padding item, which is never a candidate."""
+    logits = user @ all_items.T / temperature
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets)
 
 
 def sampled_softmax_loss(logits: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from ingest.embedding.evaluate import evaluate, model_scorer
 from ingest.embedding.features import TrainingData, left_pad, load_training_data
-from ingest.embedding.model import (ModelConfig, TwoTower, corrected_logits, log_expected_counts, sampled_softmax_loss)
+from ingest.embedding.model import (ModelConfig, TwoTower, corrected_logits, full_softmax_loss, log_expected_counts,
+                                    sampled_softmax_loss)
 
 
 @dataclasses.dataclass
@@ -30,6 +31,22 @@ class TrainConfig:
     seed: int = 42
     eval_users: int = 0          # 0: all users; else a fixed random subset for validation speed
     threads: int = 0             # 0: torch's default
+    loss: str = "auto"           # full | sampled | auto (full softmax up to full_softmax_max_items)
+    full_softmax_max_items: int = 20_000
+    positions: str = "all"       # all: predict the next item after every position; last: only the last
+
+
+LOSSES = ("auto", "full", "sampled")
+POSITIONS = ("all", "last")
+
+
+def loss_kind(cfg: TrainConfig, n_items: int) -> str:
+    """The loss a run uses: ``full`` softmax where the catalog is small, ``sampled`` (logQ) beyond."""
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, not {cfg.loss!r}")
+    if cfg.loss != "auto":
+        return cfg.loss
+    return "full" if n_items <= cfg.full_softmax_max_items else "sampled"
 
 
 def build_model(data: TrainingData, cfg: ModelConfig) -> TwoTower:
@@ -53,7 +70,7 @@ def _crop(seq: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_epoch(model: TwoTower, data: TrainingData, cfg: TrainConfig, optimizer, rng: np.random.Generator,
-                item_probs: torch.Tensor, progress: bool) -> tuple[float, int]:
+                item_probs: torch.Tensor, progress: bool, loss_name: str = "sampled") -> tuple[float, int]:
     model.train()
     users = np.array([u for u, s in enumerate(data.train_seqs) if len(s) >= 2])
     rng.shuffle(users)
@@ -67,18 +84,25 @@ def train_epoch(model: TwoTower, data: TrainingData, cfg: TrainConfig, optimizer
         feats = torch.from_numpy(data.user_features[rows])
         user_vecs = model.user_vectors(inputs, feats)
         valid = targets > 0
+        if cfg.positions == "last":
+            valid = torch.zeros_like(valid)
+            valid[:, -1] = True
         positions = valid.nonzero()
         if len(positions) > cfg.max_positions:
             keep = torch.from_numpy(rng.choice(len(positions), cfg.max_positions, replace=False))
             positions = positions[keep]
         u = user_vecs[positions[:, 0], positions[:, 1]]
         pos_idx = targets[positions[:, 0], positions[:, 1]]
-        neg_idx = torch.from_numpy(rng.integers(1, data.n_items + 1, cfg.uniform_negatives))
-        pos_log_q, neg_log_q = log_expected_counts(item_probs, pos_idx, len(pos_idx), cfg.uniform_negatives,
-                                                   data.n_items)
-        logits = corrected_logits(u, pos_idx, model.item_tower(pos_idx), neg_idx, model.item_tower(neg_idx),
-                                  pos_log_q, neg_log_q, model.cfg.temperature)
-        loss = sampled_softmax_loss(logits)
+        if loss_name == "full":
+            loss = full_softmax_loss(u, pos_idx, model.item_tower(torch.arange(data.n_items + 1)),
+                                     model.cfg.temperature)
+        else:
+            neg_idx = torch.from_numpy(rng.integers(1, data.n_items + 1, cfg.uniform_negatives))
+            pos_log_q, neg_log_q = log_expected_counts(item_probs, pos_idx, len(pos_idx), cfg.uniform_negatives,
+                                                       data.n_items)
+            logits = corrected_logits(u, pos_idx, model.item_tower(pos_idx), neg_idx, model.item_tower(neg_idx),
+                                      pos_log_q, neg_log_q, model.cfg.temperature)
+            loss = sampled_softmax_loss(logits)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -93,6 +117,9 @@ def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir:
     """Train with early stopping; returns a summary and (with ``out_dir``) writes checkpoint.pt."""
     if cfg.uniform_negatives < 1:
         raise ValueError("uniform_negatives must be at least 1 (mixed negative sampling)")
+    if cfg.positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, not {cfg.positions!r}")
+    loss_name = loss_kind(cfg, data.n_items)
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -112,7 +139,7 @@ def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir:
     total_samples = 0
     for epoch in range(1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
-        loss, samples = train_epoch(model, data, cfg, optimizer, rng, item_probs, progress)
+        loss, samples = train_epoch(model, data, cfg, optimizer, rng, item_probs, progress, loss_name)
         total_samples += samples
         metrics = evaluate(model_scorer(model, data), data, "valid", users=eval_rows)
         history.append({"epoch": epoch, "loss": round(loss, 4), **{k: round(v, 4) for k, v in metrics.items()}})
@@ -129,7 +156,7 @@ def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir:
     model.load_state_dict(best_state)
     seconds = time.perf_counter() - started
     summary = {"best_epoch": best_epoch, "valid_HR@10": best, "epochs_run": len(history), "seconds": round(seconds, 1),
-               "samples_per_s": round(total_samples / seconds, 1), "data_version": data.data_version,
+               "samples_per_s": round(total_samples / seconds, 1), "loss": loss_name, "data_version": data.data_version,
                "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
                "history": history}
     if out_dir is not None:

@@ -129,10 +129,8 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
 
             user_index = gens.index_name("user", generation)
             _step(generation, f"validate {item_index} + {user_index}")
-            target = Target(item_index=item_index, user_index=user_index, similarity=settings.similarity,
-                            default_mode=settings.retrieval_mode, num_candidates_factor=settings.num_candidates_factor,
-                            dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=30.0,
-                            script_lang=settings.script_lang)
+            target = Target.from_settings(settings, item_index=item_index, user_index=user_index,
+                                          request_timeout_s=30.0)
             validation = ValidationReport()
             check_rows(es, target, catalog.homepage_rows(), sample_user_ids(es, user_index, sample_users))
             validation.checks += ["vectors", "bulk", "count", "rows"]

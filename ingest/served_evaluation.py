@@ -1,0 +1,150 @@
+"""Online/offline parity: the offline metrics, measured again on what the service returns.
+
+The evaluation-time user vectors (each user's history before the held-out item) and the item
+vectors are published, through the same re-index code as the nightly run, to a separate pair of
+indices behind their own aliases (``item_index_eval`` / ``user_index_eval``: the live aliases never
+move). Every evaluation user's page is then asked through the service's own code
+(``facetrec.homepage.recommend``: the user GET by ``_id``, one ``_msearch``, the configured index
+type, retrieval mode and ``num_candidates``, the seen-item exclusion), with one row of 10 items and
+no filters. HR@10 / NDCG@10 of those rows sit beside the in-memory full ranking of the same
+vectors, so the loss from ANN and serving is visible.
+
+    facetrec evaluate --served [--split test] [--users N]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from facetrec.settings import Settings
+
+EVAL_ALIAS_SUFFIX = "_eval"
+TOP_K = 10
+
+
+def served_metrics(ranked: list[list[str]], targets: list[str], k: int = TOP_K) -> dict:
+    """HR@k and NDCG@k of served rankings (item ids, best first) against one held-out item each."""
+    if len(ranked) != len(targets):
+        raise ValueError(f"{len(ranked)} rankings for {len(targets)} targets")
+    hits, gains = 0, 0.0
+    for items, target in zip(ranked, targets):
+        top = items[:k]
+        if target in top:
+            hits += 1
+            gains += 1.0 / math.log2(top.index(target) + 2)
+    n = max(len(targets), 1)
+    return {f"HR@{k}": hits / n, f"NDCG@{k}": gains / n, "users": len(targets)}
+
+
+def eval_settings(settings: Settings) -> Settings:
+    """The same cluster and index type, behind aliases of their own."""
+    return settings.replace(item_alias=settings.item_alias + EVAL_ALIAS_SUFFIX,
+                            user_alias=settings.user_alias + EVAL_ALIAS_SUFFIX)
+
+
+def evaluation_vectors(model, data, split: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+    """(user vectors after each evaluation input sequence, item vectors (N+1, D), the input
+    sequences, the held-out items): exactly what the offline evaluation scores."""
+    import torch
+
+    from ingest.embedding.embed import item_matrix
+    from ingest.embedding.evaluate import split_inputs
+    from ingest.embedding.features import left_pad
+
+    seqs, targets = split_inputs(data, split)
+    model.eval()
+    users = np.zeros((len(seqs), model.cfg.dim), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(seqs), 256):
+            chunk = torch.from_numpy(left_pad(seqs[start:start + 256], model.cfg.max_len))
+            feats = torch.from_numpy(data.user_features[start:start + 256])
+            users[start:start + len(chunk)] = model.last_user_vector(chunk, feats).numpy()
+    return users, item_matrix(model, data.n_items), seqs, targets
+
+
+def publish_evaluation_pair(settings: Settings, etl_dir: Path, data, model_version: str, user_vectors: np.ndarray,
+                            item_vectors: np.ndarray, seqs: list[np.ndarray], progress: bool = True) -> dict:
+    """Publish the evaluation vectors as a new generation of the evaluation aliases."""
+    import pandas as pd
+
+    from facetrec.es import make_client
+    from facetrec.rows import RowCatalog
+    from ingest.embedding.embed import write_item_embeddings, write_user_embeddings
+    from ingest.indexing.records import parquet_records
+    from ingest.indexing.reindex import run_reindex
+
+    catalog = RowCatalog.from_dict({"rows": [{"id": "eval", "title": "served evaluation", "size": TOP_K}]})
+    items = pd.read_parquet(Path(etl_dir) / "items.parquet").sort_values("item_idx")
+    with tempfile.TemporaryDirectory(prefix="facetrec-served-eval-") as tmp:
+        items_path, users_path = Path(tmp) / "items.parquet", Path(tmp) / "users.parquet"
+        write_item_embeddings(items_path, items, item_vectors[1:], model_version)
+        write_user_embeddings(users_path, data.user_ids, user_vectors,
+                              [[data.item_ids[i] for i in seq] for seq in seqs], model_version)
+        return run_reindex(make_client(settings, request_timeout=300), settings, catalog,
+                           items=parquet_records(items_path), users=parquet_records(users_path),
+                           expected_items=len(items), expected_users=len(data.user_ids),
+                           model_version=model_version, progress=progress)
+
+
+def served_rankings(settings: Settings, user_ids: list[str], progress: bool = True) -> list[list[str]]:
+    """Each user's row of TOP_K items, asked exactly as the service asks a homepage."""
+    from facetrec.es import make_client
+    from facetrec.homepage import Target, recommend
+    from facetrec.rows import Row
+
+    es = make_client(settings)
+    target = Target.from_settings(settings, request_timeout_s=max(settings.es_request_timeout_s, 10.0))
+    row = Row(id="eval", title="served evaluation", size=TOP_K)
+    out = []
+    for user_id in tqdm(user_ids, desc="served pages", disable=not progress, file=sys.stderr):
+        page = recommend(es, target, user_id, [row], detailed_errors=True)
+        entry = page["rows"][0]
+        if "error" in entry:
+            raise RuntimeError(f"the served evaluation row failed for user {user_id}: {entry['error']}")
+        if entry["source"] != "personalized":
+            raise RuntimeError(f"user {user_id} is missing from {settings.user_alias}: the evaluation pair is "
+                               "incomplete; run `facetrec evaluate --served` again")
+        out.append([item["id"] for item in entry["items"]])
+    return out
+
+
+def evaluate_served(model, data, etl_dir: Path, model_version: str, settings: Settings, split: str = "test",
+                    users: int = 0, progress: bool = True) -> dict:
+    """{"offline": metrics of the in-memory full ranking, "served": metrics of the served rows,
+    "delta": served - offline, "index_type", "mode", "generation"} on the same users and vectors."""
+    from ingest.embedding.evaluate import ranking_metrics
+
+    user_vectors, item_vectors, seqs, targets = evaluation_vectors(model, data, split)
+    settings = eval_settings(settings)
+    published = publish_evaluation_pair(settings, etl_dir, data, model_version, user_vectors, item_vectors, seqs,
+                                        progress)
+    rows = np.arange(len(seqs))
+    if users and users < len(rows):
+        rows = np.sort(np.random.default_rng(0).choice(len(rows), users, replace=False))
+    offline = ranking_metrics(user_vectors[rows] @ item_vectors.T, targets[rows], [seqs[r] for r in rows],
+                              data.n_items)
+    ranked = served_rankings(settings, [data.user_ids[r] for r in rows], progress)
+    served = served_metrics(ranked, [data.item_ids[targets[r]] for r in rows])
+    keys = (f"HR@{TOP_K}", f"NDCG@{TOP_K}")
+    return {"split": split, "index_type": settings.index_type, "mode": settings.retrieval_mode,
+            "generation": published.get("generation"), "item_alias": settings.item_alias,
+            "user_alias": settings.user_alias,
+            "offline": {k: offline[k] for k in (*keys, "users")}, "served": served,
+            "delta": {k: served[k] - offline[k] for k in keys}}
+
+
+def parity_table(result: dict) -> str:
+    header = f"{'ranking':<34} {'HR@10':>7} {'NDCG@10':>8} {'users':>6}"
+    lines = [header, "-" * len(header)]
+    for name, m in (("offline (in-memory, full ranking)", result["offline"]),
+                    (f"served ({result['index_type']}, {result['mode']})", result["served"])):
+        lines.append(f"{name:<34} {m['HR@10']:>7.4f} {m['NDCG@10']:>8.4f} {m['users']:>6}")
+    d = result["delta"]
+    lines.append(f"{'served - offline':<34} {d['HR@10']:>+7.4f} {d['NDCG@10']:>+8.4f}")
+    return "\n".join(lines)
