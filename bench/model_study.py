@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> (what it shows, ModelConfig overrides, TrainConfig overrides)
 VARIANTS = {
-    "default": ("the shipped two-tower: ids + facets + title + user features, full softmax, all positions", {}, {}),
     "ids_only": ("reference: the same encoder with item ids only (SASRec-style)",
-                 {"item_facets": False, "item_title": False, "user_features": False}, {}),
-    "ids+facets": ("+ item facets (genres)", {"item_title": False, "user_features": False}, {}),
-    "ids+facets+title": ("+ title tokens", {"user_features": False}, {}),
+                 {"item_facets": False, "item_title": False}, {}),
+    "ids+facets": ("+ item facets (genres)", {"item_title": False}, {}),
+    "default": ("the shipped two-tower: ids + facets + title tokens, full softmax, all positions", {}, {}),
+    "+user_features": ("+ user features (gender, age, occupation) in the user tower", {"user_features": True}, {}),
     "sampled_softmax": ("sampled softmax + logQ (512 uniform + in-batch negatives) instead of full", {},
                         {"loss": "sampled"}),
     "last_position": ("loss on the last position of each window only", {}, {"positions": "last"}),

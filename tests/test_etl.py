@@ -47,6 +47,24 @@ def test_keep_last_and_popularity_from_train_only(spark):
     assert counts == {"a": 2, "b": 1}
 
 
+def test_items_are_numbered_most_popular_first_across_partitions(spark):
+    """item_idx is 1..N in (popularity desc, item_id) order however the catalog is partitioned
+    (numbered per sorted partition, not by one window over the whole catalog)."""
+    import random
+
+    ids = [f"i{n:04d}" for n in range(500)]
+    counts = {item: random.Random(item).randint(0, 20) for item in ids}
+    catalog = spark.createDataFrame([(i, f"T {i}") for i in ids], "item_id string, title string").repartition(7)
+    popularity = spark.createDataFrame([(i, c) for i, c in counts.items() if c], "item_id string, train_count long")
+    rows = etl.index_items(catalog, popularity).collect()
+    by_idx = sorted(rows, key=lambda r: r.item_idx)
+    assert [r.item_idx for r in by_idx] == list(range(1, 501))
+    assert [r.item_id for r in by_idx] == sorted(ids, key=lambda i: (-counts[i], i))
+    top = max(counts.values())
+    assert all(r.popularity == pytest.approx(counts[r.item_id] / top) for r in rows)
+    assert set(rows[0].asDict()) == {"item_id", "title", "train_count", "item_idx", "popularity"}
+
+
 def write(tmp_path, name, frame):
     path = tmp_path / name
     frame.to_parquet(path, index=False)

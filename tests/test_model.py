@@ -3,6 +3,7 @@ the exported user encoder against the eager model."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -40,6 +41,28 @@ def test_logq_correction_subtracts_log_expected_counts_and_masks_accidental_hits
         pos_log_q.expand(3, 3)[torch.isfinite(logits[:, :3])])
     loss = sampled_softmax_loss(logits)
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_full_softmax_is_cross_entropy_over_the_catalog_without_the_padding_item():
+    from ingest.embedding.model import full_softmax_loss
+
+    user = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    items = torch.tensor([[50.0, 50.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])   # row 0: padding, huge on purpose
+    targets = torch.tensor([1, 3])
+    logits = user @ items[1:].T / 0.5
+    expected = torch.nn.functional.cross_entropy(logits, targets - 1)
+    assert full_softmax_loss(user, targets, items, 0.5).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_loss_is_chosen_by_catalog_size():
+    from ingest.embedding.train import TrainConfig, loss_kind
+
+    assert loss_kind(TrainConfig(), 1682) == "full"
+    assert loss_kind(TrainConfig(), 1_000_000) == "sampled"
+    assert loss_kind(TrainConfig(full_softmax_max_items=1000), 1682) == "sampled"
+    assert loss_kind(TrainConfig(loss="sampled"), 1682) == "sampled"
+    with pytest.raises(ValueError, match="loss must be one of"):
+        loss_kind(TrainConfig(loss="bpr"), 10)
 
 
 def test_ranking_metrics_exclude_seen_items_and_break_ties_by_index():
@@ -109,6 +132,34 @@ def test_training_is_deterministic(synthetic_run):
     assert again["history"][:2] == summary["history"][:2]
 
 
+def test_a_rerun_in_a_new_process_gives_identical_weights_and_metrics(synthetic_run, tmp_path):
+    """The reproducibility the README states: same seed, same data, same machine -> the same model,
+    bit for bit, and the same metrics, across two separate `facetrec train` processes."""
+    import subprocess
+    import sys
+
+    import torch
+
+    work, _, _ = synthetic_run
+    settings = ["dim=16", "hidden=32", "max_len=20", "layers=1", "epochs=2", "patience=2", "seed=11"]
+    summaries, states = [], []
+    for run in ("first", "second"):
+        run_dir = tmp_path / run
+        run_dir.mkdir()
+        (run_dir / "etl").symlink_to(work / "etl")
+        command = [sys.executable, "-m", "facetrec_cli", "train", "--work-dir", str(run_dir)]
+        for pair in settings:
+            command += ["--set", pair]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        summaries.append(json.loads((run_dir / "model" / "train_summary.json").read_text()))
+        states.append(torch.load(run_dir / "model" / "checkpoint.pt", weights_only=False)["state_dict"])
+    assert summaries[0]["history"] == summaries[1]["history"]
+    assert summaries[0]["model_version"] == summaries[1]["model_version"]
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), "weights differ between identical runs"
+
+
 def test_checkpoint_round_trip_and_exported_user_encoder_matches_eager(synthetic_run, tmp_path):
     from ingest.embedding.embed import ExportedUserEncoder, export_embeddings, user_matrix
     from ingest.embedding.train import load_checkpoint
@@ -153,7 +204,7 @@ def featured_run(spark, tmp_path_factory):
     run_etl(spark, files["events"], files["catalog"], work / "etl", users_path=files["users"])
     data = load_training_data(work / "etl")
     assert data.user_feature_names == ["segment"]
-    summary = train(data, ModelConfig(dim=16, hidden=32, max_len=20, layers=1, dropout=0.1),
+    summary = train(data, ModelConfig(dim=16, hidden=32, max_len=20, layers=1, dropout=0.1, user_features=True),
                     TrainConfig(epochs=2, patience=4, batch_size=64, lr=5e-3, seed=3), out_dir=work / "model",
                     progress=False, log=lambda *_: None)
     return work, data, summary

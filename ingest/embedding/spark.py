@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -9,6 +10,10 @@ import sys
 def make_spark_session(app_name: str = "facetrec", master: str | None = None):
     from pyspark.sql import SparkSession
 
+    # py4j logs its connection chatter at INFO, also from interpreter shutdown, when a host's log
+    # handlers (pytest's capture, Airflow's task log) may already be closed: a "Logging error"
+    # traceback at the end of every run. Its warnings and errors still come through.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (SparkSession.builder.appName(app_name)

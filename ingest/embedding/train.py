@@ -21,7 +21,7 @@ from ingest.embedding.model import (ModelConfig, TwoTower, corrected_logits, ful
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 50
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
