@@ -73,8 +73,10 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def table(runs: list[dict], base: dict, seeds: list[int], command: str) -> str:
-    lines = [f"Command: `{command}`  ", f"Seeds: {seeds}; mean ± standard deviation over seeds; early stopping and all "
+def table(runs: list[dict], base: dict, seeds: list[int], command: str, data_version: str) -> str:
+    lines = [f"Command: `{command}`  ", f"Data: MovieLens-100k through the Spark ETL (data version {data_version}); "
+             "time-ordered leave-last-out, full ranking over all 1,682 items, seen items excluded.  ",
+             f"Seeds: {seeds}; mean ± standard deviation over seeds; early stopping and all "
              "choices on validation only.", "",
              "| variant | what it shows | valid HR@10 | valid NDCG@10 | test HR@10 | test NDCG@10 | best epoch |",
              "|---|---|---|---|---|---|---|"]
@@ -112,6 +114,7 @@ def main() -> int:
             pipeline.step_etl(tmp)
             etl_dir = str(pipeline.paths(tmp)["etl"])
         base = baselines(etl_dir)
+        data_version = json.loads((Path(etl_dir) / "report.json").read_text())["data_version"]
         jobs = [(v, s) for v in args.variants for s in args.seeds]
         runs = []
         started = time.perf_counter()
@@ -125,7 +128,7 @@ def main() -> int:
                       f"(epoch {r['best_epoch']}, {r['seconds']:.0f}s; {time.perf_counter() - started:.0f}s so far)",
                       flush=True)
     runs.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
-    text = table(runs, base, args.seeds, command)
+    text = table(runs, base, args.seeds, command, data_version)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
