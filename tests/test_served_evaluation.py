@@ -31,7 +31,7 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
     from ingest.indexing.generations import Generations
 
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
-                                   index_type="flat", retrieval_mode="knn")
+                                   index_type="flat", retrieval_mode="knn", vector_dims=16)
     work = tmp_path / "run"
     pipeline.step_prepare_data("synthetic", work, n_items=300, n_users=150, history=20, seed=5)
     pipeline.step_etl(work)
@@ -44,7 +44,8 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
     assert before[0] and live["status"] == "swapped"
 
     for key, value in {"ES_URL": settings.es_url, "FACETREC_ITEM_ALIAS": settings.item_alias,
-                       "FACETREC_USER_ALIAS": settings.user_alias, "FACETREC_INDEX_TYPE": "flat"}.items():
+                       "FACETREC_USER_ALIAS": settings.user_alias, "FACETREC_INDEX_TYPE": "flat",
+                       "FACETREC_VECTOR_DIMS": "16"}.items():
         monkeypatch.setenv(key, value)
     assert main(["evaluate", "--served", "--work-dir", str(work)]) == 0
     printed = capsys.readouterr().out
