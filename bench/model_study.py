@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import multiprocessing
 import json
 import os
 import statistics
@@ -118,7 +119,7 @@ def main() -> int:
         jobs = [(v, s) for v in args.variants for s in args.seeds]
         runs = []
         started = time.perf_counter()
-        with cf.ProcessPoolExecutor(max_workers=args.parallel) as pool:
+        with cf.ProcessPoolExecutor(max_workers=args.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_one, etl_dir, v, s, args.threads): (v, s) for v, s in jobs}
             for done, future in enumerate(cf.as_completed(futures), 1):
                 r = future.result()

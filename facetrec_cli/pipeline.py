@@ -13,6 +13,9 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
         key, _, value = pair.partition("=")
+        if value.strip().lower() in ("true", "false"):   # True/False as well as JSON's true/false
+            out[key] = value.strip().lower() == "true"
+            continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

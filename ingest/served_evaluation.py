@@ -7,7 +7,9 @@ move). Every evaluation user's page is then asked through the service's own code
 (``facetrec.homepage.recommend``: the user GET by ``_id``, one ``_msearch``, the configured index
 type, retrieval mode and ``num_candidates``, the seen-item exclusion), with one row of 10 items and
 no filters. HR@10 / NDCG@10 of those rows sit beside the in-memory full ranking of the same
-vectors, so the loss from ANN and serving is visible.
+vectors, so the loss from ANN and serving is visible (including the service's seen-item bound:
+the last MAX_SEEN_ITEMS of a history are excluded, the offline ranking excludes all of it).
+Evaluation generations are kept under the same retention as live ones (``FACETREC_GENERATIONS_TO_KEEP``).
 
     facetrec evaluate --served [--split test] [--users N]
 """

@@ -56,7 +56,13 @@ def test_items_are_numbered_most_popular_first_across_partitions(spark):
     counts = {item: random.Random(item).randint(0, 20) for item in ids}
     catalog = spark.createDataFrame([(i, f"T {i}") for i in ids], "item_id string, title string").repartition(7)
     popularity = spark.createDataFrame([(i, c) for i, c in counts.items() if c], "item_id string, train_count long")
-    rows = etl.index_items(catalog, popularity).collect()
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")   # keep the sort's 8 partitions (no coalescing)
+    try:
+        numbered = etl.index_items(catalog, popularity)
+        rows = numbered.collect()
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", adaptive)
     by_idx = sorted(rows, key=lambda r: r.item_idx)
     assert [r.item_idx for r in by_idx] == list(range(1, 501))
     assert [r.item_id for r in by_idx] == sorted(ids, key=lambda i: (-counts[i], i))

@@ -65,6 +65,13 @@ def test_the_loss_is_chosen_by_catalog_size():
         loss_kind(TrainConfig(loss="bpr"), 10)
 
 
+def test_set_overrides_parse_booleans_in_any_case():
+    from facetrec_cli.pipeline import _overrides, _split
+
+    model, training = _split(_overrides(["item_title=False", "user_features=true", "epochs=3", "loss=full"]))
+    assert model == {"item_title": False, "user_features": True} and training == {"epochs": 3, "loss": "full"}
+
+
 def test_ranking_metrics_exclude_seen_items_and_break_ties_by_index():
     scores = np.array([[0.0, 5.0, 4.0, 4.0, 1.0], [0.0, 1.0, 1.0, 1.0, 9.0]])
     targets = np.array([3, 2])
@@ -208,6 +215,22 @@ def featured_run(spark, tmp_path_factory):
                     TrainConfig(epochs=2, patience=4, batch_size=64, lr=5e-3, seed=3), out_dir=work / "model",
                     progress=False, log=lambda *_: None)
     return work, data, summary
+
+
+def test_a_checkpoint_from_before_the_ablation_switches_loads_as_the_model_it_was(featured_run, tmp_path):
+    """Checkpoints written before item_facets / item_title / user_features existed were trained with
+    all three on; they must load as such although user features are now off by default."""
+    from ingest.embedding.train import load_checkpoint
+
+    work, data, summary = featured_run
+    blob = torch.load(work / "model" / "checkpoint.pt", weights_only=False)
+    for field in ("item_facets", "item_title", "user_features"):
+        del blob["meta"]["model_config"][field]
+    torch.save(blob, tmp_path / "old.pt")
+    model, _ = load_checkpoint(tmp_path / "old.pt", data)
+    assert model.cfg.user_features and len(model.user_tower.features) == 1
+    state = summary["model"].state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_daily_user_refresh_reproduces_nightly_user_vectors_with_user_features(featured_run, tmp_path):

@@ -97,12 +97,13 @@ def index_items(catalog: DataFrame, popularity: DataFrame) -> DataFrame:
 
     Numbered without a window over the whole catalog (which would pull every item into one
     partition, and makes Spark warn about it): a global sort, then each sorted partition's rows are
-    numbered from the count of the partitions before it."""
+    numbered from the count of the partitions before it. The sorted rows are checkpointed first, so
+    the counts and the numbering read the same partitions (never a recomputed, re-sampled sort)."""
     joined = catalog.join(popularity, "item_id", "left").fillna({"train_count": 0})
     max_count = joined.agg(F.max("train_count")).first()[0] or 0
     ordered = (joined.orderBy(F.desc("train_count"), F.asc("item_id"))
                .withColumn("_part", F.spark_partition_id())
-               .withColumn("_row", F.monotonically_increasing_id())).cache()
+               .withColumn("_row", F.monotonically_increasing_id())).localCheckpoint(eager=True)
     sizes = sorted((r["_part"], r["count"]) for r in ordered.groupBy("_part").count().collect())
     offsets, total = [], 0
     for part, count in sizes:

@@ -180,13 +180,22 @@ def save_checkpoint(model: TwoTower, data: TrainingData, summary: dict, out_dir:
     return path
 
 
+# What a checkpoint made before a ModelConfig field existed was trained with (the field's old
+# behaviour), so an older checkpoint still loads as the model it is, whatever today's default.
+LEGACY_MODEL_FIELDS = {"item_facets": True, "item_title": True, "user_features": True}
+
+
+def model_config_of(meta: dict) -> ModelConfig:
+    return ModelConfig(**{**LEGACY_MODEL_FIELDS, **meta["model_config"]})
+
+
 def load_checkpoint(path: str | Path, data: TrainingData) -> tuple[TwoTower, dict]:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     meta = blob["meta"]
     if meta["data_version"] != data.data_version:
         raise ValueError(f"checkpoint {path} was trained on data version {meta['data_version']}, "
                          f"the ETL output is {data.data_version}: retrain (`facetrec train`)")
-    model = build_model(data, ModelConfig(**meta["model_config"]))
+    model = build_model(data, model_config_of(meta))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, meta
