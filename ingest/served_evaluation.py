@@ -53,21 +53,11 @@ def eval_settings(settings: Settings) -> Settings:
 def evaluation_vectors(model, data, split: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
     """(user vectors after each evaluation input sequence, item vectors (N+1, D), the input
     sequences, the held-out items): exactly what the offline evaluation scores."""
-    import torch
-
-    from ingest.embedding.embed import item_matrix
+    from ingest.embedding.embed import item_matrix, user_vectors
     from ingest.embedding.evaluate import split_inputs
-    from ingest.embedding.features import left_pad
 
     seqs, targets = split_inputs(data, split)
-    model.eval()
-    users = np.zeros((len(seqs), model.cfg.dim), dtype=np.float32)
-    with torch.no_grad():
-        for start in range(0, len(seqs), 256):
-            chunk = torch.from_numpy(left_pad(seqs[start:start + 256], model.cfg.max_len))
-            feats = torch.from_numpy(data.user_features[start:start + 256])
-            users[start:start + len(chunk)] = model.last_user_vector(chunk, feats).numpy()
-    return users, item_matrix(model, data.n_items), seqs, targets
+    return user_vectors(model, seqs, data.user_features, batch=256), item_matrix(model, data.n_items), seqs, targets
 
 
 def publish_evaluation_pair(settings: Settings, etl_dir: Path, data, model_version: str, user_vectors: np.ndarray,

@@ -39,17 +39,24 @@ def item_matrix(model: TwoTower, n_items: int, batch: int = 8192, progress: bool
     return out
 
 
+def user_vectors(model: TwoTower, seqs: list[np.ndarray], user_features: np.ndarray, batch: int = 512,
+                 progress: bool = False) -> np.ndarray:
+    """(U, D) the user vector after each item-index sequence (its last max_len items), with the
+    matching rows of user features, in batches: what serving, evaluation and the served evaluation
+    score with."""
+    model.eval()
+    out = np.zeros((len(seqs), model.cfg.dim), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(seqs), batch), desc="embed users", disable=not progress, file=sys.stderr):
+            chunk = torch.from_numpy(left_pad(seqs[start:start + batch], model.cfg.max_len))
+            feats = torch.from_numpy(user_features[start:start + batch])
+            out[start:start + len(chunk)] = model.last_user_vector(chunk, feats).numpy()
+    return out
+
+
 def user_matrix(model: TwoTower, data: TrainingData, batch: int = 512, progress: bool = False) -> np.ndarray:
     """(U, D) user vectors from each user's whole recent history (the serving-time vector)."""
-    model.eval()
-    out = np.zeros((len(data.user_ids), model.cfg.dim), dtype=np.float32)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(data.user_ids), batch), desc="embed users", disable=not progress,
-                          file=sys.stderr):
-            seqs = torch.from_numpy(left_pad(data.histories[start:start + batch], model.cfg.max_len))
-            feats = torch.from_numpy(data.user_features[start:start + batch])
-            out[start:start + len(seqs)] = model.last_user_vector(seqs, feats).numpy()
-    return out
+    return user_vectors(model, data.histories, data.user_features, batch, progress)
 
 
 def _vector_column(matrix: np.ndarray) -> pa.Array:

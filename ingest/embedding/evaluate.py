@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ingest.embedding.features import TrainingData, left_pad
+from ingest.embedding.features import TrainingData
 
 Scorer = Callable[[list[np.ndarray], np.ndarray], np.ndarray]   # (sequences, user rows) -> (U, N+1) scores
 
@@ -75,16 +75,13 @@ def markov(data: TrainingData) -> Scorer:
 
 
 def model_scorer(model, data: TrainingData, batch_size: int = 256) -> Scorer:
+    from ingest.embedding.embed import user_vectors
+
     def score(seqs, rows):
         model.eval()
         with torch.no_grad():
             items = model.item_tower(torch.arange(data.n_items + 1)).numpy()
-            users = []
-            for start in range(0, len(seqs), batch_size):
-                chunk = torch.from_numpy(left_pad(seqs[start:start + batch_size], model.cfg.max_len))
-                feats = torch.from_numpy(data.user_features[rows[start:start + batch_size]])
-                users.append(model.last_user_vector(chunk, feats).numpy())
-        return np.concatenate(users) @ items.T
+        return user_vectors(model, seqs, data.user_features[rows], batch_size) @ items.T
     return score
 
 
