@@ -169,9 +169,12 @@ def _publish_and_kill(settings, world, generation, model, refresh, users_only, p
 
 def _check_invariants(es, settings, reader: Reader, step: str) -> None:
     gens = Generations(es, settings)
+    # Both aliases in ONE read (one cluster state): a killed run's `_aliases` request can still be
+    # applied by the node after the kill, and two separate reads could straddle that one atomic swap.
+    aliases = es.indices.get_alias(name=f"{settings.item_alias},{settings.user_alias}")
     live = {}
     for family, alias in (("item", settings.item_alias), ("user", settings.user_alias)):
-        names = list(es.indices.get_alias(name=alias))
+        names = [index for index, entry in aliases.items() if alias in entry["aliases"]]
         assert len(names) == 1, f"after {step}: alias {alias} names {names}"
         live[family] = names[0]
     item_meta, user_meta = gens.meta(live["item"]), gens.meta(live["user"])
