@@ -12,7 +12,8 @@ queries (user filters language=en, country=US + each row's filter, seen items ex
   cosine/``dot_product`` search, which proximity graphs handle well.
 
 Prints id recall@10 and score recall per row against numpy exact answers, and p50 ``took``.
-Nothing here is used by the service; it is the evidence for (or against) adopting the reduction.
+The evidence for the reduction the pipeline now applies to graph indices (``facetrec.mips``,
+``FACETREC_MIPS_REDUCTION``); this bench builds both forms itself, whatever that setting says.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import numpy as np
 from elasticsearch import helpers
 
+from facetrec import mips
 from facetrec.es import make_client
 from facetrec.rows import RowCatalog, num_candidates, row_filter
 from facetrec.settings import REPO_ROOT, Settings
@@ -34,22 +36,12 @@ FACETS = {"item_format": "keyword", "language": "keyword", "country": "keyword",
           "published_at": "date"}
 
 
-def reduce_items(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1)
-    scale = norms.max()
-    extra = np.sqrt(np.clip(1.0 - (norms / scale) ** 2, 0.0, None))
-    return np.hstack([vectors / scale, extra[:, None]]).astype(np.float32)
-
-
-def reduce_query(vector: np.ndarray) -> np.ndarray:
-    return np.append(vector / np.linalg.norm(vector), 0.0).astype(np.float32)
-
-
-def create_and_load(es, name: str, items: list[dict], vectors: np.ndarray, similarity: str) -> float:
+def create_and_load(es, name: str, items: list[dict], vectors: np.ndarray, similarity: str,
+                    m: int = 16, ef_construction: int = 100) -> float:
     es.options(ignore_status=404).indices.delete(index=name)
     props = {field: {"type": kind} for field, kind in FACETS.items()}
     props["v"] = {"type": "dense_vector", "dims": vectors.shape[1], "similarity": similarity,
-                  "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100}}
+                  "index_options": {"type": "hnsw", "m": m, "ef_construction": ef_construction}}
     es.indices.create(index=name, settings={"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": -1},
                       mappings={"properties": props})
     started = time.perf_counter()
@@ -68,6 +60,9 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--factors", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--m", type=int, default=16, help="HNSW graph degree")
+    parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument("--variants", nargs="+", default=["raw", "reduced"], choices=["raw", "reduced"])
     args = parser.parse_args()
 
     es = make_client(Settings.from_env(), request_timeout=1800)
@@ -77,11 +72,13 @@ def main() -> int:
         r["published_at"] = str(r["published_at"])[:10]
     exact = ExactRows(catalog, items, item_vectors)
     variants = {"raw": (item_vectors, "max_inner_product", lambda q: q),
-                "reduced": (reduce_items(item_vectors), "dot_product", reduce_query)}
+                "reduced": (mips.item_vectors(item_vectors, mips.max_norm(item_vectors)), "dot_product",
+                            lambda q: np.asarray(mips.knn_query(q)))}
+    variants = {name: variants[name] for name in args.variants}
     print(f"command: python bench/mips_reduction.py {' '.join(sys.argv[1:])}")
     print(f"{'variant':<8} {'load+merge s':>12}")
     for name, (vectors, similarity, _) in variants.items():
-        print(f"{name:<8} {create_and_load(es, f'mips-{name}', items, vectors, similarity):>12.0f}", flush=True)
+        print(f"{name:<8} {create_and_load(es, f'mips-{name}', items, vectors, similarity, args.m, args.ef_construction):>12.0f}", flush=True)
 
     print(f"\n{'variant':<8} {'factor':>6} {'row':<13} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
     for name, (_, _, to_query) in variants.items():

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 import time
 from typing import Any, Sequence
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
+from facetrec import mips
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
 from facetrec.rows import MAX_SEEN_ITEMS, Row, build_row_search, query_vector
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
-from facetrec.settings import Settings
+from facetrec.settings import QUANTIZED_INDEX_TYPES, Settings
 
 log = logging.getLogger("facetrec.homepage")
 MAX_OVERFETCH = 200
@@ -41,6 +44,11 @@ class UserVector:
     seen_item_ids: list[str]
     generation: str | None
     item_generation: str | None = None   # the item generation this vector was made for
+    item_vector_scale: float | None = None  # set when that generation stores reduced vectors (facetrec.mips)
+
+    @functools.cached_property
+    def norm(self) -> float:
+        return math.sqrt(sum(x * x for x in self.vector))
 
     @property
     def pairs_with(self) -> str | None:
@@ -60,6 +68,7 @@ class Target:
     dedupe_across_rows: bool = True
     request_timeout_s: float = 1.0
     script_lang: str = "auto"              # script_score: auto | painless | facetrec_vector
+    rescore_oversample: float = 0.0        # knn on quantized vectors: rescore k x this with the floats (0: off)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, item_index: str | None = None, user_index: str | None = None,
@@ -70,7 +79,9 @@ class Target:
                       similarity=settings.similarity, default_mode=settings.retrieval_mode,
                       num_candidates_factor=settings.num_candidates_factor,
                       dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=settings.es_request_timeout_s,
-                      script_lang=settings.script_lang)
+                      script_lang=settings.script_lang,
+                      rescore_oversample=settings.rescore_oversample if settings.index_type in QUANTIZED_INDEX_TYPES
+                      else 0.0)
         return cls(**{**fields, **changes})
 
 
@@ -82,7 +93,7 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
         with _cluster_errors_as_unavailable():
             doc = es.options(request_timeout=timeout_s).get(
                 index=user_index, id=user_id,
-                source_includes=["user_embed", "seen_item_ids", "generation", "item_generation"])
+                source_includes=["user_embed", "seen_item_ids", "generation", "item_generation", "item_vector_scale"])
     except NotFoundError as exc:
         if _error_type(exc) == "index_not_found_exception":
             raise ClusterUnavailable(f"the user index {user_index} does not exist: publish a generation "
@@ -93,7 +104,8 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
     src = doc["_source"]
     return UserVector(user_id=user_id, vector=src["user_embed"],
                       seen_item_ids=(src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:],
-                      generation=src.get("generation"), item_generation=src.get("item_generation"))
+                      generation=src.get("generation"), item_generation=src.get("item_generation"),
+                      item_vector_scale=src.get("item_vector_scale"))
 
 
 def _error_type(exc: ApiError) -> str | None:
@@ -106,6 +118,16 @@ def _row_mode(row: Row, mode: str | None, target: Target) -> str:
     return mode or row.retrieval or target.default_mode
 
 
+def query_vectors(user: UserVector, similarity: str) -> dict[str, list[float]]:
+    """The user vector as each retrieval mode sends it, once per request: reduced (``facetrec.mips``)
+    when the user's item generation stores reduced vectors, else unit length when the similarity
+    needs it (``query_vector``)."""
+    if user.item_vector_scale is not None:
+        return {"knn": mips.knn_query(user.vector), "script_score": mips.script_query(user.vector, user.item_vector_scale)}
+    vector = query_vector(user.vector, similarity)
+    return {"knn": vector, "script_score": vector}
+
+
 def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: Sequence[dict], target: Target,
                    mode: str | None = None, sizes: dict[str, int] | None = None,
                    script_lang: str = "painless") -> list[dict]:
@@ -113,28 +135,31 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
     sizes of earlier rows so they can be backfilled after cross-row de-duplication."""
     searches: list[dict] = []
     earlier = 0
-    # Once per request, shared by every row: the query vector (unit length when the similarity needs
-    # it) and the seen items (at most MAX_SEEN_ITEMS, capped in fetch_user).
-    vector = query_vector(user.vector, target.similarity) if user else None
+    # Once per request, shared by every row: the query vectors and the seen items (at most
+    # MAX_SEEN_ITEMS, capped in fetch_user).
+    vectors = query_vectors(user, target.similarity) if user else {}
     seen = user.seen_item_ids if user else []
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
         k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
-        body = build_row_search(row, user_vector=vector, user_filters=user_filters, exclude_ids=seen, k=k,
-                                mode=_row_mode(row, mode, target), num_candidates_factor=target.num_candidates_factor,
-                                script_lang=script_lang)
+        row_mode = _row_mode(row, mode, target)
+        body = build_row_search(row, user_vector=vectors.get(row_mode), user_filters=user_filters, exclude_ids=seen,
+                                k=k, mode=row_mode, num_candidates_factor=target.num_candidates_factor,
+                                script_lang=script_lang, rescore_oversample=target.rescore_oversample)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
         searches += [{"index": target.item_index}, body]
         earlier += size
     return searches
 
 
-def _item(hit: dict, source: str, mode: str, similarity: str) -> dict:
+def _item(hit: dict, source: str, mode: str, similarity: str, user: UserVector | None) -> dict:
     src = hit.get("_source", {})
     if source == "popular":
         score = float(src.get("popularity") or 0.0)
     elif mode == "script_score":
         score = script_score_to_dot(hit["_score"])
+    elif user is not None and user.item_vector_scale is not None:
+        score = mips.knn_score_to_dot(hit["_score"], user.norm, user.item_vector_scale)
     else:
         score = knn_score_to_dot(hit["_score"], similarity)
     item = {"id": hit["_id"], "score": round(score, 6)}
@@ -208,7 +233,7 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
             hit_generation = hit.get("_source", {}).get("generation")
             generation = generation or hit_generation
             entry.setdefault("generation", hit_generation)
-            entry["items"].append(_item(hit, source, "knn" if row_mode == "popular" else row_mode, target.similarity))
+            entry["items"].append(_item(hit, source, "knn" if row_mode == "popular" else row_mode, target.similarity, user))
             taken.add(hit["_id"])
         if not entry["items"]:
             metrics.increment("homepage.row.empty", tags)

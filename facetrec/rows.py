@@ -226,12 +226,15 @@ def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Sequence[str
 
 def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters: Sequence[dict],
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
-                     vector_field: str = "item_embed", script_lang: str = "painless") -> dict:
+                     vector_field: str = "item_embed", script_lang: str = "painless",
+                     rescore_oversample: float = 0.0) -> dict:
     """The ``_search`` body for one row.
 
     * ``knn``: a knn query whose own filter holds the user and row filters (a true pre-filter that
       is the same for every user of the row, so its bitset can be cached), with the seen items
       removed from its neighbours by a ``must_not`` around it (``SEEN_OVERFETCH_MAX`` above).
+      With ``rescore_oversample`` (quantized vectors), the best k x oversample are rescored with
+      the float vectors (``rescore_vector``): exact scores, and the order quantization blurred.
     * ``script_score``: the classic exact form in ``script_lang`` (``painless``, or ``facetrec_vector``
       on the local node); the vector goes into ``params``.
     * no user vector: the cold-start popularity ranking under the same filters.
@@ -251,6 +254,8 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
         knn = {"field": vector_field, "query_vector": user_vector, "k": neighbours,
                "num_candidates": num_candidates(k, num_candidates_factor, at_least=neighbours),
                "filter": row_filter(row, user_filters, () if after else exclude_ids)}
+        if rescore_oversample:
+            knn["rescore_vector"] = {"oversample": rescore_oversample}
         body["query"] = {"bool": {"must": [{"knn": knn}], "must_not": [{"ids": {"values": after}}]}} if after else {"knn": knn}
     elif mode == "script_score":
         body["query"] = {"script_score": {"query": row_filter(row, user_filters, exclude_ids),

@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SIMILARITIES = ("max_inner_product", "dot_product", "cosine")
 INDEX_TYPES = ("flat", "hnsw", "int8_hnsw", "int8_flat")
+QUANTIZED_INDEX_TYPES = ("int8_hnsw", "int8_flat")
 RETRIEVAL_MODES = ("knn", "script_score")
 SCRIPT_LANGS = ("auto", "painless", "facetrec_vector")
 
@@ -43,6 +44,7 @@ class Settings:
     index_type: str = "hnsw"               # FACETREC_INDEX_TYPE: flat | hnsw | int8_hnsw | int8_flat
     hnsw_m: int = 16                       # FACETREC_HNSW_M
     hnsw_ef_construction: int = 100        # FACETREC_HNSW_EF_CONSTRUCTION
+    mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.mips)
     shards: int = 1                        # FACETREC_SHARDS
     replicas: int = 0                      # FACETREC_REPLICAS
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
@@ -55,6 +57,7 @@ class Settings:
     retrieval_mode: str = "knn"            # FACETREC_RETRIEVAL_MODE: knn | script_score
     script_lang: str = "auto"              # FACETREC_SCRIPT_LANG: auto | painless | facetrec_vector (script_score)
     num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
+    rescore_oversample: float = 3.0        # FACETREC_RESCORE_OVERSAMPLE: quantized indices rescore k x this with floats (0: off)
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
 
@@ -83,6 +86,8 @@ class Settings:
         if not 1 <= self.num_candidates_factor <= 1000:
             raise SettingsError(f"FACETREC_NUM_CANDIDATES_FACTOR={self.num_candidates_factor}: expected 1..1000 "
                                 "(num_candidates = k x factor, capped at Elasticsearch's 10,000)")
+        if not (self.rescore_oversample == 0 or 1.0 <= self.rescore_oversample <= 10.0):
+            raise SettingsError(f"FACETREC_RESCORE_OVERSAMPLE={self.rescore_oversample}: expected 0 (off) or 1..10")
         if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
             raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
         if self.es_request_timeout_s <= 0:
@@ -130,6 +135,7 @@ _ENV_NAMES = {
     "index_type": "FACETREC_INDEX_TYPE",
     "hnsw_m": "FACETREC_HNSW_M",
     "hnsw_ef_construction": "FACETREC_HNSW_EF_CONSTRUCTION",
+    "mips_reduction": "FACETREC_MIPS_REDUCTION",
     "shards": "FACETREC_SHARDS",
     "replicas": "FACETREC_REPLICAS",
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",
@@ -140,6 +146,7 @@ _ENV_NAMES = {
     "retrieval_mode": "FACETREC_RETRIEVAL_MODE",
     "script_lang": "FACETREC_SCRIPT_LANG",
     "num_candidates_factor": "FACETREC_NUM_CANDIDATES_FACTOR",
+    "rescore_oversample": "FACETREC_RESCORE_OVERSAMPLE",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "api_tokens": "FACETREC_API_TOKENS",
     "statsd_host": "DD_AGENT_HOST",

@@ -139,16 +139,20 @@ class Generations:
                 **{family: [dataclasses.asdict(g) for g in gens] for family, gens in listed.items()}}
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None) -> str:
+    def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None,
+               item_vector_scale: float | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
-        A user index records the item generation it pairs with (``item_generation``)."""
+        A user index records the item generation it pairs with (``item_generation``); an item index
+        stored reduced (``facetrec.mips``) records its ``item_vector_scale``."""
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
         meta = {"state": LOADING, "model_version": model_version, "generation": generation}
         if family == "user":
             meta["item_generation"] = item_generation or generation
+        if item_vector_scale is not None:
+            meta["item_vector_scale"] = item_vector_scale
         self.es.indices.delete(index=index, ignore_unavailable=True)
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0},
                                mappings={"_meta": meta})

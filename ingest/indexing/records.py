@@ -1,10 +1,13 @@
-"""Read embedding records (parquet files or folders) as a stream of dicts, with their count."""
+"""Read embedding records (parquet files or folders) as a stream of dicts, with their count, and
+the largest vector norm of a record source (the item vector scale of ``facetrec.mips``)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pyarrow.dataset as ds
 
 
@@ -12,7 +15,56 @@ def parquet_count(path: str | Path) -> int:
     return ds.dataset(str(path), format="parquet").count_rows()
 
 
-def parquet_records(path: str | Path, batch_size: int = 5000) -> Iterator[dict]:
-    dataset = ds.dataset(str(path), format="parquet")
-    for batch in dataset.to_batches(batch_size=batch_size):
-        yield from batch.to_pylist()
+class ParquetRecords:
+    """The records of a parquet file or folder: iterable (any number of times) as dicts."""
+
+    def __init__(self, path: str | Path, batch_size: int = 5000):
+        self.path, self.batch_size = str(path), batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in ds.dataset(self.path, format="parquet").to_batches(batch_size=self.batch_size):
+            yield from batch.to_pylist()
+
+    def max_norm(self, column: str) -> float:
+        """The largest finite norm of the vectors in ``column``, reading only that column."""
+        largest = 0.0
+        dataset = ds.dataset(self.path, format="parquet")
+        for batch in dataset.to_batches(columns=[column], batch_size=self.batch_size):
+            largest = max(largest, _largest_norm(batch.column(0).to_pylist()))
+        return largest
+
+
+def parquet_records(path: str | Path, batch_size: int = 5000) -> ParquetRecords:
+    return ParquetRecords(path, batch_size)
+
+
+def max_vector_norm(source: Any, column: str) -> float:
+    """The largest finite norm of ``column`` over a record source: a ``ParquetRecords``, a Spark
+    DataFrame or a list of dicts. Unusable vectors (missing, NaN, another length) are skipped here;
+    the load reports them. A one-pass iterator cannot be read twice, so it is refused."""
+    if isinstance(source, ParquetRecords):
+        return source.max_norm(column)
+    if hasattr(source, "rdd"):
+        from pyspark.sql import functions as F
+
+        squares = F.aggregate(F.col(column), F.lit(0.0).cast("double"), lambda acc, x: acc + x.cast("double") * x)
+        norm = F.sqrt(squares)
+        value = source.select(F.max(F.when(~F.isnan(norm), norm)).alias("m")).first()["m"]
+        return float(value) if value is not None and math.isfinite(value) else 0.0
+    if isinstance(source, Sequence):
+        return _largest_norm(record.get(column) for record in source)
+    raise TypeError(f"cannot read {type(source).__name__} twice to find the largest {column} norm: "
+                    "pass a list, parquet_records(path) or a Spark DataFrame")
+
+
+def _largest_norm(vectors) -> float:
+    largest = 0.0
+    for vector in vectors:
+        try:
+            values = np.asarray(vector, dtype=np.float64)
+        except (TypeError, ValueError):
+            continue
+        norm = float(np.linalg.norm(values)) if values.ndim == 1 else math.nan
+        if math.isfinite(norm):
+            largest = max(largest, norm)
+    return largest

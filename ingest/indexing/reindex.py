@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch
 
+from facetrec import mips
 from facetrec.es import client_options, resolve_url
 from facetrec.homepage import Target
 from facetrec.metrics import NoMetrics
@@ -30,20 +31,32 @@ from ingest.indexing.bulk_load import bulk_load, spark_load
 from ingest.indexing.generations import (VALIDATED, Generations, ModelMismatch, delete_unless_aliased,
                                          new_generation_id)
 from ingest.indexing.lock import LockLost, ReindexLock
+from ingest.indexing.records import max_vector_norm
 from ingest.indexing.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
 
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
-          total: int | None, doc_fields: dict | None, check):
+          total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None):
     require_unit = kind == "item" and settings.similarity == "dot_product"
+    scale = item_vector_scale if kind == "item" else None
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
                           client_options={"request_timeout": 120, **client_options(settings)},
-                          doc_fields=doc_fields, check=check)
+                          doc_fields=doc_fields, check=check, item_vector_scale=scale)
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams,
-                     doc_fields=doc_fields, check=check)
+                     doc_fields=doc_fields, check=check, item_vector_scale=scale)
+
+
+def _item_vector_scale(settings: Settings, items: Any) -> float | None:
+    """The scale of a new item generation stored reduced (``facetrec.mips``), or None (raw vectors)."""
+    if not mips.applies(settings):
+        return None
+    scale = max_vector_norm(items, "item_embed")
+    if not scale > 0.0:
+        raise ValueError("no usable item vector to scale: every item_embed is missing, NaN or zero")
+    return scale
 
 
 def swap_and_confirm(gens: Generations, targets: dict[str, str], pin: dict[str, str] | None = None) -> None:
@@ -63,9 +76,9 @@ def _step(generation: str, message: str) -> None:
     print(f"facetrec: [publish {generation}] {message}", file=sys.stderr, flush=True)
 
 
-def _pair_items(gens: Generations, model_version: str) -> tuple[str, str]:
-    """For a users-only refresh: the live item index and its generation, refusing (before anything is
-    created) when those items come from another model than the new user vectors."""
+def _pair_items(gens: Generations, model_version: str) -> tuple[str, str, float | None]:
+    """For a users-only refresh: the live item index, its generation and item vector scale, refusing
+    (before anything is created) when those items come from another model than the new user vectors."""
     item_index = gens.live_index("item")
     if item_index is None:
         raise RuntimeError("no live item generation: run a full re-index (items and users) first")
@@ -76,7 +89,8 @@ def _pair_items(gens: Generations, model_version: str) -> tuple[str, str]:
             f"items ({item_index}) are model {meta.get('model_version')!r}; a user vector may only be scored "
             "against items of its own model. Refresh with the live model's exported encoder, or run the full "
             "nightly (items and users). The aliases were not touched.")
-    return item_index, meta.get("generation") or item_index[len(gens.alias("item")) + 1:]
+    return (item_index, meta.get("generation") or item_index[len(gens.alias("item")) + 1:],
+            meta.get("item_vector_scale"))
 
 
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
@@ -97,8 +111,9 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
             return {"generation": generation, "status": "already_live"}
         if "item" in families:
             item_index, item_generation, pin = gens.index_name("item", generation), generation, None
+            scale = _item_vector_scale(settings, items)
         else:
-            item_index, item_generation = _pair_items(gens, model_version)
+            item_index, item_generation, scale = _pair_items(gens, model_version)
             pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
         lock.fence("cleanup")
         _step(generation, "cleanup of partial generations")
@@ -115,11 +130,16 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 step = time.perf_counter()
                 lock.fence(f"create {family}")
                 _step(generation, f"create {gens.index_name(family, generation)}")
-                index = gens.create(family, generation, model_version, item_generation=item_generation)
+                index = gens.create(family, generation, model_version, item_generation=item_generation,
+                                    item_vector_scale=scale if family == "item" else None)
                 created.append(index)
-                _step(generation, f"load {index}")
+                _step(generation, f"load {index}" + (f" (item vectors reduced, scale {scale:.6g})"
+                                                      if family == "item" and scale is not None else ""))
+                # Each user document carries what the service needs to ask its item generation.
+                pairing = {"item_generation": item_generation,
+                           **({"item_vector_scale": scale} if scale is not None else {})}
                 report = _load(es, settings, index, family, source, generation, progress, expected,
-                               {"item_generation": item_generation} if family == "user" else None, lock.check)
+                               pairing if family == "user" else None, lock.check, scale)
                 reports[family] = report
                 check_load(report)
                 gens.finish_loading(index, force_merge=force_merge and family == "item")
@@ -137,7 +157,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
             if recall_sample is not None and settings.index_type in ("hnsw", "int8_hnsw") and "item" in families:
                 user_vectors, item_ids, item_vectors = recall_sample
                 validation.recall = check_recall(es, item_index, user_vectors, item_ids, item_vectors, k=10,
-                                                 num_candidates=100, minimum=min_recall)
+                                                 num_candidates=100, minimum=min_recall, item_vector_scale=scale)
                 validation.checks.append("recall")
             metrics.increment("reindex.validation", tags=["result:passed"])
 

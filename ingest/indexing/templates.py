@@ -8,6 +8,7 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
+from facetrec import mips
 from facetrec.settings import Settings
 
 FILES = {"item": "item_index.json", "user": "user_index.json"}
@@ -30,7 +31,9 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
         index_settings["number_of_replicas"] = settings.replicas
         props = body["template"]["mappings"]["properties"]
         if family == "item":
-            props["item_embed"].update(dims=settings.vector_dims, similarity=settings.similarity,
+            reduced = mips.applies(settings)  # unit item vectors with one more coordinate (facetrec.mips)
+            props["item_embed"].update(dims=settings.vector_dims + (1 if reduced else 0),
+                                       similarity="dot_product" if reduced else settings.similarity,
                                        index_options=_index_options(settings))
         else:
             props["user_embed"]["dims"] = settings.vector_dims

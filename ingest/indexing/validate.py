@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from elasticsearch import Elasticsearch
 
+from facetrec import mips
 from facetrec.homepage import Target, recommend
 from facetrec.rows import Row
 from ingest.indexing.bulk_load import LoadReport
@@ -63,12 +64,15 @@ def check_rows(es: Elasticsearch, target: Target, rows: Sequence[Row], user_ids:
 
 
 def check_recall(es: Elasticsearch, item_index: str, user_vectors: np.ndarray, item_ids: Sequence[str],
-                 item_vectors: np.ndarray, k: int, num_candidates: int, minimum: float) -> float:
-    """Recall@k of the index's knn search against exact dot-product top-k computed in numpy."""
+                 item_vectors: np.ndarray, k: int, num_candidates: int, minimum: float,
+                 item_vector_scale: float | None = None) -> float:
+    """Recall@k of the index's knn search against exact dot-product top-k computed in numpy (on
+    the raw vectors; the query is sent as the service sends it, reduced when the items are)."""
     exact = np.argsort(-(user_vectors @ item_vectors.T), axis=1)[:, :k]
     searches = []
     for vector in user_vectors:
-        searches += [{"index": item_index}, {"knn": {"field": "item_embed", "query_vector": vector.tolist(), "k": k,
+        query = mips.knn_query(vector) if item_vector_scale is not None else vector.tolist()
+        searches += [{"index": item_index}, {"knn": {"field": "item_embed", "query_vector": query, "k": k,
                                                      "num_candidates": num_candidates}, "size": k, "_source": False}]
     responses = es.msearch(searches=searches)["responses"]
     overlaps = []
