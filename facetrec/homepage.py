@@ -144,7 +144,8 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
         k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         row_mode = _row_mode(row, mode, target)
         body = build_row_search(row, user_vector=vectors.get(row_mode), user_filters=user_filters, exclude_ids=seen,
-                                k=k, mode=row_mode, num_candidates_factor=target.num_candidates_factor,
+                                k=k, mode=row_mode,
+                                num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
                                 script_lang=script_lang, rescore_oversample=target.rescore_oversample)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
         searches += [{"index": target.item_index}, body]

@@ -17,6 +17,7 @@ A row config file (YAML or JSON)::
         filter:   [{term: {item_format: audiobook}}]
         must_not: [{terms: {categories: [horror]}}]
         retrieval: knn        # optional: knn | script_score (default: settings.retrieval_mode)
+        num_candidates_factor: 30   # optional: this row's knn candidates per neighbour (default: the setting)
     homepage: [for_you, audiobooks]
 """
 
@@ -78,6 +79,7 @@ class Row:
     retrieval: str | None = None
     caller_modes: tuple[str, ...] = ()   # modes a caller may ask for besides the row's own
     max_size: int | None = None          # the largest size a caller may ask for (default: 2 x size)
+    num_candidates_factor: int | None = None  # knn candidates = k x this (default: the setting)
 
     @property
     def size_limit(self) -> int:
@@ -155,9 +157,12 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
         raise RowConfigError(f"{where}: max_size must be an integer in size..{MAX_ROW_SIZE}")
     caller_modes = _modes(entry["caller_modes"], f"{where}: caller_modes") if "caller_modes" in entry \
         else default_caller_modes
+    factor = entry.get("num_candidates_factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 1000):
+        raise RowConfigError(f"{where}: num_candidates_factor must be an integer in 1..1000")
     return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
-               caller_modes=caller_modes, max_size=max_size)
+               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor)
 
 
 def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:

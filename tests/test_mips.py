@@ -144,3 +144,18 @@ def test_a_users_only_refresh_pairs_with_the_scale_of_the_live_items(es, es_sett
                 generation="20260101-000002", sample_users=2)
     doc = es.get(index=settings.user_alias, id=users[0]["user_id"])["_source"]
     assert doc["generation"] == "20260101-000002" and doc["item_vector_scale"] == scale
+
+
+def test_a_row_may_ask_for_more_knn_candidates_than_the_setting():
+    from facetrec.rows import RowConfigError
+
+    catalog = RowCatalog.from_dict({"rows": [{"id": "wide", "title": "w", "num_candidates_factor": 30},
+                                             {"id": "plain", "title": "p"}]})
+    target = Target(item_index="i", user_index="u", similarity="max_inner_product", num_candidates_factor=10,
+                    dedupe_across_rows=False)
+    user = UserVector("u1", [1.0, 0.0], [], "g", "g")
+    searches = build_searches(catalog.homepage_rows(), user, [], target, mode="knn")
+    assert [searches[i]["query"]["knn"]["num_candidates"] for i in (1, 3)] == [300, 100]
+    for bad in (0, 1001, "30", True):
+        with pytest.raises(RowConfigError, match="num_candidates_factor"):
+            RowCatalog.from_dict({"rows": [{"id": "r", "num_candidates_factor": bad}]})
