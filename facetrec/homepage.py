@@ -143,7 +143,7 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
         size = (sizes or {}).get(row.id, row.size)
         k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         row_mode = _row_mode(row, mode, target)
-        body = build_row_search(row, user_vector=vectors.get(row_mode), user_filters=user_filters, exclude_ids=seen,
+        body = build_row_search(row, user_vector=vectors[row_mode] if user else None, user_filters=user_filters, exclude_ids=seen,
                                 k=k, mode=row_mode,
                                 num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
                                 script_lang=script_lang, rescore_oversample=target.rescore_oversample)
@@ -284,7 +284,12 @@ def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[R
 
 def _mixed(user: UserVector | None, responses: list) -> str | None:
     """Why this read mixes generations, or None: every hit must come from ONE item index, and from
-    the item generation the user vector was made for."""
+    the item generation the user vector was made for. A row refused for its query vector's length
+    is the same race seen earlier: a swap between a pair stored raw and one stored reduced
+    (``facetrec.mips``) landed between the user GET and the ``_msearch``."""
+    for response in responses:
+        if "error" in response and "dimensions" in str(response["error"]):
+            return "a row's query vector did not fit the item index (a swap between raw and reduced pairs?)"
     hits = [h for r in responses if "hits" in r for h in r["hits"]["hits"]]
     indices = {h["_index"] for h in hits}
     if len(indices) > 1:

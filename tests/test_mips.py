@@ -159,3 +159,54 @@ def test_a_row_may_ask_for_more_knn_candidates_than_the_setting():
     for bad in (0, 1001, "30", True):
         with pytest.raises(RowConfigError, match="num_candidates_factor"):
             RowCatalog.from_dict({"rows": [{"id": "r", "num_candidates_factor": bad}]})
+
+
+def test_raw_and_reduced_pairs_roll_back_and_a_read_across_their_swap_is_read_again(es, es_settings, unique):
+    from facetrec.homepage import _mixed, fetch_user
+    from ingest.embedding.synthetic import embedding_records
+    from ingest.indexing.generations import Generations
+    from ingest.indexing.reindex import run_reindex
+
+    settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
+                                   index_type="hnsw", script_lang="facetrec_vector")
+    items, users, item_vectors, _ = embedding_records(n_items=800, n_users=10, dims=64, seed=8)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    rows = catalog.homepage_rows()[:2]
+    by_id = {r["item_id"]: i for i, r in enumerate(items)}
+    run_reindex(es, settings.replace(mips_reduction=False), catalog, items=items, users=users, model_version="m",
+                generation="20260101-000001", progress=False, sample_users=2)
+    run_reindex(es, settings, catalog, items=items, users=users, model_version="m",
+                generation="20260101-000002", progress=False, sample_users=2)
+    target = Target.from_settings(settings, request_timeout_s=30.0)
+    user_id = users[0]["user_id"]
+    q = np.asarray(users[0]["user_embed"], dtype=np.float64)
+
+    def served_scores_are_raw(generation: str) -> None:
+        for mode in ("knn", "script_score"):
+            page = recommend(es, target, user_id, rows, mode=mode)
+            assert page["generation"] == generation
+            for row in page["rows"]:
+                assert row["items"] and "error" not in row
+                for item in row["items"]:
+                    assert item["score"] == pytest.approx(float(item_vectors[by_id[item["id"]]] @ q), rel=1e-4)
+
+    served_scores_are_raw("20260101-000002")
+    reduced_user = fetch_user(es, settings.user_alias, user_id, 5.0)
+    assert reduced_user.item_vector_scale is not None
+    Generations(es, settings).rollback()
+    raw_index = f"{settings.item_alias}-20260101-000001"
+    assert es.indices.get_mapping(index=raw_index)[raw_index]["mappings"]["properties"]["item_embed"]["dims"] == 64
+    served_scores_are_raw("20260101-000001")
+    # The user vector read before the rollback (reduced pair), the rows asked after it (raw pair):
+    # the rows are refused for their vector's length, and the page sees a mixed read to do again.
+    for mode in ("knn", "script_score"):
+        searches = build_searches(rows, reduced_user, [], target, mode=mode, script_lang="facetrec_vector")
+        responses = es.msearch(searches=searches)["responses"]
+        assert all("error" in r for r in responses)
+        assert "did not fit" in (_mixed(reduced_user, responses) or "")
+
+
+def test_the_item_vector_scale_of_a_spark_dataframe_skips_nan_and_infinite_vectors(spark):
+    df = spark.createDataFrame([("a", [3.0, 4.0]), ("b", [float("nan"), 1.0]), ("c", [float("inf"), 0.0]),
+                                ("d", None), ("e", [0.0, 1.0])], "item_id string, item_embed array<double>")
+    assert max_vector_norm(df, "item_embed") == 5.0

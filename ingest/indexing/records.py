@@ -40,8 +40,9 @@ def parquet_records(path: str | Path, batch_size: int = 5000) -> ParquetRecords:
 
 def max_vector_norm(source: Any, column: str) -> float:
     """The largest finite norm of ``column`` over a record source: a ``ParquetRecords``, a Spark
-    DataFrame or a list of dicts. Unusable vectors (missing, NaN, another length) are skipped here;
-    the load reports them. A one-pass iterator cannot be read twice, so it is refused."""
+    DataFrame or a list of dicts. Missing and non-finite vectors are skipped here (the load reports
+    them, and any vector of the wrong length). A one-pass iterator cannot be read twice, so it is
+    refused."""
     if isinstance(source, ParquetRecords):
         return source.max_norm(column)
     if hasattr(source, "rdd"):
@@ -49,7 +50,8 @@ def max_vector_norm(source: Any, column: str) -> float:
 
         squares = F.aggregate(F.col(column), F.lit(0.0).cast("double"), lambda acc, x: acc + x.cast("double") * x)
         norm = F.sqrt(squares)
-        value = source.select(F.max(F.when(~F.isnan(norm), norm)).alias("m")).first()["m"]
+        finite = ~F.isnan(norm) & (norm != F.lit(float("inf")))
+        value = source.select(F.max(F.when(finite, norm)).alias("m")).first()["m"]
         return float(value) if value is not None and math.isfinite(value) else 0.0
     if isinstance(source, Sequence):
         return _largest_norm(record.get(column) for record in source)

@@ -98,7 +98,9 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
                 recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
                 progress: bool = True, metrics: NoMetrics | None = None) -> dict:
-    """Publish a new generation. ``items=None`` refreshes users only (items stay as they are)."""
+    """Publish a new generation. ``items=None`` refreshes users only (items stay as they are).
+    ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
+    ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading."""
     metrics = metrics or NoMetrics()
     gens = Generations(es, settings)
     generation = generation or new_generation_id()
