@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from facetrec import scoring
+
 if TYPE_CHECKING:
     from facetrec.settings import Settings
 
@@ -41,10 +43,14 @@ def applies(settings: "Settings") -> bool:
 
 
 def item_vector(vector: Sequence[float], scale: float) -> list[float]:
-    """``[x / M, sqrt(1 - |x|^2 / M^2)]``: unit length for every ``|x| <= M``."""
+    """``[x / M, sqrt(1 - |x|^2 / M^2)]``: unit length for every ``|x| <= M``. A vector longer than
+    ``M`` (beyond rounding, 1e-9 of M) has no such form: ValueError naming both."""
     values = [float(x) / scale for x in vector]
-    rest = 1.0 - sum(v * v for v in values)
-    return values + [math.sqrt(rest) if rest > 0.0 else 0.0]
+    squared = sum(v * v for v in values)
+    if squared > (1 + 1e-9) ** 2:
+        raise ValueError(f"vector norm {math.sqrt(squared) * scale:.6g} exceeds the generation's item vector "
+                         f"scale {scale:.6g}")
+    return values + [math.sqrt(1.0 - squared) if squared < 1.0 else 0.0]
 
 
 def item_vectors(vectors: np.ndarray, scale: float) -> np.ndarray:
@@ -66,8 +72,9 @@ def script_query(vector: Sequence[float], scale: float) -> list[float]:
 
 
 def knn_score_to_dot(score: float, vector_norm: float, scale: float) -> float:
-    """The raw inner product of a knn hit on a reduced generation (``_score = (1 + cos) / 2``)."""
-    return (2.0 * score - 1.0) * vector_norm * scale
+    """The raw inner product of a knn hit on a reduced generation: its ``dot_product`` cosine
+    (``facetrec.scoring``) times ``M |q|``."""
+    return scoring.knn_score_to_dot(score, "dot_product") * vector_norm * scale
 
 
 def max_norm(vectors: np.ndarray) -> float:

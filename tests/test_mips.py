@@ -210,3 +210,12 @@ def test_the_item_vector_scale_of_a_spark_dataframe_skips_nan_and_infinite_vecto
     df = spark.createDataFrame([("a", [3.0, 4.0]), ("b", [float("nan"), 1.0]), ("c", [float("inf"), 0.0]),
                                 ("d", None), ("e", [0.0, 1.0])], "item_id string, item_embed array<double>")
     assert max_vector_norm(df, "item_embed") == 5.0
+
+
+def test_an_item_longer_than_the_generation_scale_is_an_invalid_document_not_a_wrong_vector():
+    from ingest.indexing.bulk_load import InvalidDocument, item_document
+
+    _, doc = item_document({"item_id": "a", "item_embed": [3.0, 4.0]}, "g", 2, False, item_vector_scale=5.0)
+    assert doc["item_embed"] == pytest.approx([0.6, 0.8, 0.0])
+    with pytest.raises(InvalidDocument, match="exceeds the generation's item vector scale 4.9"):
+        item_document({"item_id": "a", "item_embed": [3.0, 4.0]}, "g", 2, False, item_vector_scale=4.9)

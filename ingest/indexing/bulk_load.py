@@ -113,11 +113,10 @@ def item_document(record: Mapping[str, Any], generation: str, dims: int, require
     item_id = str(record["item_id"])
     vector = check_vector(_listish(record.get("item_embed")), dims, require_unit)
     if item_vector_scale is not None:
-        norm = math.sqrt(sum(x * x for x in vector))
-        if norm > item_vector_scale * (1 + 1e-9):
-            raise InvalidDocument(f"vector norm {norm:.6g} exceeds the generation's item vector scale "
-                                  f"{item_vector_scale:.6g} (the input changed while it was loaded?)")
-        vector = mips.item_vector(vector, item_vector_scale)
+        try:
+            vector = mips.item_vector(vector, item_vector_scale)
+        except ValueError as exc:  # longer than the scale read before loading
+            raise InvalidDocument(f"{exc} (the input changed while it was loaded?)") from None
     doc: dict[str, Any] = {"item_id": item_id, "generation": generation, "item_embed": vector}
     for field in ITEM_FACETS:
         value = record.get(field)

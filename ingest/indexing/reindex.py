@@ -38,15 +38,14 @@ from ingest.indexing.validate import ValidationReport, check_count, check_load, 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
           total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None):
     require_unit = kind == "item" and settings.similarity == "dot_product"
-    scale = item_vector_scale if kind == "item" else None
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
                           client_options={"request_timeout": 120, **client_options(settings)},
-                          doc_fields=doc_fields, check=check, item_vector_scale=scale)
+                          doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale)
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams,
-                     doc_fields=doc_fields, check=check, item_vector_scale=scale)
+                     doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale)
 
 
 def _item_vector_scale(settings: Settings, items: Any) -> float | None:
