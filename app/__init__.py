@@ -9,6 +9,8 @@ from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
 from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
+from facetrec.user_encoder import EncoderRegistry
+from facetrec.user_events import UserEvents
 
 MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is refused with 413 unread
 
@@ -29,6 +31,8 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
         "metrics": make_metrics(settings, component="service"),
         "target": Target.from_settings(settings),
     }
+    app.extensions["facetrec"]["events"] = UserEvents(app.extensions["facetrec"]["es"], settings,
+                                                      EncoderRegistry(settings.models_root, threads=1))
     logs.init_app(app)
     auth.init_app(app, settings.api_token_list)
     errors.init_app(app)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from datetime import datetime, timezone
+
 from flask import Blueprint, current_app, g, jsonify, request
 
-from app.requests import parse_homepage_args, parse_rows_body
+from app.requests import parse_events_body, parse_homepage_args, parse_rows_body
 from facetrec.es import alias_index
-from facetrec.homepage import recommend
+from facetrec.homepage import cluster_errors_as_unavailable, recommend
 from facetrec.rows import BadRequest
 
 bp = Blueprint("api", __name__)
@@ -38,6 +42,26 @@ def rows(user_id: str):
         raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
     ctx = _ctx()
     return _serve(parse_rows_body(user_id, body, ctx["catalog"], ctx["settings"].retrieval_mode))
+
+
+@bp.post("/v1/users/<path:user_id>/events")
+def events(user_id: str):
+    """Append an event batch to the user's history and recompute the user vector (facetrec.user_events)."""
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
+    batch = parse_events_body(user_id, body, datetime.now(timezone.utc))
+    ctx = _ctx()
+    request.environ["facetrec.user_id"] = batch.user_id
+    started = time.perf_counter()
+    with cluster_errors_as_unavailable():
+        applied = ctx["events"].submit(batch)
+    metrics = ctx["metrics"]
+    metrics.timing("events.apply", (time.perf_counter() - started) * 1000, [f"status:{applied.status}"])
+    metrics.increment("events.batches", [f"status:{applied.status}"])
+    if applied.attempts > 1:
+        metrics.increment("events.write_conflicts", value=applied.attempts - 1)
+    return jsonify(dataclasses.asdict(applied))
 
 
 @bp.get("/v1/rows")

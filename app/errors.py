@@ -9,6 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from facetrec.homepage import ClusterUnavailable, InconsistentGenerations
 from facetrec.rows import BadRequest
+from facetrec.user_encoder import EncoderUnavailable
+from facetrec.user_events import UserIndexUnavailable
 
 log = logging.getLogger("facetrec.service")
 
@@ -39,6 +41,21 @@ def init_app(app: Flask) -> None:
         response = jsonify(error_body("generation_swap", "the index is switching generations; retry shortly"))
         response.headers["Retry-After"] = "1"
         return response, 503
+
+    @app.errorhandler(UserIndexUnavailable)
+    def user_index_unavailable(exc: UserIndexUnavailable):
+        log.warning("event batch not applied", extra={"event": "events_unavailable", "detail": str(exc)[:300]})
+        response = jsonify(error_body("unavailable", f"{exc}"))
+        response.headers["Retry-After"] = "1"
+        return response, 503
+
+    @app.errorhandler(EncoderUnavailable)
+    def encoder_unavailable(exc: EncoderUnavailable):
+        log.error("no user encoder for the live model", extra={"event": "encoder_unavailable",
+                                                                "detail": str(exc)[:500]})
+        return jsonify(error_body("encoder_unavailable", "the live model's user encoder is not available to "
+                                  "this service; the event batch is logged and will be applied with the next "
+                                  "generation (operators: see the service log)")), 503
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

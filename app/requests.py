@@ -7,11 +7,15 @@ HTTP 400 with a JSON body naming the field. Values only ever become term values 
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
+import uuid
+from datetime import datetime
 from typing import Any, Mapping
 
 from facetrec.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
 from facetrec.settings import RETRIEVAL_MODES
+from facetrec.user_events import MAX_EVENTS_PER_BATCH, Event, EventBatch, parse_event_time
 
 MAX_USER_ID = 128
 MAX_ROWS = 20
@@ -174,3 +178,45 @@ def _row_entry(entry: Any, catalog: RowCatalog, field: str) -> tuple[Row, int | 
     if not isinstance(title, str) or len(title) > 200:
         raise BadRequest(f"{field}.title", "a string of at most 200 characters")
     return Row(id=row_id, title=title, size=size or 10, filter=clauses["filter"], must_not=clauses["must_not"]), size
+
+
+MAX_BATCH_ID = 64
+MAX_ITEM_ID = 256
+
+
+def parse_events_body(user_id: str, body: Any, now: datetime) -> EventBatch:
+    """POST /v1/users/<user_id>/events with {"events": [{"item_id", "ts"}, ...], "batch_id": ...}.
+
+    ``batch_id`` (optional, recommended) makes a retried request harmless: a batch id the user's
+    document already holds is not applied again. Without one, the service makes one up."""
+    user_id = check_user_id(user_id)
+    if not isinstance(body, dict):
+        raise BadRequest("body", "must be a JSON object")
+    unknown = set(body) - {"events", "batch_id"}
+    if unknown:
+        raise BadRequest(sorted(unknown)[0], "unknown field; allowed: events, batch_id")
+    events = body.get("events")
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_BATCH:
+        raise BadRequest("events", f"must be a list of 1..{MAX_EVENTS_PER_BATCH} events")
+    parsed = []
+    for i, event in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(event, dict) or set(event) - {"item_id", "ts"} or "item_id" not in event or "ts" not in event:
+            raise BadRequest(where, 'an object {"item_id": string, "ts": ISO 8601 time with a zone or epoch ms}')
+        item_id = event["item_id"]
+        if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ITEM_ID or any(ord(c) < 32 for c in item_id):
+            raise BadRequest(f"{where}.item_id", f"a string of 1..{MAX_ITEM_ID} characters without control characters")
+        try:
+            at = parse_event_time(event["ts"], now)
+        except ValueError as exc:
+            raise BadRequest(f"{where}.ts", str(exc)) from None
+        parsed.append(Event(item_id, at))
+    batch_id = body.get("batch_id")
+    if batch_id is None:
+        batch_id = uuid.uuid4().hex
+    elif not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+        raise BadRequest("batch_id", f"1..{MAX_BATCH_ID} characters among letters, digits and ._:-")
+    return EventBatch(user_id, batch_id, tuple(parsed))
+
+
+_BATCH_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_BATCH_ID}}}")

@@ -90,7 +90,7 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
     A missing user index/alias or an overloaded cluster is ClusterUnavailable (a 503), never an
     unknown user: serving everyone popularity rows with a 200 would hide the outage."""
     try:
-        with _cluster_errors_as_unavailable():
+        with cluster_errors_as_unavailable():
             doc = es.options(request_timeout=timeout_s).get(
                 index=user_index, id=user_id,
                 source_includes=["user_embed", "seen_item_ids", "generation", "item_generation", "item_vector_scale"])
@@ -171,7 +171,7 @@ def _item(hit: dict, source: str, mode: str, similarity: str, user: UserVector |
 
 
 @contextlib.contextmanager
-def _cluster_errors_as_unavailable():
+def cluster_errors_as_unavailable():
     """Unreachable, timed out or overloaded (429/502/503/504) Elasticsearch: ClusterUnavailable (a 503)."""
     try:
         yield
@@ -272,10 +272,10 @@ def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[R
     user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
     lang = "painless"
     if user and any(_row_mode(row, mode, target) == "script_score" for row in rows):
-        with _cluster_errors_as_unavailable():
+        with cluster_errors_as_unavailable():
             lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
     searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)
-    with _cluster_errors_as_unavailable():
+    with cluster_errors_as_unavailable():
         started = time.perf_counter()
         result = es.options(request_timeout=target.request_timeout_s).msearch(searches=searches)
         metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)

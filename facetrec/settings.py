@@ -60,6 +60,7 @@ class Settings:
     rescore_oversample: float = 3.0        # FACETREC_RESCORE_OVERSAMPLE: quantized indices rescore k x this with floats (0: off)
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
+    models_root: Path = REPO_ROOT / ".facetrec" / "models"  # FACETREC_MODELS_ROOT: <model_version>/user_encoder.{pt,json}
 
     # --- Metrics -------------------------------------------------------------------------------
     statsd_host: str | None = None         # DD_AGENT_HOST (unset: metrics disabled)
@@ -149,6 +150,7 @@ _ENV_NAMES = {
     "rescore_oversample": "FACETREC_RESCORE_OVERSAMPLE",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "api_tokens": "FACETREC_API_TOKENS",
+    "models_root": "FACETREC_MODELS_ROOT",
     "statsd_host": "DD_AGENT_HOST",
     "statsd_port": "DD_DOGSTATSD_PORT",
     "metrics_namespace": "FACETREC_METRICS_NAMESPACE",

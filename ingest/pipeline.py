@@ -7,7 +7,8 @@ demo run exactly the same code, and any step can be rerun on its own.
     <work>/etl/        Spark ETL output
     <work>/model/      checkpoint.pt, train_summary.json
     <work>/eval.json   evaluation table (model vs MostPop vs Markov)
-    <work>/embeddings/ items.parquet, users.parquet, user_encoder.pt
+    <work>/embeddings/ items.parquet, users.parquet, user_encoder.pt (registered under the models
+                       root by the publish step: <models_root>/<model_version>/)
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ def step_embed(work_dir, progress: bool = True) -> dict:
 
 def step_publish(work_dir, settings: Settings, rows_config=None, generation: str | None = None,
                  users_only: bool = False, metrics=None, progress: bool = True) -> dict:
+    from datetime import datetime, timezone
+
     import numpy as np
     import pyarrow.parquet as pq
 
+    from facetrec import user_encoder
     from facetrec.es import make_client
     from facetrec.rows import RowCatalog
     from ingest.indexing.records import parquet_count, parquet_records
@@ -121,6 +125,11 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
     p = paths(work_dir)
     items_path, users_path = p["embeddings"] / "items.parquet", p["embeddings"] / "users.parquet"
     model_version = pq.read_table(items_path, columns=["model_version"]).column(0)[0].as_py()
+    if all((p["embeddings"] / name).is_file() for name in user_encoder.ENCODER_FILES):
+        # Before anything goes live: the events API recomputes this pair's user vectors with it.
+        user_encoder.register(p["embeddings"], settings.models_root, model_version)
+    report = p["etl"] / "report.json"
+    events_until = json.loads(report.read_text()).get("events_until") if report.is_file() else None
     recall_sample = None
     if not users_only and settings.index_type in ("hnsw", "int8_hnsw"):
         items = pq.read_table(items_path, columns=["item_id", "item_embed"]).to_pydict()
@@ -132,7 +141,8 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
                        items=None if users_only else parquet_records(items_path), users=parquet_records(users_path),
                        expected_items=None if users_only else parquet_count(items_path),
                        expected_users=parquet_count(users_path), model_version=model_version,
-                       generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress)
+                       generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress,
+                       events_since=datetime.fromtimestamp(events_until, timezone.utc) if events_until else None)
 
 
 def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,

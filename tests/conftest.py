@@ -81,7 +81,7 @@ def published(es, es_settings):
                 progress=False, sample_users=3)
     yield settings, catalog, items, users, item_vectors, user_vectors
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
-    for family in ("item_index", "user_index"):
+    for family in ("item_index", "user_index", "user_index_events"):
         es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-{family}-template")
 
 

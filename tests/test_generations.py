@@ -70,7 +70,7 @@ def live(es, settings):
 
 def test_templates_apply_twice_without_change_and_shape_new_generations(es, settings):
     assert sorted(templates.apply(es, settings, "m1")) == sorted(templates.template_name(settings, f)
-                                                                 for f in ("item", "user"))
+                                                                 for f in ("item", "user", "events"))
     before = es.indices.get_index_template(name=templates.template_name(settings, "item"))
     assert templates.apply(es, settings, "m1") == []
     assert es.indices.get_index_template(name=templates.template_name(settings, "item")) == before

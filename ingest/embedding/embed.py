@@ -5,6 +5,7 @@ so a user vector can be recomputed from a fresh event sequence without the train
     out/users.parquet      user_id, user_embed, model_version, seen_item_ids, updated_at
     out/user_encoder.pt    TorchScript: (item index sequence (B, L), user features (B, F)) -> (B, D)
     out/user_encoder.json  item_id -> index, user feature vocabularies, max_len
+(loaded by ``facetrec.user_encoder``; the publish step registers both under the models root)
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 from tqdm import tqdm
 
 from facetrec.rows import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
+from facetrec.user_encoder import ExportedUserEncoder, left_pad  # noqa: F401 - ExportedUserEncoder re-exported
 from ingest.embedding.datasets import ITEM_FACETS
-from ingest.embedding.features import TrainingData, left_pad, user_feature_indices
+from ingest.embedding.features import TrainingData
 from ingest.embedding.model import SequenceUserEncoder, TwoTower
 
 
@@ -103,49 +105,25 @@ def write_user_embeddings(path: Path, user_ids: list[str], vectors: np.ndarray, 
 
 def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.ndarray, out: Path,
                         user_feature_vocab: dict[str, list[str]]) -> Path:
-    encoder = SequenceUserEncoder(model.user_tower, torch.from_numpy(item_vectors)).eval()
-    example = (torch.from_numpy(left_pad(data.histories[:2], model.cfg.max_len)),
-               torch.from_numpy(data.user_features[:2]))
+    return save_user_encoder(model.user_tower, item_vectors, out, max_len=model.cfg.max_len,
+                             item_index=data.id_to_idx, feature_names=data.user_feature_names,
+                             feature_vocab=user_feature_vocab, example_histories=data.histories[:2],
+                             example_features=data.user_features[:2])
+
+
+def save_user_encoder(user_tower, item_vectors: np.ndarray, out: Path, *, max_len: int, item_index: dict[str, int],
+                      feature_names: list[str], feature_vocab: dict[str, list[str]],
+                      example_histories: list[np.ndarray], example_features: np.ndarray) -> Path:
+    """Trace the user tower over the frozen (N+1, D) item table to ``out/user_encoder.pt`` and write
+    ``out/user_encoder.json`` (what ``facetrec.user_encoder.ExportedUserEncoder`` loads)."""
+    encoder = SequenceUserEncoder(user_tower, torch.from_numpy(item_vectors)).eval()
+    example = (torch.from_numpy(left_pad(example_histories, max_len)), torch.from_numpy(example_features))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(encoder, example, check_trace=False)
-    path = out / "user_encoder.pt"
+    path = Path(out) / "user_encoder.pt"
     traced.save(str(path))
-    (out / "user_encoder.json").write_text(json.dumps({
-        "max_len": model.cfg.max_len, "item_index": data.id_to_idx,
-        "user_features": data.user_feature_names, "user_feature_vocab": user_feature_vocab}))
+    (Path(out) / "user_encoder.json").write_text(json.dumps({
+        "max_len": max_len, "item_index": item_index, "user_features": feature_names,
+        "user_feature_vocab": feature_vocab}))
     return path
-
-
-class ExportedUserEncoder:
-    """Recompute a user vector from a fresh event sequence with only torch and the exported files."""
-
-    def __init__(self, directory: str | Path):
-        directory = Path(directory)
-        self.module = torch.jit.load(str(directory / "user_encoder.pt"))
-        meta = json.loads((directory / "user_encoder.json").read_text())
-        self.max_len, self.item_index = meta["max_len"], meta["item_index"]
-        self.feature_names = meta["user_features"]
-        self.feature_vocab = meta.get("user_feature_vocab")
-        if self.feature_names and self.feature_vocab is None:
-            raise ValueError(f"{directory}/user_encoder.json has user features {self.feature_names} but no "
-                             "vocabulary for them (exported before facetrec recorded it): re-run the embed step")
-
-    def feature_indices(self, users: list[dict]) -> np.ndarray:
-        """(U, F) feature indices of raw user records ({feature name: value}) in the model's vocabulary."""
-        return user_feature_indices(self.feature_vocab or {}, users)
-
-    def user_vectors(self, histories: list[list[str]], features: np.ndarray, batch: int = 512) -> np.ndarray:
-        """(U, D) user vectors of many histories (item ids) with their feature indices, batched."""
-        out = []
-        for start in range(0, len(histories), batch):
-            seqs = [np.array([self.item_index[i] for i in h if i in self.item_index], dtype=np.int64)
-                    for h in histories[start:start + batch]]
-            feats = np.asarray(features[start:start + batch], dtype=np.int64).reshape(len(seqs), len(self.feature_names))
-            with torch.no_grad():
-                out.append(self.module(torch.from_numpy(left_pad(seqs, self.max_len)), torch.from_numpy(feats)).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-    def user_vector(self, item_ids: list[str], feature_indices: list[int] | None = None) -> np.ndarray:
-        features = np.array([feature_indices or [0] * len(self.feature_names)], dtype=np.int64)
-        return self.user_vectors([item_ids], features)[0]

@@ -180,6 +180,9 @@ def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=
     (out / "vocab.json").write_text(json.dumps(vocab, indent=2))
     counts["data_version"] = hashlib.sha256(json.dumps(counts, sort_keys=True).encode()
                                             + json.dumps(vocab, sort_keys=True).encode()).hexdigest()[:12]
+    # The newest event the batch saw (epoch seconds): events logged through the API after it are
+    # re-applied to the generation this run publishes (facetrec.user_events.replay).
+    counts["events_until"] = int(known.agg(F.max("timestamp")).first()[0])
     counts["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(counts, indent=2))
     raw.unpersist()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facetrec.user_encoder import left_pad, user_feature_indices  # noqa: F401 - left_pad re-exported (train)
 from ingest.embedding.datasets import title_tokens
 
 
@@ -101,22 +102,3 @@ def load_training_data(etl_dir: str | Path, title_buckets: int = 4096, max_title
         valid_items=to_idx(users["valid_item"]), test_items=to_idx(users["test_item"]),
         histories=[to_idx(s) for s in users["history"]], data_version=report.get("data_version", "unknown"),
         title_buckets=title_buckets)
-
-
-def user_feature_indices(vocab: dict[str, list[str]], records: list[dict]) -> np.ndarray:
-    """(U, F) indices of each user's categorical features in the model's vocabulary (0 = unknown or
-    missing). The one mapping used in training, the nightly embedding and the user refresh."""
-    index = {name: {v: i + 1 for i, v in enumerate(values)} for name, values in vocab.items()}
-    rows = [[index[name].get(str(r.get(name)), 0) if r.get(name) is not None else 0 for name in vocab]
-            for r in records]
-    return np.array(rows, dtype=np.int64).reshape(len(records), len(vocab))
-
-
-def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
-    """(B, max_len) with each sequence's last max_len items right-aligned; 0 = padding."""
-    out = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for i, seq in enumerate(seqs):
-        tail = seq[-max_len:]
-        if len(tail):
-            out[i, -len(tail):] = tail
-    return out

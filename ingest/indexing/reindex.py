@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch
@@ -26,6 +27,8 @@ from facetrec.homepage import Target
 from facetrec.metrics import NoMetrics
 from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
+from facetrec.user_encoder import EncoderRegistry
+from facetrec.user_events import UserEvents
 from ingest.indexing import templates
 from ingest.indexing.bulk_load import bulk_load, spark_load
 from ingest.indexing.generations import (VALIDATED, Generations, ModelMismatch, delete_unless_aliased,
@@ -96,15 +99,23 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 items: Iterable[Mapping] | Any | None, model_version: str, generation: str | None = None,
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
                 recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
-                progress: bool = True, metrics: NoMetrics | None = None) -> dict:
+                progress: bool = True, metrics: NoMetrics | None = None, events_since: datetime | None = None,
+                encoders: EncoderRegistry | None = None) -> dict:
     """Publish a new generation. ``items=None`` refreshes users only (items stay as they are).
     ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
-    ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading."""
+    ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading.
+
+    Event batches logged through the events API with an event newer than ``events_since`` (the
+    newest event the batch input saw; default: when this run started) are re-applied to the new
+    user index: once before the swap (a failure fails the publish) and once after it for the
+    batches that arrived meanwhile (``facetrec.user_events``)."""
     metrics = metrics or NoMetrics()
     gens = Generations(es, settings)
     generation = generation or new_generation_id()
     families = ("item", "user") if items is not None else ("user",)
     started = time.perf_counter()
+    events_since = events_since or datetime.now(timezone.utc)
+    user_events = UserEvents(es, settings, encoders)
     with ReindexLock(es, name=f"reindex-{settings.item_alias}", lease_s=settings.lock_lease_s) as lock:
         _step(generation, f"locked; publishing {' and '.join(families)} of model {model_version}")
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
@@ -162,6 +173,9 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 validation.checks.append("recall")
             metrics.increment("reindex.validation", tags=["result:passed"])
 
+            lock.fence("events")
+            replay_started = datetime.now(timezone.utc)
+            replayed = user_events.replay(user_index, events_since, progress=lambda m: _step(generation, m))
             lock.fence("mark validated")
             for index in created:
                 gens.mark(index, VALIDATED)
@@ -169,6 +183,8 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
             _step(generation, "swap aliases")
             swap_and_confirm(gens, {f: gens.index_name(f, generation) for f in families}, pin=pin)
             metrics.increment("reindex.swap", tags=[f"families:{'+'.join(families)}"])
+            replayed["after_swap"] = _replay_after_swap(user_events, user_index, events_since, replay_started,
+                                                        generation, metrics)
         except BaseException as exc:
             metrics.increment("reindex.failed", tags=[f"error:{type(exc).__name__}"])
             try:
@@ -190,4 +206,23 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 "item_generation": item_generation, "model_version": model_version,
                 "loaded": {f: r.indexed for f, r in reports.items()},
                 "docs_per_s": {f: round(r.docs_per_s) for f, r in reports.items()}, "validation": validation.checks,
-                "recall": validation.recall, "deleted": deleted, "seconds": seconds}
+                "recall": validation.recall, "events_replayed": replayed, "deleted": deleted, "seconds": seconds}
+
+
+# Events logged by another machine's clock up to this much before the first replay are read again.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _replay_after_swap(user_events: UserEvents, user_index: str, since: datetime, first_replay: datetime,
+                       generation: str, metrics: NoMetrics) -> dict | str:
+    """The batches logged while the first replay and the swap ran. The swap is done, so a failure
+    here is reported (and the batches stay in the log), not raised."""
+    try:
+        return user_events.replay(user_index, since, received_after=first_replay - CLOCK_SKEW,
+                                  progress=lambda m: _step(generation, m))
+    except Exception as exc:  # noqa: BLE001 - reported: the aliases have moved, the log keeps the batches
+        metrics.increment("reindex.events_replay_failed")
+        message = (f"events logged during the swap were not re-applied to {user_index} ({type(exc).__name__}: "
+                   f"{exc}); they are in the event log: run `facetrec events replay --since {since.isoformat()}`")
+        print(f"facetrec: {message}", file=sys.stderr)
+        return f"failed: {message}"

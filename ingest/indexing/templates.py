@@ -10,11 +10,22 @@ from elasticsearch import Elasticsearch
 
 from facetrec import mips
 from facetrec.settings import Settings
+from facetrec.user_events import event_log_index
 
-FILES = {"item": "item_index.json", "user": "user_index.json"}
+FILES = {"item": "item_index.json", "user": "user_index.json", "events": "user_events.json"}
+
+
+def _pattern(settings: Settings, family: str) -> str:
+    """The generations of a family are "<alias>-<generation>", whatever the alias is called; the
+    user alias's event log is one index beside them (facetrec.user_events)."""
+    if family == "events":
+        return event_log_index(settings)
+    return f"{settings.item_alias if family == 'item' else settings.user_alias}-*"
 
 
 def template_name(settings: Settings, family: str) -> str:
+    if family == "events":
+        return f"{event_log_index(settings)}-template"
     return f"{settings.item_alias if family == 'item' else settings.user_alias}-template"
 
 
@@ -24,8 +35,7 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
     for family, filename in FILES.items():
         name = template_name(settings, family)
         body = copy.deepcopy(json.loads(Path(settings.templates_dir, filename).read_text()))
-        # The generations of a family are "<alias>-<generation>", whatever the alias is called.
-        body["index_patterns"] = [f"{settings.item_alias if family == 'item' else settings.user_alias}-*"]
+        body["index_patterns"] = [_pattern(settings, family)]
         index_settings = body["template"]["settings"]
         index_settings["number_of_shards"] = settings.shards
         index_settings["number_of_replicas"] = settings.replicas
@@ -35,7 +45,7 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
             props["item_embed"].update(dims=settings.vector_dims + (1 if reduced else 0),
                                        similarity="dot_product" if reduced else settings.similarity,
                                        index_options=_index_options(settings))
-        else:
+        elif family == "user":
             props["user_embed"]["dims"] = settings.vector_dims
         body["_meta"] = {**body.get("_meta", {}), "model_version": model_version}
         rendered[name] = body
