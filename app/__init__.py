@@ -7,6 +7,7 @@ from flask import Flask
 from facetrec.es import make_client
 from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
+from facetrec.recall_monitor import RecallMonitor
 from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
 from facetrec.user_encoder import EncoderRegistry
@@ -31,8 +32,10 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
         "metrics": make_metrics(settings, component="service"),
         "target": Target.from_settings(settings),
     }
-    app.extensions["facetrec"]["events"] = UserEvents(app.extensions["facetrec"]["es"], settings,
-                                                      EncoderRegistry(settings.models_root, threads=1))
+    ctx = app.extensions["facetrec"]
+    ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1))
+    ctx["recall_monitor"] = RecallMonitor(ctx["es"], ctx["target"], ctx["metrics"], settings.recall_sample_rate,
+                                          settings.index_type)
     logs.init_app(app)
     auth.init_app(app, settings.api_token_list)
     errors.init_app(app)

@@ -24,7 +24,8 @@ def _serve(query):
     ctx = _ctx()
     request.environ["facetrec.user_id"] = query.user_id
     page = recommend(ctx["es"], ctx["target"], query.user_id, query.rows, query.user_filters, mode=query.mode,
-                     sizes=query.sizes, metrics=ctx["metrics"], request_id=g.get("request_id"))
+                     sizes=query.sizes, metrics=ctx["metrics"], request_id=g.get("request_id"),
+                     observe=ctx["recall_monitor"].observe)
     return jsonify(page)
 
 

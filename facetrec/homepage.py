@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
@@ -114,7 +114,7 @@ def _error_type(exc: ApiError) -> str | None:
     return error.get("type") if isinstance(error, dict) else None
 
 
-def _row_mode(row: Row, mode: str | None, target: Target) -> str:
+def row_mode(row: Row, mode: str | None, target: Target) -> str:
     return mode or row.retrieval or target.default_mode
 
 
@@ -142,9 +142,9 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
         k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
-        row_mode = _row_mode(row, mode, target)
-        body = build_row_search(row, user_vector=vectors[row_mode] if user else None, user_filters=user_filters, exclude_ids=seen,
-                                k=k, mode=row_mode,
+        this_mode = row_mode(row, mode, target)
+        body = build_row_search(row, user_vector=vectors[this_mode] if user else None, user_filters=user_filters, exclude_ids=seen,
+                                k=k, mode=this_mode,
                                 num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
                                 script_lang=script_lang, rescore_oversample=target.rescore_oversample)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
@@ -186,7 +186,7 @@ def cluster_errors_as_unavailable():
 def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict] = (),
               *, mode: str | None = None, sizes: dict[str, int] | None = None,
               metrics: NoMetrics | None = None, request_id: str | None = None,
-              detailed_errors: bool = False) -> dict:
+              detailed_errors: bool = False, observe: Callable[..., None] | None = None) -> dict:
     """The homepage of ``user_id``: ``{"user_id", "generation", "user_generation", "rows": [...]}``.
 
     A failing row carries ``"error_code"`` and a safe ``"error"`` message (Elasticsearch's reason
@@ -194,6 +194,8 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
     the others are returned. Raises
     ClusterUnavailable when Elasticsearch cannot be reached at all, and InconsistentGenerations
     when the user vector and the item hits still come from different pairs after PAGE_READS reads.
+    ``observe(user, rows, user_filters, mode, sizes, responses)`` is handed the page as read (the
+    live recall monitor); it must return at once, and its failure never fails the page.
     """
     metrics = metrics or NoMetrics()
     for attempt in range(PAGE_READS):
@@ -207,14 +209,19 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
     else:
         metrics.increment("homepage.mixed_generation_refused")
         raise InconsistentGenerations(f"{problem} after {PAGE_READS} reads (an alias swap in progress?)")
+    if observe is not None:
+        try:
+            observe(user, rows, user_filters, mode, sizes, responses)
+        except Exception:  # noqa: BLE001 - monitoring must never cost a page
+            log.exception("page observer failed", extra={"event": "observer_failed", "request_id": request_id})
     source = "personalized" if user else "popular"
 
     taken: set[str] = set()
     out_rows = []
     generation = None
     for row, response in zip(rows, responses):
-        row_mode = "popular" if user is None else _row_mode(row, mode, target)
-        tags = [f"row:{row.id}", f"mode:{row_mode}"]
+        this_mode = "popular" if user is None else row_mode(row, mode, target)
+        tags = [f"row:{row.id}", f"mode:{this_mode}"]
         size = (sizes or {}).get(row.id, row.size)
         entry: dict[str, Any] = {"id": row.id, "title": row.title, "source": source, "items": []}
         if "error" in response:
@@ -234,7 +241,7 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
             hit_generation = hit.get("_source", {}).get("generation")
             generation = generation or hit_generation
             entry.setdefault("generation", hit_generation)
-            entry["items"].append(_item(hit, source, "knn" if row_mode == "popular" else row_mode, target.similarity, user))
+            entry["items"].append(_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user))
             taken.add(hit["_id"])
         if not entry["items"]:
             metrics.increment("homepage.row.empty", tags)
@@ -271,7 +278,7 @@ def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[R
     """One read of a page: the user GET, then the one _msearch."""
     user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
     lang = "painless"
-    if user and any(_row_mode(row, mode, target) == "script_score" for row in rows):
+    if user and any(row_mode(row, mode, target) == "script_score" for row in rows):
         with cluster_errors_as_unavailable():
             lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
     searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)

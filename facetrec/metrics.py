@@ -19,6 +19,9 @@ class NoMetrics:
     def gauge(self, name: str, value: float, tags: Sequence[str] = ()) -> None:
         pass
 
+    def distribution(self, name: str, value: float, tags: Sequence[str] = ()) -> None:
+        pass
+
 
 class StatsdMetrics(NoMetrics):
     def __init__(self, host: str, port: int, namespace: str, constant_tags: Sequence[str] = ()):
@@ -35,6 +38,9 @@ class StatsdMetrics(NoMetrics):
 
     def gauge(self, name, value, tags=()):
         self.client.gauge(name, value, tags=list(tags))
+
+    def distribution(self, name, value, tags=()):
+        self.client.distribution(name, value, tags=list(tags))
 
     def flush(self) -> None:
         self.client.flush()

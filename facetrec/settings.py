@@ -60,6 +60,7 @@ class Settings:
     rescore_oversample: float = 3.0        # FACETREC_RESCORE_OVERSAMPLE: quantized indices rescore k x this with floats (0: off)
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
+    recall_sample_rate: float = 0.01       # FACETREC_RECALL_SAMPLE_RATE: pages re-asked exactly off the request path
     models_root: Path = REPO_ROOT / ".facetrec" / "models"  # FACETREC_MODELS_ROOT: <model_version>/user_encoder.{pt,json}
 
     # --- Metrics -------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ class Settings:
                                 "(num_candidates = k x factor, capped at Elasticsearch's 10,000)")
         if not (self.rescore_oversample == 0 or 1.0 <= self.rescore_oversample <= 10.0):
             raise SettingsError(f"FACETREC_RESCORE_OVERSAMPLE={self.rescore_oversample}: expected 0 (off) or 1..10")
+        if not 0.0 <= self.recall_sample_rate <= 1.0:
+            raise SettingsError(f"FACETREC_RECALL_SAMPLE_RATE={self.recall_sample_rate}: expected 0 (off) .. 1 (every page)")
         if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
             raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
         if self.es_request_timeout_s <= 0:
@@ -150,6 +153,7 @@ _ENV_NAMES = {
     "rescore_oversample": "FACETREC_RESCORE_OVERSAMPLE",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "api_tokens": "FACETREC_API_TOKENS",
+    "recall_sample_rate": "FACETREC_RECALL_SAMPLE_RATE",
     "models_root": "FACETREC_MODELS_ROOT",
     "statsd_host": "DD_AGENT_HOST",
     "statsd_port": "DD_DOGSTATSD_PORT",
