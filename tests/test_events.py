@@ -12,9 +12,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from app import create_app
 from facetrec.rows import RowCatalog
@@ -107,6 +109,9 @@ def test_events_recompute_the_vector_like_the_nightly_job_and_the_next_page_show
     response = client.post(f"/v1/users/{user['user_id']}/events", json=body)
     assert response.status_code == 200, response.get_json()
     result = response.get_json()
+    spec = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
+    jsonschema.Draft202012Validator({"$ref": "#/components/schemas/EventsApplied", "components": spec["components"]}
+                                    ).validate(result)
     assert result["status"] == "applied" and result["items_added"] == 3 and result["model_version"] == MODEL
     assert not result["new_user"] and result["unknown_to_model"] == 0
 
