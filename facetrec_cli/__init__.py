@@ -4,6 +4,7 @@
     facetrec etl | train | evaluate | embed                                   (facetrec_cli/pipeline.py)
     facetrec pipeline run --dataset movielens-100k|synthetic                  (facetrec_cli/pipeline.py)
     facetrec demo [stop]                                                      (facetrec_cli/demo.py)
+    facetrec events replay --since T                                          (facetrec_cli/events.py)
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
 The local node has its own small program, `facetrec-es start|stop|status` (facetrec/es_local.py).
@@ -18,13 +19,14 @@ from facetrec.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facetrec_cli import demo, index, pipeline
+    from facetrec_cli import demo, events, index, pipeline
 
     parser = argparse.ArgumentParser(prog="facetrec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     index.register(sub)
     pipeline.register(sub)
     demo.register(sub)
+    events.register(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ step exports it; "what the nightly job computes for this history" is the eager t
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ import torch
 import yaml
 
 from app import create_app
+from facetrec_cli import main
 from facetrec.rows import RowCatalog
 from facetrec.user_encoder import EncoderRegistry
 from facetrec.user_events import EventBatch, Event, UserEvents, event_log_index, parse_event_time
@@ -187,7 +189,7 @@ def test_concurrent_batches_of_one_user_never_lose_an_event(es, pair):
     np.testing.assert_allclose(src["user_embed"], model.user_vector(src["seen_item_ids"]), atol=1e-5)
 
 
-def test_batches_logged_around_a_swap_reach_the_new_generation(es, es_settings, pair):
+def test_batches_logged_around_a_swap_reach_the_new_generation(es, pair, monkeypatch, capsys):
     """Event traffic while a new generation is published (its users from the batch input, without
     these events): every accepted batch is in the new live generation afterwards."""
     from ingest.indexing.reindex import run_reindex
@@ -224,8 +226,13 @@ def test_batches_logged_around_a_swap_reach_the_new_generation(es, es_settings, 
     for user, batches in accepted.items():
         remembered = user_doc(es, settings, user)["_source"].get("event_batch_ids", [])
         assert set(batches) <= set(remembered), f"{user}: lost {sorted(set(batches) - set(remembered))}"
-    again = UserEvents(es, settings, EncoderRegistry(settings.models_root)).replay(
-        f"{settings.user_alias}-20260101-000002", since)
+    # The operator's command (what to run when a publish could not re-apply): a second replay changes nothing.
+    for name, value in {"ES_URL": settings.es_url, "FACETREC_USER_ALIAS": settings.user_alias,
+                        "FACETREC_ITEM_ALIAS": settings.item_alias, "FACETREC_MODELS_ROOT": str(settings.models_root)}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["events", "replay", "--since", since.isoformat()]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["user_index"] == f"{settings.user_alias}-20260101-000002"
     assert again["applied"] == 0 and again["duplicate"] == again["batches"] > 0, "a second replay must change nothing"
 
 
