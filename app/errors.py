@@ -27,35 +27,33 @@ def init_app(app: Flask) -> None:
     def bad_request(exc: BadRequest):
         return jsonify(error_body("bad_request", exc.message, exc.field)), 400
 
-    @app.errorhandler(ClusterUnavailable)
-    def unavailable(exc: ClusterUnavailable):
-        log.warning("elasticsearch unavailable", extra={"event": "es_unavailable", "detail": str(exc)[:300]})
-        response = jsonify(error_body("unavailable", "the recommendation index is unreachable; retry shortly"))
+    def retry_later(code: str, message: str, event: str, detail: str, level: int = logging.WARNING):
+        """A 503 the caller may retry after Retry-After; the detail goes to the structured log only."""
+        log.log(level, message, extra={"event": event, "detail": detail[:500]})
+        response = jsonify(error_body(code, message))
         response.headers["Retry-After"] = "1"
         return response, 503
+
+    @app.errorhandler(ClusterUnavailable)
+    def unavailable(exc: ClusterUnavailable):
+        return retry_later("unavailable", "the recommendation index is unreachable; retry shortly",
+                           "es_unavailable", str(exc))
 
     @app.errorhandler(InconsistentGenerations)
     def inconsistent(exc: InconsistentGenerations):
-        log.warning("page refused: generations kept mixing", extra={"event": "mixed_generations",
-                                                                     "detail": str(exc)[:300]})
-        response = jsonify(error_body("generation_swap", "the index is switching generations; retry shortly"))
-        response.headers["Retry-After"] = "1"
-        return response, 503
+        return retry_later("generation_swap", "the index is switching generations; retry shortly",
+                           "mixed_generations", str(exc))
 
     @app.errorhandler(UserIndexUnavailable)
     def user_index_unavailable(exc: UserIndexUnavailable):
-        log.warning("event batch not applied", extra={"event": "events_unavailable", "detail": str(exc)[:300]})
-        response = jsonify(error_body("unavailable", f"{exc}"))
-        response.headers["Retry-After"] = "1"
-        return response, 503
+        return retry_later("unavailable", "the event batch is logged but not applied yet; retry it with the same "
+                           "batch_id shortly", "events_unavailable", str(exc))
 
     @app.errorhandler(EncoderUnavailable)
     def encoder_unavailable(exc: EncoderUnavailable):
-        log.error("no user encoder for the live model", extra={"event": "encoder_unavailable",
-                                                                "detail": str(exc)[:500]})
-        return jsonify(error_body("encoder_unavailable", "the live model's user encoder is not available to "
-                                  "this service; the event batch is logged and will be applied with the next "
-                                  "generation (operators: see the service log)")), 503
+        return retry_later("encoder_unavailable", "the live model's user encoder is not available to this "
+                           "service; the event batch is logged and will be applied with the next generation "
+                           "(operators: see the service log)", "encoder_unavailable", str(exc), logging.ERROR)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
