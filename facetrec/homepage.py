@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
-from facetrec import mips
+from facetrec import diversity, mips
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
 from facetrec.rows import MAX_SEEN_ITEMS, Row, build_row_search, query_vector
@@ -141,13 +141,16 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
     seen = user.seen_item_ids if user else []
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
-        k = size + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
+        k = size * (row.diversity.candidates_factor if row.diversity else 1) \
+            + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         this_mode = row_mode(row, mode, target)
         body = build_row_search(row, user_vector=vectors[this_mode] if user else None, user_filters=user_filters, exclude_ids=seen,
                                 k=k, mode=this_mode,
                                 num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
                                 script_lang=script_lang, rescore_oversample=target.rescore_oversample)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
+        if row.diversity and row.diversity.needs_vectors and user:
+            body["_source"] = [*body["_source"], "item_embed"]   # named: Elasticsearch 9 leaves vectors out otherwise
         searches += [{"index": target.item_index}, body]
         earlier += size
     return searches
@@ -233,16 +236,17 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         if response.get("timed_out"):
             entry["partial"] = True
             metrics.increment("homepage.row.timed_out", tags)
-        for hit in response["hits"]["hits"]:
-            if len(entry["items"]) >= size:
-                break
-            if target.dedupe_across_rows and hit["_id"] in taken:
-                continue
-            hit_generation = hit.get("_source", {}).get("generation")
-            generation = generation or hit_generation
-            entry.setdefault("generation", hit_generation)
-            entry["items"].append(_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user))
-            taken.add(hit["_id"])
+        hits = [hit for hit in response["hits"]["hits"]
+                if not (target.dedupe_across_rows and hit["_id"] in taken)][:None if row.diversity else size]
+        items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user)
+                 for hit in hits]
+        if row.diversity:   # after cross-row de-duplication, over the row's over-fetched candidates
+            items, entry["diversity"] = diversity.apply(row.diversity, items, size, _item_vectors(hits, user))
+        if items:   # every hit of a page comes from one item generation (_mixed)
+            entry["generation"] = hits[0].get("_source", {}).get("generation")
+            generation = generation or entry["generation"]
+        entry["items"] = items
+        taken.update(item["id"] for item in items)
         if not entry["items"]:
             metrics.increment("homepage.row.empty", tags)
         if user is None:
@@ -250,6 +254,17 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         out_rows.append(entry)
     return {"user_id": user_id, "generation": generation, "user_generation": user.generation if user else None,
             "rows": out_rows}
+
+
+def _item_vectors(hits: list[dict], user: UserVector | None) -> dict[str, list[float]] | None:
+    """Item vectors of a diverse row's candidates (its MMR similarity), in the model's own space:
+    a reduced generation's extra coordinate dropped (cosine is then the raw vectors')."""
+    vectors = {hit["_id"]: hit["_source"]["item_embed"] for hit in hits if "item_embed" in hit.get("_source", {})}
+    if not vectors:
+        return None
+    if user is not None and user.item_vector_scale is not None:
+        return {item_id: vector[:-1] for item_id, vector in vectors.items()}
+    return vectors
 
 
 ROW_ERROR_MESSAGES = {

@@ -18,6 +18,7 @@ A row config file (YAML or JSON)::
         must_not: [{terms: {categories: [horror]}}]
         retrieval: knn        # optional: knn | script_score (default: settings.retrieval_mode)
         num_candidates_factor: 30   # optional: this row's knn candidates per neighbour (default: the setting)
+        diversity: {max_per_category: 2, mmr_lambda: 0.7, candidates_factor: 3}   # optional (facetrec.diversity)
     homepage: [for_you, audiobooks]
 """
 
@@ -32,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from facetrec.diversity import DiversityPolicy
 from facetrec.scoring import SCRIPT_SCORE_SHIFT
 from facetrec.settings import RETRIEVAL_MODES
 
@@ -80,6 +82,7 @@ class Row:
     caller_modes: tuple[str, ...] = ()   # modes a caller may ask for besides the row's own
     max_size: int | None = None          # the largest size a caller may ask for (default: 2 x size)
     num_candidates_factor: int | None = None  # knn candidates = k x this (default: the setting)
+    diversity: DiversityPolicy | None = None  # crowding / MMR over over-fetched candidates (facetrec.diversity)
 
     @property
     def size_limit(self) -> int:
@@ -160,9 +163,15 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
     factor = entry.get("num_candidates_factor")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 1000):
         raise RowConfigError(f"{where}: num_candidates_factor must be an integer in 1..1000")
+    policy = None
+    if "diversity" in entry:
+        try:
+            policy = DiversityPolicy.parse(entry["diversity"])
+        except ValueError as exc:
+            raise RowConfigError(f"{where}: {exc}") from None
     return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
-               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor)
+               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor, diversity=policy)
 
 
 def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:
