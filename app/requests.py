@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any, Mapping
 
 from facetrec.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
 from facetrec.settings import RETRIEVAL_MODES
-from facetrec.user_events import MAX_EVENTS_PER_BATCH, Event, EventBatch, parse_event_time
+from facetrec.user_events import (MAX_EVENTS_PER_BATCH, Event, EventBatch, check_item_id, check_user_id,
+                                  parse_event_time)
 
-MAX_USER_ID = 128
 MAX_ROWS = 20
 QUERY_PARAMS = {"rows", "size", "mode"}
 
@@ -29,16 +28,6 @@ class HomepageQuery:
     user_filters: list[dict]
     sizes: dict[str, int]
     mode: str | None
-
-
-def check_user_id(user_id: Any) -> str:
-    if not isinstance(user_id, str) or not user_id:
-        raise BadRequest("user_id", "must be a non-empty string")
-    if len(user_id) > MAX_USER_ID:
-        raise BadRequest("user_id", f"must be at most {MAX_USER_ID} characters")
-    if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in user_id) or user_id != user_id.strip():
-        raise BadRequest("user_id", "must not contain control, separator or surrogate characters")
-    return user_id
 
 
 def _size(raw: Any, field: str) -> int:
@@ -181,7 +170,6 @@ def _row_entry(entry: Any, catalog: RowCatalog, field: str) -> tuple[Row, int | 
 
 
 MAX_BATCH_ID = 64
-MAX_ITEM_ID = 256
 
 
 def parse_events_body(user_id: str, body: Any, now: datetime) -> EventBatch:
@@ -203,9 +191,7 @@ def parse_events_body(user_id: str, body: Any, now: datetime) -> EventBatch:
         where = f"events[{i}]"
         if not isinstance(event, dict) or set(event) - {"item_id", "ts"} or "item_id" not in event or "ts" not in event:
             raise BadRequest(where, 'an object {"item_id": string, "ts": ISO 8601 time with a zone or epoch ms}')
-        item_id = event["item_id"]
-        if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ITEM_ID or any(ord(c) < 32 for c in item_id):
-            raise BadRequest(f"{where}.item_id", f"a string of 1..{MAX_ITEM_ID} characters without control characters")
+        item_id = check_item_id(event["item_id"], f"{where}.item_id")
         try:
             at = parse_event_time(event["ts"], now)
         except ValueError as exc:

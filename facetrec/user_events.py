@@ -27,19 +27,23 @@ import logging
 import random
 import threading
 import time
+import unicodedata
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import numpy as np
 from elasticsearch import ApiError, ConflictError, Elasticsearch, NotFoundError, helpers
 
 from facetrec.es import alias_index
-from facetrec.rows import MAX_SEEN_ITEMS
+from facetrec.rows import MAX_SEEN_ITEMS, BadRequest
 from facetrec.settings import Settings
 from facetrec.user_encoder import EncoderRegistry, EncoderUnavailable
 
 log = logging.getLogger("facetrec.events")
 
 MAX_EVENTS_PER_BATCH = 100
+MAX_USER_ID = 128
+MAX_ITEM_ID = 256
 MAX_REMEMBERED_BATCHES = 64   # batch ids kept per user document: a re-sent batch is recognised
 MAX_WRITE_ATTEMPTS = 16       # optimistic-concurrency retries of one batch before giving up
 MAX_BACKOFF_S = 0.1           # retry n waits up to min(1 ms x 2^n, this), fully jittered
@@ -106,6 +110,16 @@ def event_log_index(settings: Settings) -> str:
     return f"{settings.user_alias}_events"
 
 
+@dataclasses.dataclass
+class _Plan:
+    """A user document about to be written: its vector is computed (one user or a whole batch) from history."""
+    index: str
+    history: list[str]
+    document: dict
+    encoder: Any
+    applied: Applied
+
+
 @dataclasses.dataclass(frozen=True)
 class _IndexInfo:
     model_version: str | None
@@ -137,6 +151,23 @@ class UserEvents:
         except ConflictError:
             return False
 
+    def record_many(self, batches: list[EventBatch]) -> int:
+        """Log many batches in one ``_bulk`` (write-ahead, as ``record``); returns how many were new.
+        A batch already logged (a re-run micro-batch) is left as it was; any other failure raises."""
+        if not batches:
+            return 0
+        received = self.clock()
+        operations: list[dict] = []
+        for batch in batches:
+            operations += [{"create": {"_index": self.log_index, "_id": f"{batch.user_id}/{batch.batch_id}"}},
+                           batch.log_document(received)]
+        items = [next(iter(i.values())) for i in self.es.bulk(operations=operations)["items"]]
+        failed = [i for i in items if i.get("status", 500) >= 300 and i.get("status") != 409]
+        if failed:
+            raise UserIndexUnavailable(f"{len(failed)} of {len(batches)} event batches could not be logged in "
+                                       f"{self.log_index}, first: {failed[0].get('error')}")
+        return sum(1 for i in items if i.get("status", 500) < 300)
+
     def apply(self, batch: EventBatch, user_index: str | None = None) -> Applied:
         """Append the batch to the user's history in ``user_index`` (default: the live alias) and
         recompute the vector, with optimistic concurrency. Raises EncoderUnavailable when the
@@ -144,39 +175,80 @@ class UserEvents:
         target = user_index or self.settings.user_alias
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
             doc = self._read(target)(batch.user_id)
-            index = doc["_index"] if doc else self._concrete(target)
-            info = self._index_info(index)
-            src = doc["_source"] if doc else {}
-            remembered = list(src.get("event_batch_ids") or [])
-            if batch.batch_id in remembered:
-                return Applied(batch.user_id, batch.batch_id, "duplicate", index, info.model_version, attempts=attempt)
-            encoder = self.encoders.get(info.model_version)
-            added = batch.item_ids
-            history = [*(src.get("seen_item_ids") or []), *added][-MAX_SEEN_ITEMS:]
-            unknown = sum(1 for i in added if not encoder.knows(i))
-            if not any(encoder.knows(i) for i in history):
-                return Applied(batch.user_id, batch.batch_id, "no_known_items", index, info.model_version,
-                               unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
-            document = {**src, "user_embed": [float(x) for x in encoder.user_vector(history)],
-                        "seen_item_ids": history, "updated_at": self.clock().isoformat(),
-                        "event_batch_ids": [*remembered, batch.batch_id][-MAX_REMEMBERED_BATCHES:]}
-            if doc is None:  # a user this generation does not know: paired like the bulk-loaded ones
-                document.update(generation=info.generation, item_generation=info.item_generation)
-                if info.item_vector_scale is not None:
-                    document["item_vector_scale"] = info.item_vector_scale
+            plan = self._plan(batch, doc, doc["_index"] if doc else self._concrete(target), attempt)
+            if isinstance(plan, Applied):
+                return plan
+            plan.document["user_embed"] = [float(x) for x in plan.encoder.user_vector(plan.history)]
             try:
                 if doc is None:
-                    self.es.create(index=index, id=batch.user_id, document=document)
+                    self.es.create(index=plan.index, id=batch.user_id, document=plan.document)
                 else:
-                    self.es.index(index=index, id=batch.user_id, document=document,
+                    self.es.index(index=plan.index, id=batch.user_id, document=plan.document,
                                   if_seq_no=doc["_seq_no"], if_primary_term=doc["_primary_term"])
             except ConflictError:   # another batch wrote this user since the read: read again
                 time.sleep(random.uniform(0, min(0.001 * 2 ** attempt, MAX_BACKOFF_S)))
                 continue
-            return Applied(batch.user_id, batch.batch_id, "applied", index, info.model_version,
-                           items_added=len(added), unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
+            return plan.applied
         raise ApplyConflict(f"user {batch.user_id!r}: the document changed under batch {batch.batch_id!r} "
                             f"{MAX_WRITE_ATTEMPTS} times in a row; the batch is logged, send it again")
+
+    def apply_many(self, batches: list[EventBatch], user_index: str | None = None) -> list[Applied]:
+        """``apply`` for many users at once (the streaming job's micro-batch): one ``mget``, one
+        encoder call per model, one ``_bulk`` whose writes carry ``if_seq_no``/``if_primary_term``.
+        A write that meets a conflict (an API batch wrote that user meanwhile) goes through
+        ``apply`` (re-read, retried). Results come back in the order of ``batches``; a second batch
+        of a user already in this call is applied after the first, one at a time."""
+        target = user_index or self.settings.user_alias
+        results: list[Applied | None] = [None] * len(batches)
+        first: dict[str, int] = {}
+        later: list[int] = []
+        for n, batch in enumerate(batches):
+            (later.append(n) if batch.user_id in first else first.setdefault(batch.user_id, n))
+        if first:
+            try:
+                docs = self.es.mget(index=target, ids=list(first), source_excludes=["user_embed"])["docs"]
+            except NotFoundError as exc:
+                raise UserIndexUnavailable(f"the user index {target} does not exist: publish a generation first") from exc
+            plans: list[tuple[int, dict | None, _Plan]] = []
+            for n, doc in zip(first.values(), docs):
+                if "error" in doc:
+                    raise UserIndexUnavailable(f"the user index {target} cannot be read: {doc['error']}; "
+                                               "publish a generation (`facetrec pipeline run`) or check the alias")
+                found = doc if doc.get("found") else None
+                plan = self._plan(batches[n], found, found["_index"] if found else self._concrete(target), 1)
+                if isinstance(plan, Applied):
+                    results[n] = plan
+                else:
+                    plans.append((n, found, plan))
+            by_encoder: dict[int, list[_Plan]] = {}
+            for _, _, plan in plans:
+                by_encoder.setdefault(id(plan.encoder), []).append(plan)
+            for group in by_encoder.values():
+                vectors = group[0].encoder.user_vectors(
+                    [p.history for p in group], np.zeros((len(group), len(group[0].encoder.feature_names)), np.int64))
+                for plan, vector in zip(group, vectors):
+                    plan.document["user_embed"] = [float(x) for x in vector]
+            operations: list[dict] = []
+            for n, doc, plan in plans:
+                if doc is None:
+                    operations.append({"create": {"_index": plan.index, "_id": batches[n].user_id}})
+                else:
+                    operations.append({"index": {"_index": plan.index, "_id": batches[n].user_id,
+                                                 "if_seq_no": doc["_seq_no"], "if_primary_term": doc["_primary_term"]}})
+                operations.append(plan.document)
+            retry: list[int] = []
+            if operations:
+                response = self.es.bulk(operations=operations)
+                for (n, _, plan), item in zip(plans, response["items"]):
+                    outcome = next(iter(item.values()))
+                    if outcome.get("status", 500) < 300:
+                        results[n] = plan.applied
+                    else:   # 409: written meanwhile; anything else (a rejection): apply() retries or says why
+                        retry.append(n)
+            later = retry + later
+        for n in later:
+            results[n] = self.apply(batches[n], user_index=user_index)
+        return [r for r in results if r is not None]
 
     def submit(self, batch: EventBatch) -> Applied:
         """Log, then apply (the events endpoint)."""
@@ -209,6 +281,32 @@ class UserEvents:
         return counts
 
     # ---- helpers -----------------------------------------------------------------------------------
+    def _plan(self, batch: EventBatch, doc: dict | None, index: str, attempt: int) -> "Applied | _Plan":
+        """What applying ``batch`` to the user document ``doc`` (None: the index has no such user)
+        of ``index`` means: nothing to write (a duplicate, no item the model knows) or the new
+        document, whose vector is still to be computed for ``history``."""
+        info = self._index_info(index)
+        src = doc["_source"] if doc else {}
+        remembered = list(src.get("event_batch_ids") or [])
+        if batch.batch_id in remembered:
+            return Applied(batch.user_id, batch.batch_id, "duplicate", index, info.model_version, attempts=attempt)
+        encoder = self.encoders.get(info.model_version)
+        added = batch.item_ids
+        history = [*(src.get("seen_item_ids") or []), *added][-MAX_SEEN_ITEMS:]
+        unknown = sum(1 for i in added if not encoder.knows(i))
+        if not any(encoder.knows(i) for i in history):
+            return Applied(batch.user_id, batch.batch_id, "no_known_items", index, info.model_version,
+                           unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
+        document = {**src, "seen_item_ids": history, "updated_at": self.clock().isoformat(),
+                    "event_batch_ids": [*remembered, batch.batch_id][-MAX_REMEMBERED_BATCHES:]}
+        if doc is None:  # a user this generation does not know: paired like the bulk-loaded ones
+            document.update(generation=info.generation, item_generation=info.item_generation)
+            if info.item_vector_scale is not None:
+                document["item_vector_scale"] = info.item_vector_scale
+        applied = Applied(batch.user_id, batch.batch_id, "applied", index, info.model_version, items_added=len(added),
+                          unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
+        return _Plan(index, history, document, encoder, applied)
+
     def _read(self, target: str) -> Callable[[str], dict | None]:
         def read(user_id: str) -> dict | None:
             try:
@@ -259,6 +357,24 @@ def _error_type(exc: ApiError) -> str | None:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error")
     return error.get("type") if isinstance(error, dict) else None
+
+
+def check_user_id(user_id: Any) -> str:
+    """A user id as the API and the stream accept it (BadRequest naming ``user_id`` otherwise)."""
+    if not isinstance(user_id, str) or not user_id:
+        raise BadRequest("user_id", "must be a non-empty string")
+    if len(user_id) > MAX_USER_ID:
+        raise BadRequest("user_id", f"must be at most {MAX_USER_ID} characters")
+    if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in user_id) or user_id != user_id.strip():
+        raise BadRequest("user_id", "must not contain control, separator or surrogate characters")
+    return user_id
+
+
+def check_item_id(item_id: Any, field: str = "item_id") -> str:
+    """An event's item id: 1..MAX_ITEM_ID characters, no control characters (BadRequest naming ``field``)."""
+    if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ITEM_ID or any(ord(c) < 32 for c in item_id):
+        raise BadRequest(field, f"a string of 1..{MAX_ITEM_ID} characters without control characters")
+    return item_id
 
 
 def parse_event_time(value: Any, now: datetime, max_future_s: float = 300.0) -> datetime:

@@ -1,5 +1,6 @@
 """`facetrec events replay --since T`: re-apply logged event batches to the live user generation
-(what a publish does on its own after a swap; for when that step failed or an encoder was missing)."""
+(what a publish does on its own after a swap; for when that step failed or an encoder was missing).
+`facetrec events stream --source DIR --checkpoint DIR`: the streaming user-vector update."""
 
 from __future__ import annotations
 
@@ -34,6 +35,39 @@ def cmd_events_replay(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_events_stream(args, settings: Settings) -> int:
+    """Run the streaming user-vector update until stopped (Ctrl-C / SIGTERM stop it between
+    micro-batches; a kill in the middle is safe: the epoch runs again and applies nothing twice)."""
+    import sys
+
+    from facetrec.es import make_client
+    from facetrec.metrics import make_metrics
+    from facetrec.user_encoder import EncoderRegistry
+    from facetrec.user_events import UserEvents
+    from ingest.embedding.spark import make_spark_session
+    from ingest.streaming.user_events_stream import start_user_events_stream
+
+    def say(message: str) -> None:
+        print(f"facetrec: {message}", file=sys.stderr, flush=True)
+
+    events = UserEvents(make_client(settings, request_timeout=120), settings, EncoderRegistry(settings.models_root))
+    spark = make_spark_session("facetrec-user-events-stream")
+    query, writer = start_user_events_stream(
+        spark, args.source, args.checkpoint, events, available_now=args.available_now, interval_s=args.interval_s,
+        max_files_per_trigger=args.max_files_per_trigger, metrics=make_metrics(settings, "stream"), progress=say)
+    say(f"stream {writer.stream}: reading {args.source}, checkpoint {args.checkpoint}"
+        + (" (what is there now, then stop)" if args.available_now else f" (every {args.interval_s} s; Ctrl-C stops)"))
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        say("stopping after the running micro-batch")
+        query.stop()
+    finally:
+        spark.stop()
+    print(json.dumps({"stream": writer.stream, **writer.totals}))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     events = sub.add_parser("events", help="the event log of the events API")
     esub = events.add_subparsers(dest="events_command", required=True)
@@ -42,3 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", required=True, type=_time, help="ISO 8601 time; batches with a newer event are applied")
     p.add_argument("--user-index", help="a concrete user generation (default: the one the user alias names)")
     p.set_defaults(func=cmd_events_replay)
+    p = esub.add_parser("stream", help="apply event files (JSON lines: user_id, item_id, ts) landing in a directory "
+                                       "to the live user generation, as a Spark Structured Streaming job")
+    p.add_argument("--source", required=True, help="directory the event files land in")
+    p.add_argument("--checkpoint", required=True, help="the stream's checkpoint directory (keep it: restarts "
+                                                       "resume there and apply nothing twice)")
+    p.add_argument("--available-now", action="store_true", help="process the files there now, then stop")
+    p.add_argument("--interval-s", type=float, default=1.0, help="micro-batch interval (default 1 s)")
+    p.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch (default: all new files)")
+    p.set_defaults(func=cmd_events_stream)

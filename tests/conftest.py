@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 
+import numpy as np
 import pytest
 
 from facetrec import es_local
@@ -85,3 +86,31 @@ def published(es, es_settings):
         es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-{family}-template")
 
 
+EVENTS_MODEL = "m-events"
+
+
+@pytest.fixture(scope="module")
+def events_pair(es, es_settings, tmp_path_factory):
+    """(Per test module) one published pair (flat, exact) whose users' vectors come from SeededUserModel, with its
+    exported encoder registered under a models root."""
+    from facetrec import user_encoder
+    from ingest.embedding.seeded_encoder import SeededUserModel
+    from ingest.embedding.synthetic import embedding_records
+    from ingest.indexing.reindex import run_reindex
+
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    root = tmp_path_factory.mktemp("events")
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat", models_root=root / "models")
+    items, users, item_vectors, _ = embedding_records(n_items=800, n_users=40, dims=64, seed=21)
+    model = SeededUserModel(np.asarray(item_vectors, np.float32), [i["item_id"] for i in items])
+    users = [{**u, "user_embed": model.user_vector(u["seen_item_ids"])} for u in users]
+    model.export(root / "embeddings")
+    user_encoder.register(root / "embeddings", settings.models_root, EVENTS_MODEL)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    run_reindex(es, settings, catalog, items=items, users=users, model_version=EVENTS_MODEL, generation="20260101-000001",
+                progress=False, sample_users=3)
+    yield settings, catalog, items, users, model
+    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+    for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
+        es.indices.delete_index_template(name=template["name"])

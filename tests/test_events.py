@@ -16,17 +16,15 @@ from datetime import datetime, timedelta, timezone
 import jsonschema
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from app import create_app
 from facetrec_cli import main
-from facetrec.rows import RowCatalog
 from facetrec.user_encoder import EncoderRegistry
 from facetrec.user_events import EventBatch, Event, UserEvents, event_log_index, parse_event_time
+from conftest import EVENTS_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = "m-events"
 NOW = datetime.now(timezone.utc)
 
 
@@ -34,64 +32,9 @@ def _ts(seconds_ago: float) -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).isoformat()
 
 
-class NightlyModel:
-    """A seeded user tower over a frozen item table: the eager computation the nightly job does."""
-
-    def __init__(self, item_vectors: np.ndarray, item_ids: list[str], max_len: int = 50):
-        from ingest.embedding.model import ModelConfig, SequenceUserEncoder, UserTower
-
-        torch.manual_seed(7)
-        self.max_len = max_len
-        self.table = np.vstack([np.zeros((1, item_vectors.shape[1]), np.float32), item_vectors]).astype(np.float32)
-        self.index = {item_id: i + 1 for i, item_id in enumerate(item_ids)}
-        self.tower = UserTower(ModelConfig(dim=item_vectors.shape[1], max_len=max_len, dropout=0.0), []).eval()
-        self.eager = SequenceUserEncoder(self.tower, torch.from_numpy(self.table)).eval()
-
-    def user_vector(self, history: list[str]) -> np.ndarray:
-        from facetrec.user_encoder import left_pad
-
-        seq = np.array([self.index[i] for i in history if i in self.index], dtype=np.int64)
-        with torch.no_grad():
-            return self.eager(torch.from_numpy(left_pad([seq], self.max_len)), torch.zeros((1, 0), dtype=torch.int64))[0].numpy()
-
-    def export(self, out) -> None:
-        from ingest.embedding.embed import save_user_encoder
-
-        os.makedirs(out, exist_ok=True)
-        save_user_encoder(self.tower, self.table, out, max_len=self.max_len, item_index=self.index,
-                          feature_names=[], feature_vocab={}, example_histories=[np.array([1, 2, 3])],
-                          example_features=np.zeros((1, 0), dtype=np.int64))
-
-
 @pytest.fixture(scope="module")
-def pair(es, es_settings, tmp_path_factory):
-    """One published pair (flat, exact) whose users' vectors come from NightlyModel, with its
-    exported encoder registered under a models root."""
-    from facetrec import user_encoder
-    from ingest.embedding.synthetic import embedding_records
-    from ingest.indexing.reindex import run_reindex
-
-    prefix = f"ev-{uuid.uuid4().hex[:8]}"
-    root = tmp_path_factory.mktemp("events")
-    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
-                                   index_type="flat", models_root=root / "models")
-    items, users, item_vectors, _ = embedding_records(n_items=800, n_users=40, dims=64, seed=21)
-    model = NightlyModel(np.asarray(item_vectors, np.float32), [i["item_id"] for i in items])
-    users = [{**u, "user_embed": model.user_vector(u["seen_item_ids"])} for u in users]
-    model.export(root / "embeddings")
-    user_encoder.register(root / "embeddings", settings.models_root, MODEL)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
-    run_reindex(es, settings, catalog, items=items, users=users, model_version=MODEL, generation="20260101-000001",
-                progress=False, sample_users=3)
-    yield settings, catalog, items, users, model
-    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
-    for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
-        es.indices.delete_index_template(name=template["name"])
-
-
-@pytest.fixture(scope="module")
-def client(pair):
-    settings, catalog, *_ = pair
+def client(events_pair):
+    settings, catalog, *_ = events_pair
     return create_app(settings, catalog).test_client()
 
 
@@ -101,8 +44,8 @@ def user_doc(es, settings, user_id):
                                                                            "item_generation"])
 
 
-def test_events_recompute_the_vector_like_the_nightly_job_and_the_next_page_shows_it(es, client, pair):
-    settings, _, items, users, model = pair
+def test_events_recompute_the_vector_like_the_nightly_job_and_the_next_page_shows_it(es, client, events_pair):
+    settings, _, items, users, model = events_pair
     user = users[0]
     fresh = [i["item_id"] for i in items[700:703]]
     # Sent out of order: the history takes them in event-time order.
@@ -114,7 +57,7 @@ def test_events_recompute_the_vector_like_the_nightly_job_and_the_next_page_show
     spec = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
     jsonschema.Draft202012Validator({"$ref": "#/components/schemas/EventsApplied", "components": spec["components"]}
                                     ).validate(result)
-    assert result["status"] == "applied" and result["items_added"] == 3 and result["model_version"] == MODEL
+    assert result["status"] == "applied" and result["items_added"] == 3 and result["model_version"] == EVENTS_MODEL
     assert not result["new_user"] and result["unknown_to_model"] == 0
 
     src = user_doc(es, settings, user["user_id"])["_source"]
@@ -131,8 +74,8 @@ def test_events_recompute_the_vector_like_the_nightly_job_and_the_next_page_show
         assert item["score"] == pytest.approx(float(vectors[item["id"]] @ np.asarray(src["user_embed"])), abs=1e-3)
 
 
-def test_a_resent_batch_changes_nothing(es, client, pair):
-    settings, _, items, users, _ = pair
+def test_a_resent_batch_changes_nothing(es, client, events_pair):
+    settings, _, items, users, _ = events_pair
     user = users[1]["user_id"]
     body = {"batch_id": "retry-1", "events": [{"item_id": items[710]["item_id"], "ts": _ts(5)}]}
     assert client.post(f"/v1/users/{user}/events", json=body).get_json()["status"] == "applied"
@@ -143,8 +86,8 @@ def test_a_resent_batch_changes_nothing(es, client, pair):
     assert after["_seq_no"] == before["_seq_no"] and after["_source"] == before["_source"]
 
 
-def test_a_new_user_gets_a_vector_and_personalized_rows_after_the_first_events(es, client, pair):
-    settings, _, items, _, model = pair
+def test_a_new_user_gets_a_vector_and_personalized_rows_after_the_first_events(es, client, events_pair):
+    settings, _, items, _, model = events_pair
     user = f"newcomer-{uuid.uuid4().hex[:6]}"
     assert client.get(f"/v1/users/{user}/homepage?rows=for_you").get_json()["rows"][0]["source"] == "popular"
     chosen = [items[5]["item_id"], items[9]["item_id"], "never-heard-of-it"]
@@ -159,10 +102,10 @@ def test_a_new_user_gets_a_vector_and_personalized_rows_after_the_first_events(e
     assert not set(chosen) & {i["id"] for i in page["rows"][0]["items"]}
 
 
-def test_concurrent_batches_of_one_user_never_lose_an_event(es, pair):
+def test_concurrent_batches_of_one_user_never_lose_an_event(es, events_pair):
     """Eight writers (as eight gunicorn workers would be), five batches each, one user: every event
     lands, and the vector is the encoder's for the final history (optimistic concurrency)."""
-    settings, _, items, users, model = pair
+    settings, _, items, users, model = events_pair
     user = users[2]
     writers = [UserEvents(es, settings, EncoderRegistry(settings.models_root)) for _ in range(8)]
     sent: list[str] = []
@@ -189,12 +132,12 @@ def test_concurrent_batches_of_one_user_never_lose_an_event(es, pair):
     np.testing.assert_allclose(src["user_embed"], model.user_vector(src["seen_item_ids"]), atol=1e-5)
 
 
-def test_batches_logged_around_a_swap_reach_the_new_generation(es, pair, monkeypatch, capsys):
+def test_batches_logged_around_a_swap_reach_the_new_generation(es, events_pair, monkeypatch, capsys):
     """Event traffic while a new generation is published (its users from the batch input, without
     these events): every accepted batch is in the new live generation afterwards."""
     from ingest.indexing.reindex import run_reindex
 
-    settings, catalog, items, users, _ = pair
+    settings, catalog, items, users, _ = events_pair
     since = datetime.now(timezone.utc) - timedelta(seconds=1)
     writer = UserEvents(es, settings, EncoderRegistry(settings.models_root))
     accepted: dict[str, list[str]] = {}
@@ -214,7 +157,7 @@ def test_batches_logged_around_a_swap_reach_the_new_generation(es, pair, monkeyp
     thread.start()
     try:
         time.sleep(0.5)
-        summary = run_reindex(es, settings, catalog, items=None, users=users, model_version=MODEL,
+        summary = run_reindex(es, settings, catalog, items=None, users=users, model_version=EVENTS_MODEL,
                               generation="20260101-000002", progress=False, sample_users=3, events_since=since)
         time.sleep(0.3)
     finally:
@@ -236,8 +179,8 @@ def test_batches_logged_around_a_swap_reach_the_new_generation(es, pair, monkeyp
     assert again["applied"] == 0 and again["duplicate"] == again["batches"] > 0, "a second replay must change nothing"
 
 
-def test_without_the_live_models_encoder_the_batch_is_logged_and_the_answer_is_503(es, pair, tmp_path):
-    settings, catalog, items, users, _ = pair
+def test_without_the_live_models_encoder_the_batch_is_logged_and_the_answer_is_503(es, events_pair, tmp_path):
+    settings, catalog, items, users, _ = events_pair
     app = create_app(settings.replace(models_root=tmp_path / "empty"), catalog)
     response = app.test_client().post(f"/v1/users/{users[3]['user_id']}/events",
                                       json={"batch_id": "no-encoder", "events": [{"item_id": items[1]["item_id"],

@@ -1,0 +1,1 @@
+"""Streaming jobs: the near-real-time user-vector update (user_events_stream)."""
