@@ -97,6 +97,7 @@ class MicroBatchWriter:
         self.users_per_write = users_per_write
         self.totals = {"epochs": 0, "events": 0, "rejected": 0, "users": 0, "applied": 0, "duplicate": 0,
                        "no_known_items": 0}
+        self.batches: list[dict] = []   # what each micro-batch of this run did (counts, seconds)
 
     def __call__(self, df, epoch_id: int) -> None:
         self.apply(df.select("user_id", "item_id", "ts").collect(), epoch_id)
@@ -114,6 +115,8 @@ class MicroBatchWriter:
             for result in self.events.apply_many(chunk):
                 counts[result.status] += 1
         seconds = time.perf_counter() - started
+        counts["seconds"] = seconds
+        self.batches.append(counts)
         for key in self.totals:
             self.totals[key] += 1 if key == "epochs" else counts.get(key, 0)
         self.metrics.timing("stream.micro_batch", seconds * 1000)
@@ -123,7 +126,7 @@ class MicroBatchWriter:
         for status in ("applied", "duplicate", "no_known_items"):
             if counts[status]:
                 self.metrics.increment("stream.user_batches", [f"status:{status}"], value=counts[status])
-        log.info("micro-batch applied", extra={"event": "stream_micro_batch", **counts, "seconds": round(seconds, 3)})
+        log.info("micro-batch applied", extra={"event": "stream_micro_batch", **counts})
         if self.progress and rows:
             rate = len(rows) / seconds if seconds > 0 else float("inf")
             self.progress(f"epoch {epoch_id}: {len(rows)} events of {len(batches)} users in {seconds:.2f} s "
