@@ -18,6 +18,7 @@ INDEX_TYPES = ("flat", "hnsw", "int8_hnsw", "int8_flat")
 QUANTIZED_INDEX_TYPES = ("int8_hnsw", "int8_flat")
 RETRIEVAL_MODES = ("knn", "script_score")
 SCRIPT_LANGS = ("auto", "painless", "facetrec_vector")
+HNSW_FILTER_HEURISTICS = ("acorn", "fanout")
 
 
 class SettingsError(ValueError):
@@ -44,6 +45,7 @@ class Settings:
     index_type: str = "hnsw"               # FACETREC_INDEX_TYPE: flat | hnsw | int8_hnsw | int8_flat
     hnsw_m: int = 16                       # FACETREC_HNSW_M
     hnsw_ef_construction: int = 100        # FACETREC_HNSW_EF_CONSTRUCTION
+    hnsw_filter_heuristic: str = "acorn"   # FACETREC_HNSW_FILTER_HEURISTIC: acorn | fanout (filtered graph search; README)
     mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.mips)
     shards: int = 1                        # FACETREC_SHARDS
     replicas: int = 0                      # FACETREC_REPLICAS
@@ -73,6 +75,9 @@ class Settings:
             raise SettingsError(f"FACETREC_SIMILARITY={self.similarity!r}: expected one of {SIMILARITIES}")
         if self.index_type not in INDEX_TYPES:
             raise SettingsError(f"FACETREC_INDEX_TYPE={self.index_type!r}: expected one of {INDEX_TYPES}")
+        if self.hnsw_filter_heuristic not in HNSW_FILTER_HEURISTICS:
+            raise SettingsError(f"FACETREC_HNSW_FILTER_HEURISTIC={self.hnsw_filter_heuristic!r}: expected one of "
+                                f"{HNSW_FILTER_HEURISTICS}")
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise SettingsError(f"FACETREC_RETRIEVAL_MODE={self.retrieval_mode!r}: expected one of {RETRIEVAL_MODES}")
         if self.script_lang not in SCRIPT_LANGS:
@@ -139,6 +144,7 @@ _ENV_NAMES = {
     "index_type": "FACETREC_INDEX_TYPE",
     "hnsw_m": "FACETREC_HNSW_M",
     "hnsw_ef_construction": "FACETREC_HNSW_EF_CONSTRUCTION",
+    "hnsw_filter_heuristic": "FACETREC_HNSW_FILTER_HEURISTIC",
     "mips_reduction": "FACETREC_MIPS_REDUCTION",
     "shards": "FACETREC_SHARDS",
     "replicas": "FACETREC_REPLICAS",

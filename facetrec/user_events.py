@@ -203,19 +203,25 @@ class UserEvents:
         first: dict[str, int] = {}
         later: list[int] = []
         for n, batch in enumerate(batches):
-            (later.append(n) if batch.user_id in first else first.setdefault(batch.user_id, n))
+            if batch.user_id in first:
+                later.append(n)
+            else:
+                first[batch.user_id] = n
         if first:
             try:
                 docs = self.es.mget(index=target, ids=list(first), source_excludes=["user_embed"])["docs"]
             except NotFoundError as exc:
                 raise UserIndexUnavailable(f"the user index {target} does not exist: publish a generation first") from exc
             plans: list[tuple[int, dict | None, _Plan]] = []
+            concrete: list[str] = []   # where users the index does not know are created (resolved once)
             for n, doc in zip(first.values(), docs):
                 if "error" in doc:
                     raise UserIndexUnavailable(f"the user index {target} cannot be read: {doc['error']}; "
                                                "publish a generation (`facetrec pipeline run`) or check the alias")
                 found = doc if doc.get("found") else None
-                plan = self._plan(batches[n], found, found["_index"] if found else self._concrete(target), 1)
+                if found is None and not concrete:
+                    concrete.append(self._concrete(target))
+                plan = self._plan(batches[n], found, found["_index"] if found else concrete[0], 1)
                 if isinstance(plan, Applied):
                     results[n] = plan
                 else:

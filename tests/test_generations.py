@@ -680,3 +680,15 @@ def test_a_page_whose_user_vector_and_items_belong_to_different_pairs_is_refused
         while b"mixed_generation_refused" not in seen and time.monotonic() < deadline:
             seen += listener.recv(65536) + b"\n"
     assert seen.count(b"homepage.mixed_generation_retry") >= 3 and b"homepage.mixed_generation_refused" in seen
+
+
+@pytest.mark.parametrize("heuristic", ["acorn", "fanout"])
+def test_graph_indices_get_the_configured_filter_heuristic_and_templates_stay_idempotent(es, settings, heuristic):
+    """FACETREC_HNSW_FILTER_HEURISTIC reaches new graph generations (how Lucene walks the graph under
+    a row's filter); a second apply of the same templates writes nothing."""
+    settings = settings.replace(index_type="hnsw", hnsw_filter_heuristic=heuristic)
+    assert templates.apply(es, settings, "m1")
+    assert templates.apply(es, settings, "m1") == []
+    index = Generations(es, settings).create("item", "20260101-000000", "m1")
+    got = es.indices.get_settings(index=index, name="index.dense_vector.hnsw_filter_heuristic")
+    assert got[index]["settings"]["index"]["dense_vector"]["hnsw_filter_heuristic"] == heuristic

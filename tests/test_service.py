@@ -492,6 +492,8 @@ def test_bad_settings_fail_at_start_naming_the_variable():
             Settings.from_env({"FACETREC_NUM_CANDIDATES_FACTOR": raw})
     with pytest.raises(SettingsError, match="FACETREC_API_TOKENS"):
         Settings.from_env({"FACETREC_API_TOKENS": "short"})
+    with pytest.raises(SettingsError, match="FACETREC_HNSW_FILTER_HEURISTIC"):
+        Settings.from_env({"FACETREC_HNSW_FILTER_HEURISTIC": "exact"})
     secret = Settings.from_env({"FACETREC_API_TOKENS": "s3cret-token-0123456789"})
     assert "s3cret" not in repr(secret) and secret.api_token_list == ["s3cret-token-0123456789"]
 

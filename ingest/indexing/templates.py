@@ -45,6 +45,9 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
             props["item_embed"].update(dims=settings.vector_dims + (1 if reduced else 0),
                                        similarity="dot_product" if reduced else settings.similarity,
                                        index_options=_index_options(settings))
+            if settings.index_type in ("hnsw", "int8_hnsw"):
+                # How a filtered search walks the graph (dynamic; see the README's "Where the time goes").
+                index_settings["dense_vector.hnsw_filter_heuristic"] = settings.hnsw_filter_heuristic
         elif family == "user":
             props["user_embed"]["dims"] = settings.vector_dims
         body["_meta"] = {**body.get("_meta", {}), "model_version": model_version}
@@ -70,11 +73,22 @@ def apply(es: Elasticsearch, settings: Settings, model_version: str) -> list[str
     return written
 
 
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} and {"a.b": 1} alike (Elasticsearch returns settings nested)."""
+    flat: dict = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _same(existing: dict, desired: dict) -> bool:
     """Compare a stored template with a desired one, normalising what Elasticsearch rewrites."""
     def norm(t: dict) -> dict:
         settings = t.get("template", {}).get("settings", {})
-        flat = settings.get("index", settings)
+        flat = _flatten(settings.get("index", settings))
         return {
             "index_patterns": sorted(t.get("index_patterns", [])),
             "priority": t.get("priority"),
