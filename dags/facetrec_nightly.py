@@ -25,10 +25,17 @@ def _conf() -> dict:
     return {
         "dataset": os.environ.get("FACETREC_DATASET", "movielens-100k"),
         "work_root": os.environ.get("FACETREC_WORK_ROOT", "/var/lib/facetrec/runs"),
-        "models_root": os.environ.get("FACETREC_MODELS_ROOT", "/var/lib/facetrec/models"),
+        "models_root": _models_root(),
         "train_weekday": int(os.environ.get("FACETREC_TRAIN_WEEKDAY", "6")),
         "rows": os.environ.get("FACETREC_ROWS_CONFIG") or None,
     }
+
+
+def _models_root() -> str:
+    """FACETREC_MODELS_ROOT with the service's default: the publish step registers encoders there too."""
+    from facetrec.settings import Settings
+
+    return str(Settings.from_env().models_root)
 
 
 def _interval_end() -> datetime:
