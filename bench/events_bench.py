@@ -77,18 +77,8 @@ def publish(es, settings: Settings, args, models_root: Path) -> list[dict]:
 
 
 def post_json(url: str, body: dict) -> tuple[float, int]:
-    started = time.perf_counter()
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            r.read()
-            status = r.status
-    except urllib.error.HTTPError as e:
-        status = e.code
-    except OSError:
-        status = 0
-    return (time.perf_counter() - started) * 1000, status
+    return http_get(urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                           headers={"Content-Type": "application/json"}))
 
 
 def send_events(base: str, es, settings: Settings, user_ids: list[str], item_ids: list[str], rps: float,

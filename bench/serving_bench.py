@@ -82,7 +82,8 @@ def start_service(settings: Settings, port: int) -> subprocess.Popen:
                            "FACETREC_LOG_LEVEL": "warning", "ES_REQUEST_TIMEOUT_S": "2"}, f"127.0.0.1:{port}")
 
 
-def http_get(url: str) -> tuple[float, int]:
+def http_get(url: "str | urllib.request.Request") -> tuple[float, int]:
+    """(latency ms, status; 0 when no answer) of one request (a URL: GET)."""
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
