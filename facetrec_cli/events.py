@@ -36,8 +36,8 @@ def cmd_events_replay(args, settings: Settings) -> int:
 
 
 def cmd_events_stream(args, settings: Settings) -> int:
-    """Run the streaming user-vector update until stopped (Ctrl-C / SIGTERM stop it between
-    micro-batches; a kill in the middle is safe: the epoch runs again and applies nothing twice)."""
+    """Run the streaming user-vector update until stopped (Ctrl-C, or any kill: a micro-batch cut
+    short runs again on restart from the checkpoint and applies nothing twice)."""
     import sys
 
     from facetrec.es import make_client
@@ -60,7 +60,7 @@ def cmd_events_stream(args, settings: Settings) -> int:
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
-        say("stopping after the running micro-batch")
+        say("stopping; a micro-batch cut short runs again on restart (nothing is applied twice)")
         query.stop()
     finally:
         spark.stop()
