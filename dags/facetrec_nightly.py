@@ -32,10 +32,9 @@ def _conf() -> dict:
 
 
 def _models_root() -> str:
-    """FACETREC_MODELS_ROOT with the service's default: the publish step registers encoders there too."""
-    from facetrec.settings import Settings
+    from ingest import dag_tasks
 
-    return str(Settings.from_env().models_root)
+    return dag_tasks.models_root()
 
 
 def _interval_end() -> datetime:

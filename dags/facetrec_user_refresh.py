@@ -25,9 +25,7 @@ def facetrec_user_refresh():
         ctx = get_current_context()
         end = ctx.get("data_interval_end") or ctx["logical_date"]
         work_root = os.environ.get("FACETREC_WORK_ROOT", "/var/lib/facetrec/runs")
-        from facetrec.settings import Settings
-
-        models_root = str(Settings.from_env().models_root)   # where the publish step registers encoders too
+        models_root = dag_tasks.models_root()
         work_dir = dag_tasks.work_dir_for(work_root, end) + "-users"
         dag_tasks.prepare(os.environ.get("FACETREC_DATASET", "movielens-100k"), work_dir)
         dag_tasks.etl(work_dir)

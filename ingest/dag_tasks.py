@@ -37,6 +37,14 @@ def etl(work_dir: str) -> dict:
     return pipeline.step_etl(work_dir)
 
 
+def models_root() -> str:
+    """Where the DAGs keep the latest model: FACETREC_MODELS_ROOT with the service's default, the
+    root the publish step registers each model version's encoder under."""
+    from facetrec.settings import Settings
+
+    return str(Settings.from_env().models_root)
+
+
 def train_or_reuse(work_dir: str, models_root: str, due: bool, model_overrides: dict | None = None,
                    train_overrides: dict | None = None) -> dict:
     """Train when the weekly retrain is due (or no usable model exists); otherwise reuse the latest
