@@ -181,7 +181,7 @@ def stream_part(es, settings: Settings, args, models_root: Path, items: list[dic
             if query.exception():
                 raise RuntimeError(query.exception())
             t = writer.totals
-            micro = [b["seconds"] for b in writer.batches]
+            micro = [b["seconds"] for b in writer.micro_batches]
             results.append({"files_per_trigger": files_per_trigger, "events": t["events"], "epochs": t["epochs"],
                             "users_per_batch": t["users"] / max(t["epochs"], 1), "applied": t["applied"],
                             "wall_s": wall, "events_per_s": t["events"] / wall,

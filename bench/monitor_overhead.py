@@ -54,9 +54,10 @@ def main() -> int:
                                            index_type=args.index_type)
     catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
     es = make_client(settings, request_timeout=900)
-    _, users, _, _ = embedding_records(min(args.items, 1000) if args.reuse else args.items, args.users, dims=64, seed=1)
+    # --reuse needs only the user ids, which do not depend on the catalog's size: a small one does.
+    items, users, _, _ = embedding_records(min(args.items, 1000) if args.reuse else args.items, args.users, dims=64,
+                                           seed=1)
     if not args.reuse:
-        items, users, _, _ = embedding_records(args.items, args.users, dims=64, seed=1)
         es.indices.delete(index="bench-*", ignore_unavailable=True)
         run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
                     force_merge=args.index_type != "flat")

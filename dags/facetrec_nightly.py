@@ -22,19 +22,15 @@ DEFAULT_ARGS = {"owner": "recommendations", "retries": 2, "retry_delay": timedel
 
 
 def _conf() -> dict:
+    from ingest import dag_tasks
+
     return {
         "dataset": os.environ.get("FACETREC_DATASET", "movielens-100k"),
         "work_root": os.environ.get("FACETREC_WORK_ROOT", "/var/lib/facetrec/runs"),
-        "models_root": _models_root(),
+        "models_root": dag_tasks.models_root(),
         "train_weekday": int(os.environ.get("FACETREC_TRAIN_WEEKDAY", "6")),
         "rows": os.environ.get("FACETREC_ROWS_CONFIG") or None,
     }
-
-
-def _models_root() -> str:
-    from ingest import dag_tasks
-
-    return dag_tasks.models_root()
 
 
 def _interval_end() -> datetime:

@@ -263,7 +263,7 @@ def _item_vectors(hits: list[dict], user: UserVector | None) -> dict[str, list[f
     if not vectors:
         return None
     if user is not None and user.item_vector_scale is not None:
-        return {item_id: vector[:-1] for item_id, vector in vectors.items()}
+        return {item_id: mips.model_direction(vector) for item_id, vector in vectors.items()}
     return vectors
 
 

@@ -31,15 +31,13 @@ from facetrec import scoring
 if TYPE_CHECKING:
     from facetrec.settings import Settings
 
-GRAPH_INDEX_TYPES = ("hnsw", "int8_hnsw")
-
 
 def applies(settings: "Settings") -> bool:
     """Whether a new item generation stores reduced vectors (``FACETREC_MIPS_REDUCTION``, on by
     default): only for the model's raw inner product on a graph index; an exact ``flat`` scan ranks
     raw vectors exactly already."""
     return (settings.mips_reduction and settings.similarity == "max_inner_product"
-            and settings.index_type in GRAPH_INDEX_TYPES)
+            and settings.graph_index)
 
 
 def item_vector(vector: Sequence[float], scale: float) -> list[float]:
@@ -51,6 +49,12 @@ def item_vector(vector: Sequence[float], scale: float) -> list[float]:
         raise ValueError(f"vector norm {math.sqrt(squared) * scale:.6g} exceeds the generation's item vector "
                          f"scale {scale:.6g}")
     return values + [math.sqrt(1.0 - squared) if squared < 1.0 else 0.0]
+
+
+def model_direction(stored: Sequence[float]) -> list[float]:
+    """A stored (reduced) item vector without its extra coordinate: ``x / M``, the model's raw
+    vector up to the generation's scale (what a cosine between two items needs)."""
+    return list(stored[:-1])
 
 
 def item_vectors(vectors: np.ndarray, scale: float) -> np.ndarray:

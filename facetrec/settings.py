@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SIMILARITIES = ("max_inner_product", "dot_product", "cosine")
 INDEX_TYPES = ("flat", "hnsw", "int8_hnsw", "int8_flat")
 QUANTIZED_INDEX_TYPES = ("int8_hnsw", "int8_flat")
+GRAPH_INDEX_TYPES = ("hnsw", "int8_hnsw")   # HNSW graphs: approximate search, graph options, filter heuristic
 RETRIEVAL_MODES = ("knn", "script_score")
 SCRIPT_LANGS = ("auto", "painless", "facetrec_vector")
 HNSW_FILTER_HEURISTICS = ("acorn", "fanout")
@@ -113,6 +114,11 @@ class Settings:
                 continue
             kwargs[field.name] = _parse(var, raw, field.type)
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def graph_index(self) -> bool:
+        """Whether item generations are HNSW graphs (approximate search; graph and filter options apply)."""
+        return self.index_type in GRAPH_INDEX_TYPES
 
     @property
     def api_token_list(self) -> list[str]:

@@ -213,15 +213,15 @@ class UserEvents:
             except NotFoundError as exc:
                 raise UserIndexUnavailable(f"the user index {target} does not exist: publish a generation first") from exc
             plans: list[tuple[int, dict | None, _Plan]] = []
-            concrete: list[str] = []   # where users the index does not know are created (resolved once)
+            new_users_index: str | None = None   # where users the index does not know are created (resolved once)
             for n, doc in zip(first.values(), docs):
                 if "error" in doc:
                     raise UserIndexUnavailable(f"the user index {target} cannot be read: {doc['error']}; "
                                                "publish a generation (`facetrec pipeline run`) or check the alias")
                 found = doc if doc.get("found") else None
-                if found is None and not concrete:
-                    concrete.append(self._concrete(target))
-                plan = self._plan(batches[n], found, found["_index"] if found else concrete[0], 1)
+                if found is None and new_users_index is None:
+                    new_users_index = self._concrete(target)
+                plan = self._plan(batches[n], found, found["_index"] if found else new_users_index, 1)
                 if isinstance(plan, Applied):
                     results[n] = plan
                 else:

@@ -131,7 +131,7 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
     report = p["etl"] / "report.json"
     events_until = json.loads(report.read_text()).get("events_until") if report.is_file() else None
     recall_sample = None
-    if not users_only and settings.index_type in ("hnsw", "int8_hnsw"):
+    if not users_only and settings.graph_index:
         items = pq.read_table(items_path, columns=["item_id", "item_embed"]).to_pydict()
         users = pq.read_table(users_path, columns=["user_embed"]).slice(0, 50).to_pydict()
         recall_sample = (np.array(users["user_embed"], dtype=np.float32), items["item_id"],

@@ -166,7 +166,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
             validation = ValidationReport()
             check_rows(es, target, catalog.homepage_rows(), sample_user_ids(es, user_index, sample_users))
             validation.checks += ["vectors", "bulk", "count", "rows"]
-            if recall_sample is not None and settings.index_type in ("hnsw", "int8_hnsw") and "item" in families:
+            if recall_sample is not None and settings.graph_index and "item" in families:
                 user_vectors, item_ids, item_vectors = recall_sample
                 validation.recall = check_recall(es, item_index, user_vectors, item_ids, item_vectors, k=10,
                                                  num_candidates=100, minimum=min_recall, item_vector_scale=scale)

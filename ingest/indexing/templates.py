@@ -45,7 +45,7 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
             props["item_embed"].update(dims=settings.vector_dims + (1 if reduced else 0),
                                        similarity="dot_product" if reduced else settings.similarity,
                                        index_options=_index_options(settings))
-            if settings.index_type in ("hnsw", "int8_hnsw"):
+            if settings.graph_index:
                 # How a filtered search walks the graph (dynamic; see the README's "Where the time goes").
                 index_settings["dense_vector.hnsw_filter_heuristic"] = settings.hnsw_filter_heuristic
         elif family == "user":
@@ -56,7 +56,7 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
 
 
 def _index_options(settings: Settings) -> dict:
-    if settings.index_type in ("hnsw", "int8_hnsw"):
+    if settings.graph_index:
         return {"type": settings.index_type, "m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction}
     return {"type": settings.index_type}
 

@@ -95,9 +95,13 @@ class MicroBatchWriter:
         self.metrics = metrics or NoMetrics()
         self.progress = progress
         self.users_per_write = users_per_write
-        self.totals = {"epochs": 0, "events": 0, "rejected": 0, "users": 0, "applied": 0, "duplicate": 0,
-                       "no_known_items": 0}
-        self.batches: list[dict] = []   # what each micro-batch of this run did (counts, seconds)
+        self.micro_batches: list[dict] = []   # what each micro-batch of this run did (counts, seconds)
+
+    @property
+    def totals(self) -> dict:
+        """This run's micro-batches summed (``epochs``: how many ran)."""
+        keys = ("events", "rejected", "users", "applied", "duplicate", "no_known_items")
+        return {"epochs": len(self.micro_batches), **{k: sum(b[k] for b in self.micro_batches) for k in keys}}
 
     def __call__(self, df, epoch_id: int) -> None:
         self.apply(df.select("user_id", "item_id", "ts").collect(), epoch_id)
@@ -116,9 +120,7 @@ class MicroBatchWriter:
                 counts[result.status] += 1
         seconds = time.perf_counter() - started
         counts["seconds"] = seconds
-        self.batches.append(counts)
-        for key in self.totals:
-            self.totals[key] += 1 if key == "epochs" else counts.get(key, 0)
+        self.micro_batches.append(counts)
         self.metrics.timing("stream.micro_batch", seconds * 1000)
         self.metrics.increment("stream.events", value=len(rows) - len(rejected))
         if rejected:
