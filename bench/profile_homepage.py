@@ -15,12 +15,15 @@ per variant of the request body:
 - ``script_nested``: for script_score rows, the user + row filters as one inner clause (the same
   for every user) with the seen ids beside it;
 - ``no_source``: ``_source: false`` (no stored-field fetch);
-- ``nc_x``: ``num_candidates`` = k * x.
+- ``nc_x``: ``num_candidates`` = k * x;
+- ``graph``, ``exact``: every knn row on the HNSW field, or on the generation's flat copy (an exact
+  scan of the row's filtered set; the rows marked ``exact`` in the row config are served so).
 
 Each variant is measured with the filter cache cleared before every request (``cold``) and
 again after one warm-up pass (``warm``). Prints p50 ``took`` per row and per homepage (sum of
 rows), and the profile API's breakdown of one row. ``--sweep 10 50 100`` adds, per row, id recall
-and score recall against numpy exact answers (seen items excluded) for each num_candidates factor.
+and score recall against numpy exact answers (seen items excluded) for each num_candidates factor
+on the graph, and for the exact scan when the generation has the flat copy.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 
 from facetrec.es import make_client, script_lang
 from facetrec.homepage import Target, build_searches, fetch_user
-from facetrec.rows import RowCatalog
+from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, RowCatalog
 from facetrec.settings import REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
@@ -91,6 +94,19 @@ def num_candidates(factor: int):
     return apply
 
 
+def on_field(field: str):
+    """Every knn row on ``field``: the graph (``item_embed``) or the flat copy (``item_embed_exact``)."""
+    def apply(body: dict) -> dict:
+        body = copy.deepcopy(body)
+        if "script_score" not in body["query"]:
+            knn = _knn(body)
+            knn["field"] = field
+            if field == EXACT_VECTOR_FIELD:
+                knn.pop("rescore_vector", None)
+        return body
+    return apply
+
+
 def script_nested_filter(body: dict) -> dict:
     """script_score with the user + row filters as ONE inner clause (the same for every user, so the
     query cache can keep it) and the seen ids beside it, instead of one flat conjunction."""
@@ -105,7 +121,8 @@ def script_nested_filter(body: dict) -> dict:
 
 
 VARIANTS = {"as_served": lambda b: b, "script_nested": script_nested_filter, "seen_in_filter": seen_ids_in_filter, "knn_section": knn_section,
-            "no_source": no_source, "nc_x2": num_candidates(2), "nc_x50": num_candidates(50)}
+            "no_source": no_source, "nc_x2": num_candidates(2), "nc_x50": num_candidates(50),
+            "graph": on_field(ITEM_VECTOR_FIELD), "exact": on_field(EXACT_VECTOR_FIELD)}
 
 
 def main() -> int:
@@ -185,8 +202,11 @@ def sweep(es, settings, rows, bodies, user_ids, items, users, item_vectors, user
     exact = ExactRows(RowCatalog.load(REPO_ROOT / "app" / "rows.yaml"), items, item_vectors)
     by_id = {u["user_id"]: i for i, u in enumerate(users)}
     print(f"\n{'factor':>6} {'row':<13} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
-    for factor in factors:
-        change = num_candidates(factor)
+    mapping = next(iter(es.indices.get_mapping(index=settings.item_alias).values()))["mappings"]
+    passes = [(str(factor), lambda b, f=factor: num_candidates(f)(on_field(ITEM_VECTOR_FIELD)(b))) for factor in factors]
+    if EXACT_VECTOR_FIELD in mapping["properties"]:
+        passes.append(("exact", on_field(EXACT_VECTOR_FIELD)))
+    for factor, change in passes:
         for r, row in enumerate(rows):
             id_rec, score_rec, took = [], [], []
             for user_id, user_bodies in zip(user_ids, bodies):

@@ -19,7 +19,7 @@ from elasticsearch import ApiError, ConnectionError as ESConnectionError, Connec
 from facetrec import diversity, mips
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
-from facetrec.rows import MAX_SEEN_ITEMS, Row, build_row_search, query_vector
+from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS, Row, build_row_search, query_vector
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
 from facetrec.settings import QUANTIZED_INDEX_TYPES, Settings
 
@@ -45,6 +45,7 @@ class UserVector:
     generation: str | None
     item_generation: str | None = None   # the item generation this vector was made for
     item_vector_scale: float | None = None  # set when that generation stores reduced vectors (facetrec.mips)
+    item_exact_vectors: bool = False        # that generation indexes the flat copy exact rows scan
 
     @functools.cached_property
     def norm(self) -> float:
@@ -55,6 +56,19 @@ class UserVector:
         """The item generation whose hits this vector may be scored against (user indices made
         before pairs were recorded pair with the item generation of their own id)."""
         return self.item_generation or self.generation
+
+
+def pairing_fields(item_meta: dict) -> dict:
+    """What every user document of a pair carries about its item generation, from that item index's
+    ``_meta``: the item vector scale of a reduced generation (``facetrec.mips``) and whether it
+    indexes the flat copy that exact rows scan. A page is asked as these say, so a rollback to a
+    generation made without either is served as it was made."""
+    fields: dict = {}
+    if item_meta.get("item_vector_scale") is not None:
+        fields["item_vector_scale"] = item_meta["item_vector_scale"]
+    if item_meta.get("exact_vectors"):
+        fields["item_exact_vectors"] = True
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +107,8 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
         with cluster_errors_as_unavailable():
             doc = es.options(request_timeout=timeout_s).get(
                 index=user_index, id=user_id,
-                source_includes=["user_embed", "seen_item_ids", "generation", "item_generation", "item_vector_scale"])
+                source_includes=["user_embed", "seen_item_ids", "generation", "item_generation", "item_vector_scale",
+                                 "item_exact_vectors"])
     except NotFoundError as exc:
         if _error_type(exc) == "index_not_found_exception":
             raise ClusterUnavailable(f"the user index {user_index} does not exist: publish a generation "
@@ -105,7 +120,8 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
     return UserVector(user_id=user_id, vector=src["user_embed"],
                       seen_item_ids=(src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:],
                       generation=src.get("generation"), item_generation=src.get("item_generation"),
-                      item_vector_scale=src.get("item_vector_scale"))
+                      item_vector_scale=src.get("item_vector_scale"),
+                      item_exact_vectors=src.get("item_exact_vectors") is True)
 
 
 def _error_type(exc: ApiError) -> str | None:
@@ -144,10 +160,12 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
         k = size * (row.diversity.candidates_factor if row.diversity else 1) \
             + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         this_mode = row_mode(row, mode, target)
+        exact = this_mode == "knn" and row.exact and user is not None and user.item_exact_vectors
         body = build_row_search(row, user_vector=vectors[this_mode] if user else None, user_filters=user_filters, exclude_ids=seen,
                                 k=k, mode=this_mode,
                                 num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
-                                script_lang=script_lang, rescore_oversample=target.rescore_oversample)
+                                vector_field=EXACT_VECTOR_FIELD if exact else ITEM_VECTOR_FIELD,
+                                script_lang=script_lang, rescore_oversample=0.0 if exact else target.rescore_oversample)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
         if row.diversity and row.diversity.needs_vectors and user:
             body["_source"] = [*body["_source"], "item_embed"]   # named: Elasticsearch 9 leaves vectors out otherwise

@@ -18,6 +18,8 @@ A row config file (YAML or JSON)::
         must_not: [{terms: {categories: [horror]}}]
         retrieval: knn        # optional: knn | script_score (default: settings.retrieval_mode)
         num_candidates_factor: 30   # optional: this row's knn candidates per neighbour (default: the setting)
+        exact: true           # optional: knn over the generation's flat copy of the item vectors (an exact
+                              # scan of the row's filtered set; for selective rows, see the README)
         diversity: {max_per_category: 2, mmr_lambda: 0.7, candidates_factor: 3}   # optional (facetrec.diversity)
     homepage: [for_you, audiobooks]
 """
@@ -55,6 +57,8 @@ MAX_PAGE_HITS = 200           # items one request may ask for over all its rows
 DATE_FORMAT = "strict_date_optional_time"
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?")
 MAX_NUM_CANDIDATES = 10_000   # Elasticsearch rejects more
+ITEM_VECTOR_FIELD = "item_embed"           # the item vectors every generation indexes (graph or flat)
+EXACT_VECTOR_FIELD = "item_embed_exact"    # graph generations: the same vectors again, flat (settings.exact_vectors)
 ITEM_SOURCE_FIELDS = ["item_id", "title", "item_format", "language", "categories", "popularity", "generation"]
 
 
@@ -82,6 +86,7 @@ class Row:
     caller_modes: tuple[str, ...] = ()   # modes a caller may ask for besides the row's own
     max_size: int | None = None          # the largest size a caller may ask for (default: 2 x size)
     num_candidates_factor: int | None = None  # knn candidates = k x this (default: the setting)
+    exact: bool = False                  # knn scans the row's filtered set exactly (EXACT_VECTOR_FIELD)
     diversity: DiversityPolicy | None = None  # crowding / MMR over over-fetched candidates (facetrec.diversity)
 
     @property
@@ -163,6 +168,9 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
     factor = entry.get("num_candidates_factor")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 1000):
         raise RowConfigError(f"{where}: num_candidates_factor must be an integer in 1..1000")
+    exact = entry.get("exact", False)
+    if not isinstance(exact, bool):
+        raise RowConfigError(f"{where}: exact must be true or false")
     policy = None
     if "diversity" in entry:
         try:
@@ -171,7 +179,8 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
             raise RowConfigError(f"{where}: {exc}") from None
     return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
-               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor, diversity=policy)
+               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor, exact=exact,
+               diversity=policy)
 
 
 def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:
@@ -240,7 +249,7 @@ def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Sequence[str
 
 def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters: Sequence[dict],
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
-                     vector_field: str = "item_embed", script_lang: str = "painless",
+                     vector_field: str = ITEM_VECTOR_FIELD, script_lang: str = "painless",
                      rescore_oversample: float = 0.0) -> dict:
     """The ``_search`` body for one row.
 

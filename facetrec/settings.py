@@ -48,6 +48,7 @@ class Settings:
     hnsw_ef_construction: int = 100        # FACETREC_HNSW_EF_CONSTRUCTION
     hnsw_filter_heuristic: str = "acorn"   # FACETREC_HNSW_FILTER_HEURISTIC: acorn | fanout (filtered graph search; README)
     mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.mips)
+    exact_vectors: bool = True             # FACETREC_EXACT_VECTORS: graph generations also index a flat copy (rows with exact: true)
     shards: int = 1                        # FACETREC_SHARDS
     replicas: int = 0                      # FACETREC_REPLICAS
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
@@ -121,6 +122,13 @@ class Settings:
         return self.index_type in GRAPH_INDEX_TYPES
 
     @property
+    def exact_vector_copy(self) -> bool:
+        """Whether item generations index a second, flat copy of their vectors (``item_embed_exact``)
+        that ``exact`` rows search: an exact scan of the row's filtered set inside a graph generation
+        (``facetrec.rows``). A flat generation is exact already."""
+        return self.exact_vectors and self.graph_index
+
+    @property
     def api_token_list(self) -> list[str]:
         return [t.strip() for t in (self.api_tokens or "").split(",") if t.strip()]
 
@@ -152,6 +160,7 @@ _ENV_NAMES = {
     "hnsw_ef_construction": "FACETREC_HNSW_EF_CONSTRUCTION",
     "hnsw_filter_heuristic": "FACETREC_HNSW_FILTER_HEURISTIC",
     "mips_reduction": "FACETREC_MIPS_REDUCTION",
+    "exact_vectors": "FACETREC_EXACT_VECTORS",
     "shards": "FACETREC_SHARDS",
     "replicas": "FACETREC_REPLICAS",
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",

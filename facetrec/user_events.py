@@ -35,6 +35,7 @@ import numpy as np
 from elasticsearch import ApiError, ConflictError, Elasticsearch, NotFoundError, helpers
 
 from facetrec.es import alias_index
+from facetrec.homepage import pairing_fields
 from facetrec.rows import MAX_SEEN_ITEMS, BadRequest
 from facetrec.settings import Settings
 from facetrec.user_encoder import EncoderRegistry, EncoderUnavailable
@@ -125,7 +126,7 @@ class _IndexInfo:
     model_version: str | None
     generation: str | None
     item_generation: str | None
-    item_vector_scale: float | None
+    pairing: dict   # what its user documents carry about the item generation (facetrec.homepage.pairing_fields)
 
 
 class UserEvents:
@@ -306,9 +307,7 @@ class UserEvents:
         document = {**src, "seen_item_ids": history, "updated_at": self.clock().isoformat(),
                     "event_batch_ids": [*remembered, batch.batch_id][-MAX_REMEMBERED_BATCHES:]}
         if doc is None:  # a user this generation does not know: paired like the bulk-loaded ones
-            document.update(generation=info.generation, item_generation=info.item_generation)
-            if info.item_vector_scale is not None:
-                document["item_vector_scale"] = info.item_vector_scale
+            document.update(generation=info.generation, item_generation=info.item_generation, **info.pairing)
         applied = Applied(batch.user_id, batch.batch_id, "applied", index, info.model_version, items_added=len(added),
                           unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
         return _Plan(index, history, document, encoder, applied)
@@ -343,17 +342,17 @@ class UserEvents:
         mappings = self.es.indices.get_mapping(index=index)[index]["mappings"]
         meta = mappings.get("_meta", {})
         item_generation = meta.get("item_generation") or meta.get("generation")
-        scale = None
+        pairing: dict = {}
         if item_generation:
             item_index = f"{self.settings.item_alias}-{item_generation}"
             try:
-                item_meta = self.es.indices.get_mapping(index=item_index)[item_index]["mappings"].get("_meta", {})
-                scale = item_meta.get("item_vector_scale")
+                pairing = pairing_fields(self.es.indices.get_mapping(index=item_index)[item_index]["mappings"]
+                                         .get("_meta", {}))
             except NotFoundError:
-                scale = None
+                pairing = {}
         if "event_batch_ids" not in mappings.get("properties", {}):  # a generation made before template v4
             self.es.indices.put_mapping(index=index, properties={"event_batch_ids": EVENT_BATCH_IDS_MAPPING})
-        info = _IndexInfo(meta.get("model_version"), meta.get("generation"), item_generation, scale)
+        info = _IndexInfo(meta.get("model_version"), meta.get("generation"), item_generation, pairing)
         with self._lock:
             self._info[index] = info
         return info

@@ -26,7 +26,7 @@ from elasticsearch import Elasticsearch, helpers
 from tqdm import tqdm
 
 from facetrec import mips
-from facetrec.rows import MAX_SEEN_ITEMS
+from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS
 
 ITEM_FACETS = ("item_format", "language", "country", "categories", "title", "popularity", "published_at")
 MAX_REPORTED_IDS = 50
@@ -108,8 +108,9 @@ def _listish(value: Any) -> Any:
 
 
 def item_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool,
-                  item_vector_scale: float | None = None) -> tuple[str, dict]:
-    """The item's document; with ``item_vector_scale`` its vector is stored reduced (``facetrec.mips``)."""
+                  item_vector_scale: float | None = None, exact_copy: bool = False) -> tuple[str, dict]:
+    """The item's document; with ``item_vector_scale`` its vector is stored reduced (``facetrec.mips``),
+    with ``exact_copy`` it is indexed a second time in the flat ``EXACT_VECTOR_FIELD`` (exact rows)."""
     item_id = str(record["item_id"])
     vector = check_vector(_listish(record.get("item_embed")), dims, require_unit)
     if item_vector_scale is not None:
@@ -117,7 +118,9 @@ def item_document(record: Mapping[str, Any], generation: str, dims: int, require
             vector = mips.item_vector(vector, item_vector_scale)
         except ValueError as exc:  # longer than the scale read before loading
             raise InvalidDocument(f"{exc} (the input changed while it was loaded?)") from None
-    doc: dict[str, Any] = {"item_id": item_id, "generation": generation, "item_embed": vector}
+    doc: dict[str, Any] = {"item_id": item_id, "generation": generation, ITEM_VECTOR_FIELD: vector}
+    if exact_copy:
+        doc[EXACT_VECTOR_FIELD] = vector
     for field in ITEM_FACETS:
         value = record.get(field)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -171,10 +174,12 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
               dims: int, require_unit: bool = False, chunk_docs: int = 1000, chunk_bytes: int = 20 * 1024 * 1024,
               max_retries: int = 6, initial_backoff: float = 0.5, progress: bool = True,
               total: int | None = None, streams: int = 1, doc_fields: Mapping[str, Any] | None = None,
-              check: Callable[[str], None] | None = None, item_vector_scale: float | None = None) -> LoadReport:
+              check: Callable[[str], None] | None = None, item_vector_scale: float | None = None,
+              exact_copy: bool = False) -> LoadReport:
     """Stream ``records`` into ``index`` with explicit ``_id``s, ``streams`` bulk requests in flight.
     ``doc_fields`` are added to every document (a user generation's ``item_generation``); item
-    vectors are stored reduced when ``item_vector_scale`` is given (``facetrec.mips``); ``check``
+    vectors are stored reduced when ``item_vector_scale`` is given (``facetrec.mips``) and twice with
+    ``exact_copy`` (``item_document``); ``check``
     runs before each document is sent and stops the load by raising (the re-index lock's lease).
     Returns the report; never raises for per-document problems (the validation gate decides what
     they mean)."""
@@ -182,8 +187,8 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
         raise ValueError(f"streams must be at least 1, got {streams}")
     report = LoadReport(index=index)
     build = DOCUMENT_BUILDERS[kind]
-    if kind == "item" and item_vector_scale is not None:
-        build = partial(item_document, item_vector_scale=item_vector_scale)
+    if kind == "item" and (item_vector_scale is not None or exact_copy):
+        build = partial(item_document, item_vector_scale=item_vector_scale, exact_copy=exact_copy)
     counted = threading.Lock()
 
     def actions() -> Iterator[dict]:
@@ -250,13 +255,13 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
 
 def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, index: str, kind: str,
                     generation: str, dims: int, require_unit: bool, doc_fields: dict | None,
-                    item_vector_scale: float | None = None) -> Iterator[dict]:
+                    item_vector_scale: float | None = None, exact_copy: bool = False) -> Iterator[dict]:
     """Runs on a Spark executor: one client per partition, the same bulk code."""
     es = Elasticsearch(es_url, **client_options)
     try:
         report = bulk_load(es, index, kind, (row.asDict(recursive=True) for row in rows), generation=generation,
                            dims=dims, require_unit=require_unit, progress=False, doc_fields=doc_fields,
-                           item_vector_scale=item_vector_scale)
+                           item_vector_scale=item_vector_scale, exact_copy=exact_copy)
     finally:
         es.close()
     yield dataclasses.asdict(report)
@@ -264,14 +269,15 @@ def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, i
 
 def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims: int, require_unit: bool = False,
                client_options: dict | None = None, doc_fields: dict | None = None,
-               check: Callable[[str], None] | None = None, item_vector_scale: float | None = None) -> LoadReport:
+               check: Callable[[str], None] | None = None, item_vector_scale: float | None = None,
+               exact_copy: bool = False) -> LoadReport:
     """Load a Spark DataFrame partition by partition (in parallel on the executors). ``check`` runs
     on the driver before and after the job (executors cannot see the driver's lock)."""
     if check is not None:
         check(f"loading {index}")
     fn = partial(_load_partition, es_url=es_url, client_options=client_options or {"request_timeout": 120},
                  index=index, kind=kind, generation=generation, dims=dims, require_unit=require_unit,
-                 doc_fields=doc_fields, item_vector_scale=item_vector_scale)
+                 doc_fields=doc_fields, item_vector_scale=item_vector_scale, exact_copy=exact_copy)
     started = time.perf_counter()
     total = LoadReport(index=index)
     for part in df.rdd.mapPartitions(fn).collect():

@@ -140,11 +140,12 @@ class Generations:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None,
-               item_vector_scale: float | None = None) -> str:
+               item_vector_scale: float | None = None, exact_vectors: bool = False) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index
-        stored reduced (``facetrec.mips``) records its ``item_vector_scale``."""
+        stored reduced (``facetrec.mips``) records its ``item_vector_scale``, one that also indexes the
+        flat copy for exact rows records ``exact_vectors`` (``facetrec.homepage.pairing_fields``)."""
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
@@ -153,6 +154,8 @@ class Generations:
             meta["item_generation"] = item_generation or generation
         if item_vector_scale is not None:
             meta["item_vector_scale"] = item_vector_scale
+        if exact_vectors:
+            meta["exact_vectors"] = True
         self.es.indices.delete(index=index, ignore_unavailable=True)
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0},
                                mappings={"_meta": meta})

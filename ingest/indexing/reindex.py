@@ -23,7 +23,7 @@ from elasticsearch import ApiError, ConnectionError as ESConnectionError, Connec
 
 from facetrec import mips
 from facetrec.es import client_options, resolve_url
-from facetrec.homepage import Target
+from facetrec.homepage import Target, pairing_fields
 from facetrec.metrics import NoMetrics
 from facetrec.rows import RowCatalog
 from facetrec.settings import Settings
@@ -41,14 +41,16 @@ from ingest.indexing.validate import ValidationReport, check_count, check_load, 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
           total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None):
     require_unit = kind == "item" and settings.similarity == "dot_product"
+    exact_copy = kind == "item" and settings.exact_vector_copy
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
                           client_options={"request_timeout": 120, **client_options(settings)},
-                          doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale)
+                          doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale,
+                          exact_copy=exact_copy)
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams,
-                     doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale)
+                     doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale, exact_copy=exact_copy)
 
 
 def _item_vector_scale(settings: Settings, items: Any) -> float | None:
@@ -78,8 +80,8 @@ def _step(generation: str, message: str) -> None:
     print(f"facetrec: [publish {generation}] {message}", file=sys.stderr, flush=True)
 
 
-def _pair_items(gens: Generations, model_version: str) -> tuple[str, str, float | None]:
-    """For a users-only refresh: the live item index, its generation and item vector scale, refusing
+def _pair_items(gens: Generations, model_version: str) -> tuple[str, str]:
+    """For a users-only refresh: the live item index and its generation, refusing
     (before anything is created) when those items come from another model than the new user vectors."""
     item_index = gens.live_index("item")
     if item_index is None:
@@ -91,8 +93,7 @@ def _pair_items(gens: Generations, model_version: str) -> tuple[str, str, float 
             f"items ({item_index}) are model {meta.get('model_version')!r}; a user vector may only be scored "
             "against items of its own model. Refresh with the live model's exported encoder, or run the full "
             "nightly (items and users). The aliases were not touched.")
-    return (item_index, meta.get("generation") or item_index[len(gens.alias("item")) + 1:],
-            meta.get("item_vector_scale"))
+    return item_index, meta.get("generation") or item_index[len(gens.alias("item")) + 1:]
 
 
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
@@ -125,7 +126,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
             item_index, item_generation, pin = gens.index_name("item", generation), generation, None
             scale = _item_vector_scale(settings, items)
         else:
-            item_index, item_generation, scale = _pair_items(gens, model_version)
+            (item_index, item_generation), scale = _pair_items(gens, model_version), None
             pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
         lock.fence("cleanup")
         _step(generation, "cleanup of partial generations")
@@ -143,15 +144,16 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 lock.fence(f"create {family}")
                 _step(generation, f"create {gens.index_name(family, generation)}")
                 index = gens.create(family, generation, model_version, item_generation=item_generation,
-                                    item_vector_scale=scale if family == "item" else None)
+                                    item_vector_scale=scale if family == "item" else None,
+                                    exact_vectors=family == "item" and settings.exact_vector_copy)
                 created.append(index)
                 _step(generation, f"load {index}" + (f" (item vectors reduced, scale {scale:.6g})"
                                                       if family == "item" and scale is not None else ""))
                 # Each user document carries what the service needs to ask its item generation.
-                pairing = {"item_generation": item_generation,
-                           **({"item_vector_scale": scale} if scale is not None else {})}
+                pairing = {"item_generation": item_generation, **pairing_fields(gens.meta(item_index))} \
+                    if family == "user" else None
                 report = _load(es, settings, index, family, source, generation, progress, expected,
-                               pairing if family == "user" else None, lock.check, scale)
+                               pairing, lock.check, scale)
                 reports[family] = report
                 check_load(report)
                 gens.finish_loading(index, force_merge=force_merge and family == "item")

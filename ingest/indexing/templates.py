@@ -9,6 +9,7 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 
 from facetrec import mips
+from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.settings import Settings
 from facetrec.user_events import event_log_index
 
@@ -42,9 +43,12 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
         props = body["template"]["mappings"]["properties"]
         if family == "item":
             reduced = mips.applies(settings)  # unit item vectors with one more coordinate (facetrec.mips)
-            props["item_embed"].update(dims=settings.vector_dims + (1 if reduced else 0),
-                                       similarity="dot_product" if reduced else settings.similarity,
-                                       index_options=_index_options(settings))
+            props[ITEM_VECTOR_FIELD].update(dims=settings.vector_dims + (1 if reduced else 0),
+                                            similarity="dot_product" if reduced else settings.similarity,
+                                            index_options=_index_options(settings))
+            if settings.exact_vector_copy:
+                # The same vectors again, scanned exactly by the rows marked `exact` (facetrec.rows).
+                props[EXACT_VECTOR_FIELD] = {**props[ITEM_VECTOR_FIELD], "index_options": {"type": "flat"}}
             if settings.graph_index:
                 # How a filtered search walks the graph (dynamic; see the README's "Where the time goes").
                 index_settings["dense_vector.hnsw_filter_heuristic"] = settings.hnsw_filter_heuristic
