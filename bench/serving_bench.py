@@ -187,7 +187,8 @@ def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, us
             id_recalls.append(id_recall)
             score_recalls.append(score_recall)
         out[row.id] = {"match_fraction": float(exact.masks[row.id].mean()), "id_recall": float(np.mean(id_recalls)),
-                       "score_recall": float(np.nanmean(score_recalls))}
+                       "score_recall": float(np.nanmean(score_recalls)),
+                       "search": "exact" if mode == "knn" and row.exact else mode}   # rows marked exact scan the flat copy
     return out
 
 
@@ -266,11 +267,12 @@ def main() -> int:
         print(f"{r['index_type']:<10} {r['mode']:<12} {r['achieved_rps']:>6.1f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} "
               f"{r['p99_ms']:>7.1f} {r['errors']:>6} {r['service_p50_ms']:>8.2f} {r['direct_p50_ms']:>10.2f} "
               f"{r['overhead_ratio']:>6.2f} {r['es_took_p50_ms']:>11.1f}")
-    print(f"\n{'index':<10} {'mode':<12} {'row':<13} {'matches':>8} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
+    print(f"\n{'index':<10} {'mode':<12} {'row':<13} {'search':<12} {'matches':>8} {'id recall':>9} {'score rec':>9} "
+          f"{'took p50':>8}")
     for r in results:
         for row_id, q in r["rows"].items():
-            print(f"{r['index_type']:<10} {r['mode']:<12} {row_id:<13} {q['match_fraction']:>7.1%} {q['id_recall']:>9.3f} "
-                  f"{q['score_recall']:>9.4f} {q['took_p50_ms']:>8.1f}")
+            print(f"{r['index_type']:<10} {r['mode']:<12} {row_id:<13} {q['search']:<12} {q['match_fraction']:>7.1%} "
+                  f"{q['id_recall']:>9.3f} {q['score_recall']:>9.4f} {q['took_p50_ms']:>8.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": f"python bench/serving_bench.py {' '.join(sys.argv[1:])}", "items": args.items,
