@@ -39,6 +39,7 @@ import numpy as np
 from facetrec.es import make_client, script_lang
 from facetrec.homepage import Target, build_searches, fetch_user
 from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, RowCatalog
+from facetrec.rows import num_candidates as row_num_candidates
 from facetrec.settings import REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
@@ -85,11 +86,14 @@ def no_source(body: dict) -> dict:
 
 
 def num_candidates(factor: int):
+    """``num_candidates`` as the service sets it for a row factor (``facetrec.rows.num_candidates``:
+    the row's k on the page x factor, at least 100 and its neighbours). Before 2026-12-01 this was
+    the neighbours (k + seen items) x factor: 3-8x more candidates for the same label."""
     def apply(body: dict) -> dict:
         body = copy.deepcopy(body)
         if "script_score" not in body["query"]:
             knn = _knn(body)
-            knn["num_candidates"] = min(max(knn["k"] * factor, knn["k"]), 10_000)
+            knn["num_candidates"] = row_num_candidates(body["size"], factor, at_least=knn["k"])
         return body
     return apply
 

@@ -176,20 +176,24 @@ class ExactRows:
 
 def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, user_vectors, mode: str,
             n_users: int = 30) -> dict:
-    out = {}
-    for row in catalog.homepage_rows():
-        id_recalls, score_recalls = [], []
-        for u in range(n_users):
-            user = fetch_user(es, target.user_index, users[u]["user_id"], 5.0)
-            body = build_searches([row], user, USER_CLAUSES, target, mode=mode, script_lang=script_lang(es))
-            got = [h["_id"] for h in es.msearch(searches=body)["responses"][0]["hits"]["hits"][:row.size]]
+    """Recall per row as the page asks it (one ``_msearch`` of the whole homepage, so a later row
+    has its larger k for cross-row backfill), each row's first ``size`` hits before de-duplication
+    against its exact top. (Before 2026-12-01 each row was asked alone, with k = its size.)"""
+    rows = catalog.homepage_rows()
+    id_recalls: dict[str, list] = {row.id: [] for row in rows}
+    score_recalls: dict[str, list] = {row.id: [] for row in rows}
+    for u in range(n_users):
+        user = fetch_user(es, target.user_index, users[u]["user_id"], 5.0)
+        searches = build_searches(rows, user, USER_CLAUSES, target, mode=mode, script_lang=script_lang(es))
+        for row, response in zip(rows, es.msearch(searches=searches)["responses"]):
+            got = [h["_id"] for h in response["hits"]["hits"][:row.size]]
             id_recall, score_recall = exact.recall(row.id, user_vectors[u], users[u]["seen_item_ids"], row.size, got)
-            id_recalls.append(id_recall)
-            score_recalls.append(score_recall)
-        out[row.id] = {"match_fraction": float(exact.masks[row.id].mean()), "id_recall": float(np.mean(id_recalls)),
-                       "score_recall": float(np.nanmean(score_recalls)),
-                       "search": "exact" if mode == "knn" and row.exact else mode}   # rows marked exact scan the flat copy
-    return out
+            id_recalls[row.id].append(id_recall)
+            score_recalls[row.id].append(score_recall)
+    return {row.id: {"match_fraction": float(exact.masks[row.id].mean()), "id_recall": float(np.mean(id_recalls[row.id])),
+                     "score_recall": float(np.nanmean(score_recalls[row.id])),
+                     "search": "exact" if mode == "knn" and row.exact else mode}   # rows marked exact scan the flat copy
+            for row in rows}
 
 
 def main() -> int:
