@@ -88,7 +88,7 @@ def no_source(body: dict) -> dict:
 def num_candidates(factor: int):
     """``num_candidates`` as the service sets it for a row factor (``facetrec.rows.num_candidates``:
     the row's k on the page x factor, at least 100 and its neighbours). Before 2026-12-01 this was
-    the neighbours (k + seen items) x factor: 3-8x more candidates for the same label."""
+    the neighbours (k + seen items) x factor: 1.3-3x more candidates for the same label."""
     def apply(body: dict) -> dict:
         body = copy.deepcopy(body)
         if "script_score" not in body["query"]:
