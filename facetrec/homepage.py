@@ -168,7 +168,7 @@ def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: S
                                 script_lang=script_lang, rescore_oversample=0.0 if exact else target.rescore_oversample)
         body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
         if row.diversity and row.diversity.needs_vectors and user:
-            body["_source"] = [*body["_source"], "item_embed"]   # named: Elasticsearch 9 leaves vectors out otherwise
+            body["_source"] = [*body["_source"], ITEM_VECTOR_FIELD]   # named: Elasticsearch 9 leaves vectors out otherwise
         searches += [{"index": target.item_index}, body]
         earlier += size
     return searches
@@ -277,7 +277,7 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
 def _item_vectors(hits: list[dict], user: UserVector | None) -> dict[str, list[float]] | None:
     """Item vectors of a diverse row's candidates (its MMR similarity), in the model's own space:
     a reduced generation's extra coordinate dropped (cosine is then the raw vectors')."""
-    vectors = {hit["_id"]: hit["_source"]["item_embed"] for hit in hits if "item_embed" in hit.get("_source", {})}
+    vectors = {hit["_id"]: hit["_source"][ITEM_VECTOR_FIELD] for hit in hits if ITEM_VECTOR_FIELD in hit.get("_source", {})}
     if not vectors:
         return None
     if user is not None and user.item_vector_scale is not None:

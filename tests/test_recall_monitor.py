@@ -43,7 +43,8 @@ def degraded(es, es_settings):
     items, users, *_ = embedding_records(n_items=3000, n_users=30, dims=64, seed=5)
     # The shipped rows, every one on the graph at the setting's candidates (no exact scans, no
     # per-row factors).
-    raw = yaml.safe_load(open(os.path.join(REPO, "app", "rows.yaml")))
+    with open(os.path.join(REPO, "app", "rows.yaml")) as f:
+        raw = yaml.safe_load(f)
     for row in raw["rows"]:
         row.pop("exact", None)
         row.pop("num_candidates_factor", None)

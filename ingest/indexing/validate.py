@@ -10,7 +10,7 @@ from elasticsearch import Elasticsearch
 
 from facetrec import mips
 from facetrec.homepage import Target, recommend
-from facetrec.rows import Row
+from facetrec.rows import ITEM_VECTOR_FIELD, Row
 from ingest.indexing.bulk_load import LoadReport
 
 
@@ -72,7 +72,7 @@ def check_recall(es: Elasticsearch, item_index: str, user_vectors: np.ndarray, i
     searches = []
     for vector in user_vectors:
         query = mips.knn_query(vector) if item_vector_scale is not None else vector.tolist()
-        searches += [{"index": item_index}, {"knn": {"field": "item_embed", "query_vector": query, "k": k,
+        searches += [{"index": item_index}, {"knn": {"field": ITEM_VECTOR_FIELD, "query_vector": query, "k": k,
                                                      "num_candidates": num_candidates}, "size": k, "_source": False}]
     responses = es.msearch(searches=searches)["responses"]
     overlaps = []
