@@ -210,8 +210,9 @@ def _failure_line(log_path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, heap: str = "1g",
-          timeout: float = 120.0, log=print) -> ClusterState:
-    """Start a local node or cluster and wait until it is green. Raises LocalNodeError."""
+          timeout: float = 120.0, log=print, node_settings: dict[str, str] | None = None) -> ClusterState:
+    """Start a local node or cluster and wait until it is green. Raises LocalNodeError.
+    ``node_settings`` are passed to every node as Elasticsearch settings (``--setting key=value``)."""
     if nodes not in (1, 3):
         raise LocalNodeError(f"--nodes must be 1 or 3, got {nodes}")
     home = (home or Settings.from_env().local_es_home).resolve()
@@ -240,6 +241,8 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
                "-cp", classpath, "io.facetrec.eslocal.LocalNode",
                "--home", str(node_home), "--http-port", str(http_port), "--transport-port", str(transport_port),
                "--node-name", name, "--cluster-name", f"facetrec-local-{port}"]
+        for key, value in (node_settings or {}).items():
+            cmd += ["--setting", f"{key}={value}"]
         if nodes > 1:
             cmd += ["--seed-hosts", ",".join(f"127.0.0.1:{p}" for p in transport_ports),
                     "--initial-masters", ",".join(names)]
