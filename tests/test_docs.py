@@ -79,7 +79,8 @@ def test_every_setting_has_a_row_with_its_real_default():
         assert var in rows, f"{var} (Settings.{field.name}) has no row in the README's configuration table"
         stated, real = cell_value(rows[var]), shown(field.default)
         if isinstance(field.default, bool) and stated is not None:
-            assert stated.lower() in (TRUE if field.default else FALSE), f"{var}: README says {stated!r}, default {real}"
+            assert stated.lower() in (TRUE if field.default else FALSE), \
+                f"{var}: README says {stated!r}, default {real}"
         elif isinstance(field.default, (int, float)) and not isinstance(field.default, bool) and stated is not None:
             assert float(stated) == float(field.default), f"{var}: README says {stated!r}, default {field.default!r}"
         else:
@@ -149,7 +150,8 @@ def test_each_plot_writes_a_png_from_a_tiny_input(tmp_path):
     bars = {"runs": [{"label": "x", "offered_rps": 50, "achieved_rps": 20.5, "p50_ms": 700, "p95_ms": 1100,
                       "p99_ms": 1300}, {"label": "y", "offered_rps": 50, "p50_ms": 500, "p95_ms": 800, "p99_ms": 900}]}
     _assert_png(plots.plot_latency(bars, tmp_path / "bars.png"))
-    lines = {"runs": [{"label": "x", "offered_rps": r, "p50_ms": r, "p95_ms": 2 * r, "p99_ms": 3 * r} for r in (10, 20, 40)]}
+    lines = {"runs": [{"label": "x", "offered_rps": r, "p50_ms": r, "p95_ms": 2 * r, "p99_ms": 3 * r}
+                      for r in (10, 20, 40)]}
     _assert_png(plots.plot_latency(lines, tmp_path / "lines.png"))
     _assert_png(plots.plot_latency_cdf({"runs": [{"label": "x", "latencies_ms": [5.0, 7.0, 6.0, 30.0]}]},
                                        tmp_path / "cdf.png"))
