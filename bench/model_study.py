@@ -6,7 +6,8 @@
 Every run trains with early stopping on VALIDATION HR@10 (the only thing tuned on), then reports
 validation and test HR@10 / NDCG@10 of the chosen epoch. The baselines (MostPop, Markov) are
 evaluated by the same code. Prints a markdown table of mean ± standard deviation over seeds and
-writes it (with every run's numbers) to --out (default docs/model_study.{md,json}).
+writes it (with every run's numbers) to --out (default docs/model_study.{md,json}), and its picture
+(``bench/plots.py``) to docs/model_study.png.
 """
 
 from __future__ import annotations
@@ -135,6 +136,12 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "baselines": base, "runs": runs}, indent=2))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plots import plot_model_study  # bench/plots.py: the study's picture beside its table
+
+    picture = plot_model_study({"command": command, "baselines": base, "runs": runs}, out.with_suffix(".png"),
+                               date=f"run on {time.strftime('%Y-%m-%d')}")
+    print(f"wrote {picture}")
     return 0
 
 
