@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from facetrec.catalog_stats import StatsCache
 from facetrec.es import make_client
 from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
@@ -21,16 +22,18 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     from app import api, auth, errors, logs, page
 
     settings = settings or Settings.from_env()
+    catalog = catalog or RowCatalog.load(settings.rows_config)
     app = Flask(__name__)
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["facetrec"] = {
         "settings": settings,
-        "catalog": catalog or RowCatalog.load(settings.rows_config),
+        "catalog": catalog,
         # No client-side retries: a request must answer (or fail with 503) within the timeout.
         "es": make_client(settings, max_retries=0, retry_on_timeout=False),
         "metrics": make_metrics(settings, component="service"),
-        "target": Target.from_settings(settings),
+        # The row planner's per-generation stats: read from each item generation's _meta once.
+        "target": Target.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters)),
     }
     ctx = app.extensions["facetrec"]
     ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1))

@@ -7,8 +7,11 @@ real cluster. Without ``ES_URL`` the local node recorded by ``facetrec-es start`
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
+import orjson
 from elasticsearch import ApiError, Elasticsearch
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from facetrec.es_local import local_url
 from facetrec.settings import Settings
@@ -42,9 +45,28 @@ def client_options(settings: Settings) -> dict:
     return options
 
 
+class _OrjsonNdjsonSerializer(NdjsonSerializer):
+    """Bulk and _msearch bodies (NDJSON) through orjson: ~10x faster than the standard library on
+    vector-heavy documents (measured in docs/benchmarks.md), with the same output."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+def serializers() -> dict:
+    """orjson for every JSON and NDJSON body the client sends and reads (plain and compatibility mimetypes)."""
+    ndjson, json_ = _OrjsonNdjsonSerializer(), OrjsonSerializer()
+    return {"application/json": json_, "application/vnd.elasticsearch+json": json_,
+            "application/x-ndjson": ndjson, "application/vnd.elasticsearch+x-ndjson": ndjson}
+
+
 def make_client(settings: Settings, *, request_timeout: float | None = None, **options) -> Elasticsearch:
     """A client for the configured cluster. ``request_timeout`` defaults to the serving timeout."""
     timeout = request_timeout if request_timeout is not None else settings.es_request_timeout_s
+    options.setdefault("serializers", serializers())
     return Elasticsearch(resolve_url(settings), request_timeout=timeout, **client_options(settings), **options)
 
 

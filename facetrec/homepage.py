@@ -17,14 +17,17 @@ from typing import Any, Callable, Sequence
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
 from facetrec import diversity, mips
+from facetrec.catalog_stats import GenerationStats, StatsCache
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import NoMetrics
-from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS, Row, build_row_search, query_vector
+from facetrec.page_search import MAX_OVERFETCH, PageSearch, build_page_search, build_searches, query_vectors, row_mode
+from facetrec.partitions import FIELD_PREFIX as PARTITION_FIELD_PREFIX
+from facetrec.planner import Thresholds
+from facetrec.rows import ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS, Row
 from facetrec.scoring import knn_score_to_dot, script_score_to_dot
 from facetrec.settings import QUANTIZED_INDEX_TYPES, Settings
 
 log = logging.getLogger("facetrec.homepage")
-MAX_OVERFETCH = 200
 PAGE_READS = 3  # a page read during an alias swap is read again, at most this many times in all
 
 
@@ -83,6 +86,8 @@ class Target:
     request_timeout_s: float = 1.0
     script_lang: str = "auto"              # script_score: auto | painless | facetrec_vector
     rescore_oversample: float = 0.0        # knn on quantized vectors: rescore k x this with the floats (0: off)
+    thresholds: Thresholds = Thresholds()  # the row planner's (facetrec.planner)
+    stats: StatsCache | None = None        # the pairs' row counts and partitions; None: rows are not planned
 
     @classmethod
     def from_settings(cls, settings: Settings, *, item_index: str | None = None, user_index: str | None = None,
@@ -95,7 +100,7 @@ class Target:
                       dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=settings.es_request_timeout_s,
                       script_lang=settings.script_lang,
                       rescore_oversample=settings.rescore_oversample if settings.index_type in QUANTIZED_INDEX_TYPES
-                      else 0.0)
+                      else 0.0, thresholds=settings.planner_thresholds)
         return cls(**{**fields, **changes})
 
 
@@ -128,50 +133,6 @@ def _error_type(exc: ApiError) -> str | None:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error")
     return error.get("type") if isinstance(error, dict) else None
-
-
-def row_mode(row: Row, mode: str | None, target: Target) -> str:
-    return mode or row.retrieval or target.default_mode
-
-
-def query_vectors(user: UserVector, similarity: str) -> dict[str, list[float]]:
-    """The user vector as each retrieval mode sends it, once per request: reduced (``facetrec.mips``)
-    when the user's item generation stores reduced vectors, else unit length when the similarity
-    needs it (``query_vector``)."""
-    if user.item_vector_scale is not None:
-        return {"knn": mips.knn_query(user.vector), "script_score": mips.script_query(user.vector, user.item_vector_scale)}
-    vector = query_vector(user.vector, similarity)
-    return {"knn": vector, "script_score": vector}
-
-
-def build_searches(rows: Sequence[Row], user: UserVector | None, user_filters: Sequence[dict], target: Target,
-                   mode: str | None = None, sizes: dict[str, int] | None = None,
-                   script_lang: str = "painless") -> list[dict]:
-    """The ``_msearch`` lines: one header + body per row. Rows later on the page over-fetch by the
-    sizes of earlier rows so they can be backfilled after cross-row de-duplication."""
-    searches: list[dict] = []
-    earlier = 0
-    # Once per request, shared by every row: the query vectors and the seen items (at most
-    # MAX_SEEN_ITEMS, capped in fetch_user).
-    vectors = query_vectors(user, target.similarity) if user else {}
-    seen = user.seen_item_ids if user else []
-    for row in rows:
-        size = (sizes or {}).get(row.id, row.size)
-        k = size * (row.diversity.candidates_factor if row.diversity else 1) \
-            + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
-        this_mode = row_mode(row, mode, target)
-        exact = this_mode == "knn" and row.exact and user is not None and user.item_exact_vectors
-        body = build_row_search(row, user_vector=vectors[this_mode] if user else None, user_filters=user_filters, exclude_ids=seen,
-                                k=k, mode=this_mode,
-                                num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
-                                vector_field=EXACT_VECTOR_FIELD if exact else ITEM_VECTOR_FIELD,
-                                script_lang=script_lang, rescore_oversample=0.0 if exact else target.rescore_oversample)
-        body["timeout"] = f"{max(int(target.request_timeout_s * 800), 50)}ms"
-        if row.diversity and row.diversity.needs_vectors and user:
-            body["_source"] = [*body["_source"], ITEM_VECTOR_FIELD]   # named: Elasticsearch 9 leaves vectors out otherwise
-        searches += [{"index": target.item_index}, body]
-        earlier += size
-    return searches
 
 
 def _item(hit: dict, source: str, mode: str, similarity: str, user: UserVector | None) -> dict:
@@ -220,7 +181,7 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
     """
     metrics = metrics or NoMetrics()
     for attempt in range(PAGE_READS):
-        user, responses = _read_page(es, target, user_id, rows, user_filters, mode, sizes, metrics)
+        user, page, responses = _read_page(es, target, user_id, rows, user_filters, mode, sizes, metrics)
         problem = _mixed(user, responses)
         if problem is None:
             break
@@ -240,11 +201,12 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
     taken: set[str] = set()
     out_rows = []
     generation = None
-    for row, response in zip(rows, responses):
+    for row, searched, response in zip(rows, page.rows, responses):
         this_mode = "popular" if user is None else row_mode(row, mode, target)
-        tags = [f"row:{row.id}", f"mode:{this_mode}"]
+        tags = [f"row:{row.id}", f"mode:{this_mode}", f"plan:{searched.plan}"]
         size = (sizes or {}).get(row.id, row.size)
-        entry: dict[str, Any] = {"id": row.id, "title": row.title, "source": source, "items": []}
+        entry: dict[str, Any] = {"id": row.id, "title": row.title, "source": source, "plan": searched.plan,
+                                 "items": []}
         if "error" in response:
             entry["error_code"], entry["error"] = _row_error(response, row, request_id, detailed_errors)
             metrics.increment("homepage.row.error", [*tags, f"code:{entry['error_code']}"])
@@ -306,20 +268,31 @@ def _row_error(response: dict, row: Row, request_id: str | None, detailed: bool 
     return code, f"{message}: {reason}" if detailed else message
 
 
+def pair_stats(es: Elasticsearch, target: Target, user: UserVector | None) -> GenerationStats | None:
+    """What the planner knows of the item generation ``user``'s vector pairs with (None: the target
+    plans nothing, or the user has no vector). A failure to read them is ClusterUnavailable."""
+    if target.stats is None or user is None:
+        return None
+    with cluster_errors_as_unavailable():
+        return target.stats.get(es, target.item_index, user.pairs_with, target.request_timeout_s)
+
+
 def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Row], user_filters: Sequence[dict],
-               mode: str | None, sizes: dict[str, int] | None, metrics: NoMetrics) -> tuple[UserVector | None, list]:
-    """One read of a page: the user GET, then the one _msearch."""
+               mode: str | None, sizes: dict[str, int] | None,
+               metrics: NoMetrics) -> tuple[UserVector | None, PageSearch, list]:
+    """One read of a page: the user GET, then the one _msearch; its responses, one per row."""
     user = fetch_user(es, target.user_index, user_id, target.request_timeout_s)
     lang = "painless"
     if user and any(row_mode(row, mode, target) == "script_score" for row in rows):
         with cluster_errors_as_unavailable():
             lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
-    searches = build_searches(rows, user, user_filters, target, mode, sizes, script_lang=lang)
+    page = build_page_search(rows, user, user_filters, target, mode, sizes, script_lang=lang,
+                             stats=pair_stats(es, target, user))
     with cluster_errors_as_unavailable():
         started = time.perf_counter()
-        result = es.options(request_timeout=target.request_timeout_s).msearch(searches=searches)
+        result = es.options(request_timeout=target.request_timeout_s).msearch(searches=page.lines)
         metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)
-    return user, result["responses"]
+    return user, page, page.split(result["responses"])
 
 
 def _mixed(user: UserVector | None, responses: list) -> str | None:
@@ -330,6 +303,8 @@ def _mixed(user: UserVector | None, responses: list) -> str | None:
     for response in responses:
         if "error" in response and "dimensions" in str(response["error"]):
             return "a row's query vector did not fit the item index (a swap between raw and reduced pairs?)"
+        if "error" in response and PARTITION_FIELD_PREFIX in str(response["error"]):
+            return "a row's vector partition is not in the item index (a swap to a pair made without it?)"
     hits = [h for r in responses if "hits" in r for h in r["hits"]["hits"]]
     indices = {h["_index"] for h in hits}
     if len(indices) > 1:

@@ -17,9 +17,11 @@ A row config file (YAML or JSON)::
         filter:   [{term: {item_format: audiobook}}]
         must_not: [{terms: {categories: [horror]}}]
         retrieval: knn        # optional: knn | script_score (default: settings.retrieval_mode)
-        num_candidates_factor: 30   # optional: this row's knn candidates per neighbour (default: the setting)
-        exact: true           # optional: knn over the generation's flat copy of the item vectors (an exact
-                              # scan of the row's filtered set; for selective rows, see the README)
+        num_candidates_factor: 30   # optional: knn candidates per neighbour when the row walks the graph
+                                    # with its filter inside (plan filtered_graph; default: the setting)
+        plan: exact           # optional: pin how the row is searched (exact | partition | post_filter |
+                              # filtered_graph; default: the planner chooses per request, facetrec.planner);
+                              # `exact: true` is the older spelling of `plan: exact`
         diversity: {max_per_category: 2, mmr_lambda: 0.7, candidates_factor: 3}   # optional (facetrec.diversity)
     homepage: [for_you, audiobooks]
 """
@@ -40,6 +42,7 @@ from facetrec.scoring import SCRIPT_SCORE_SHIFT
 from facetrec.settings import RETRIEVAL_MODES
 
 FACET_TYPES = ("keyword", "float", "integer", "date")
+ROW_PLANS = ("exact", "partition", "post_filter", "filtered_graph")   # facetrec.planner
 CLAUSES = ("term", "terms", "range")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
 MAX_ROW_SIZE = 100
@@ -86,8 +89,13 @@ class Row:
     caller_modes: tuple[str, ...] = ()   # modes a caller may ask for besides the row's own
     max_size: int | None = None          # the largest size a caller may ask for (default: 2 x size)
     num_candidates_factor: int | None = None  # knn candidates = k x this (default: the setting)
-    exact: bool = False                  # knn scans the row's filtered set exactly (EXACT_VECTOR_FIELD)
+    plan: str | None = None              # a pinned plan (facetrec.planner.PLANS); None: chosen per request
     diversity: DiversityPolicy | None = None  # crowding / MMR over over-fetched candidates (facetrec.diversity)
+    adhoc: bool = False                  # defined by the request, not the row config (never counted for the planner)
+
+    @property
+    def exact(self) -> bool:
+        return self.plan == "exact"
 
     @property
     def size_limit(self) -> int:
@@ -171,6 +179,11 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
     exact = entry.get("exact", False)
     if not isinstance(exact, bool):
         raise RowConfigError(f"{where}: exact must be true or false")
+    plan = entry.get("plan")
+    if plan is not None and plan not in ROW_PLANS:
+        raise RowConfigError(f"{where}: plan must be one of {ROW_PLANS}")
+    if exact and plan not in (None, "exact"):
+        raise RowConfigError(f"{where}: exact: true pins plan exact; it contradicts plan: {plan}")
     policy = None
     if "diversity" in entry:
         try:
@@ -179,8 +192,8 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
             raise RowConfigError(f"{where}: {exc}") from None
     return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
-               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor, exact=exact,
-               diversity=policy)
+               caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor,
+               plan="exact" if exact else plan, diversity=policy)
 
 
 def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:
@@ -250,7 +263,8 @@ def row_filter(row: Row, user_filters: Sequence[dict], exclude_ids: Sequence[str
 def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters: Sequence[dict],
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
                      vector_field: str = ITEM_VECTOR_FIELD, script_lang: str = "painless",
-                     rescore_oversample: float = 0.0) -> dict:
+                     rescore_oversample: float = 0.0, row_clauses: Sequence[dict] | None = None,
+                     candidates: int | None = None) -> dict:
     """The ``_search`` body for one row.
 
     * ``knn``: a knn query whose own filter holds the user and row filters (a true pre-filter that
@@ -263,9 +277,14 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
     * no user vector: the cold-start popularity ranking under the same filters.
 
     ``user_vector`` is a list of floats prepared once per request (``query_vector``); the seen ids
-    are de-duplicated here, once per row (``row_filter`` takes them as they are).
+    are de-duplicated here, once per row (``row_filter`` takes them as they are). ``row_clauses``
+    replaces the row's own filter clauses inside the knn filter (a partition walk leaves out the
+    value its field pins); ``candidates`` sets num_candidates (at least the neighbours asked for)
+    instead of k x ``num_candidates_factor``.
     """
     exclude_ids = list(dict.fromkeys(exclude_ids))
+    if row_clauses is not None:
+        row = dataclasses.replace(row, filter=tuple(row_clauses))
     body: dict[str, Any] = {"size": k, "_source": ITEM_SOURCE_FIELDS}
     if user_vector is None:
         body["query"] = row_filter(row, user_filters, exclude_ids)
@@ -275,7 +294,8 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
         after = exclude_ids if len(exclude_ids) <= SEEN_OVERFETCH_MAX else []   # seen ids removed after the search
         neighbours = k + len(after)
         knn = {"field": vector_field, "query_vector": user_vector, "k": neighbours,
-               "num_candidates": num_candidates(k, num_candidates_factor, at_least=neighbours),
+               "num_candidates": min(max(candidates, neighbours), MAX_NUM_CANDIDATES) if candidates
+               else num_candidates(k, num_candidates_factor, at_least=neighbours),
                "filter": row_filter(row, user_filters, () if after else exclude_ids)}
         if rescore_oversample:
             knn["rescore_vector"] = {"oversample": rescore_oversample}

@@ -44,11 +44,14 @@ class Settings:
     vector_dims: int = 64                  # FACETREC_VECTOR_DIMS
     similarity: str = "max_inner_product"  # FACETREC_SIMILARITY
     index_type: str = "hnsw"               # FACETREC_INDEX_TYPE: flat | hnsw | int8_hnsw | int8_flat
-    hnsw_m: int = 32                       # FACETREC_HNSW_M (16 / 100 before: README "Where the time goes")
-    hnsw_ef_construction: int = 200        # FACETREC_HNSW_EF_CONSTRUCTION
-    hnsw_filter_heuristic: str = "acorn"   # FACETREC_HNSW_FILTER_HEURISTIC: acorn | fanout (filtered graph search; README)
+    hnsw_m: int = 16                       # FACETREC_HNSW_M (docs/benchmarks.md: graph size against build time)
+    hnsw_ef_construction: int = 100        # FACETREC_HNSW_EF_CONSTRUCTION
+    hnsw_filter_heuristic: str = "acorn"   # FACETREC_HNSW_FILTER_HEURISTIC: acorn | fanout (filtered graph search)
+    hnsw_early_termination: bool = False   # FACETREC_HNSW_EARLY_TERMINATION: let a walk stop before num_candidates
     mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.mips)
-    exact_vectors: bool = True             # FACETREC_EXACT_VECTORS: graph generations also index a flat copy (rows with exact: true)
+    exact_vectors: bool = True             # FACETREC_EXACT_VECTORS: graph generations also index a flat copy (exact plans)
+    vector_partitions: str = "item_format"  # FACETREC_VECTOR_PARTITIONS: facets whose values get a graph each (facetrec.partitions)
+    partition_min_docs: int = 10_000       # FACETREC_PARTITION_MIN_DOCS: a value with fewer items gets no graph (it scans exactly)
     shards: int = 1                        # FACETREC_SHARDS
     replicas: int = 0                      # FACETREC_REPLICAS
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
@@ -62,6 +65,10 @@ class Settings:
     script_lang: str = "auto"              # FACETREC_SCRIPT_LANG: auto | painless | facetrec_vector (script_score)
     num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
     rescore_oversample: float = 3.0        # FACETREC_RESCORE_OVERSAMPLE: quantized indices rescore k x this with floats (0: off)
+    exact_max_matches: int = 10_000        # FACETREC_EXACT_MAX_MATCHES: rows estimated this small scan exactly (planner)
+    post_filter_min_share: float = 0.1     # FACETREC_POST_FILTER_MIN_SHARE: filters keeping this share go after the walk
+    walk_candidates: int = 1000            # FACETREC_WALK_CANDIDATES: num_candidates of a shared walk of the whole graph
+    partition_candidates: int = 500        # FACETREC_PARTITION_CANDIDATES: num_candidates of a partition walk
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
     recall_sample_rate: float = 0.01       # FACETREC_RECALL_SAMPLE_RATE: pages re-asked exactly off the request path
@@ -101,6 +108,21 @@ class Settings:
             raise SettingsError(f"FACETREC_RECALL_SAMPLE_RATE={self.recall_sample_rate}: expected 0 (off) .. 1 (every page)")
         if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
             raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
+        if self.exact_max_matches < 0:
+            raise SettingsError(f"FACETREC_EXACT_MAX_MATCHES={self.exact_max_matches}: expected 0 (never) or more")
+        if not 0.0 < self.post_filter_min_share <= 1.0:
+            raise SettingsError(f"FACETREC_POST_FILTER_MIN_SHARE={self.post_filter_min_share}: expected a share in (0, 1]")
+        for name, value in (("FACETREC_WALK_CANDIDATES", self.walk_candidates),
+                            ("FACETREC_PARTITION_CANDIDATES", self.partition_candidates)):
+            if not 10 <= value <= 10_000:
+                raise SettingsError(f"{name}={value}: expected 10..10000 (Elasticsearch's num_candidates limit)")
+        if self.partition_min_docs < 1:
+            raise SettingsError(f"FACETREC_PARTITION_MIN_DOCS={self.partition_min_docs}: expected at least 1")
+        from facetrec.partitions import PartitionError, parse_facets
+        try:
+            parse_facets(self.vector_partitions)
+        except PartitionError as exc:
+            raise SettingsError(str(exc)) from None
         if self.es_request_timeout_s <= 0:
             raise SettingsError("ES_REQUEST_TIMEOUT_S must be positive")
 
@@ -127,6 +149,19 @@ class Settings:
         that ``exact`` rows search: an exact scan of the row's filtered set inside a graph generation
         (``facetrec.rows``). A flat generation is exact already."""
         return self.exact_vectors and self.graph_index
+
+    @property
+    def planner_thresholds(self):
+        """The row planner's knobs (``facetrec.planner.Thresholds``)."""
+        from facetrec.planner import Thresholds
+        return Thresholds(exact_max_matches=self.exact_max_matches, post_filter_min_share=self.post_filter_min_share,
+                          walk_candidates=self.walk_candidates, partition_candidates=self.partition_candidates)
+
+    @property
+    def partition_facets(self) -> tuple[str, ...]:
+        """The facets whose values each get a vector graph in a new graph item generation."""
+        from facetrec.partitions import parse_facets
+        return parse_facets(self.vector_partitions) if self.graph_index else ()
 
     @property
     def api_token_list(self) -> list[str]:
@@ -159,8 +194,11 @@ _ENV_NAMES = {
     "hnsw_m": "FACETREC_HNSW_M",
     "hnsw_ef_construction": "FACETREC_HNSW_EF_CONSTRUCTION",
     "hnsw_filter_heuristic": "FACETREC_HNSW_FILTER_HEURISTIC",
+    "hnsw_early_termination": "FACETREC_HNSW_EARLY_TERMINATION",
     "mips_reduction": "FACETREC_MIPS_REDUCTION",
     "exact_vectors": "FACETREC_EXACT_VECTORS",
+    "vector_partitions": "FACETREC_VECTOR_PARTITIONS",
+    "partition_min_docs": "FACETREC_PARTITION_MIN_DOCS",
     "shards": "FACETREC_SHARDS",
     "replicas": "FACETREC_REPLICAS",
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",
@@ -172,6 +210,10 @@ _ENV_NAMES = {
     "script_lang": "FACETREC_SCRIPT_LANG",
     "num_candidates_factor": "FACETREC_NUM_CANDIDATES_FACTOR",
     "rescore_oversample": "FACETREC_RESCORE_OVERSAMPLE",
+    "exact_max_matches": "FACETREC_EXACT_MAX_MATCHES",
+    "post_filter_min_share": "FACETREC_POST_FILTER_MIN_SHARE",
+    "walk_candidates": "FACETREC_WALK_CANDIDATES",
+    "partition_candidates": "FACETREC_PARTITION_CANDIDATES",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "api_tokens": "FACETREC_API_TOKENS",
     "recall_sample_rate": "FACETREC_RECALL_SAMPLE_RATE",

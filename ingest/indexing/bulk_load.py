@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from elasticsearch import Elasticsearch, helpers
 from tqdm import tqdm
 
-from facetrec import mips
+from facetrec import mips, partitions as vector_partitions
+from facetrec.es import serializers
 from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS
 
 ITEM_FACETS = ("item_format", "language", "country", "categories", "title", "popularity", "published_at")
@@ -108,9 +109,12 @@ def _listish(value: Any) -> Any:
 
 
 def item_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool,
-                  item_vector_scale: float | None = None, exact_copy: bool = False) -> tuple[str, dict]:
+                  item_vector_scale: float | None = None, exact_copy: bool = False,
+                  partitions: Mapping | None = None) -> tuple[str, dict]:
     """The item's document; with ``item_vector_scale`` its vector is stored reduced (``facetrec.mips``),
-    with ``exact_copy`` it is indexed a second time in the flat ``EXACT_VECTOR_FIELD`` (exact rows)."""
+    with ``exact_copy`` it is indexed a second time in the flat ``EXACT_VECTOR_FIELD`` (exact plans),
+    and with ``partitions`` once more in the partition field of each partitioned value it has
+    (``facetrec.partitions``)."""
     item_id = str(record["item_id"])
     vector = check_vector(_listish(record.get("item_embed")), dims, require_unit)
     if item_vector_scale is not None:
@@ -121,6 +125,9 @@ def item_document(record: Mapping[str, Any], generation: str, dims: int, require
     doc: dict[str, Any] = {"item_id": item_id, "generation": generation, ITEM_VECTOR_FIELD: vector}
     if exact_copy:
         doc[EXACT_VECTOR_FIELD] = vector
+    if partitions:
+        for field in vector_partitions.document_fields(record, partitions):
+            doc[field] = vector
     for field in ITEM_FACETS:
         value = record.get(field)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -175,7 +182,7 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
               max_retries: int = 6, initial_backoff: float = 0.5, progress: bool = True,
               total: int | None = None, streams: int = 1, doc_fields: Mapping[str, Any] | None = None,
               check: Callable[[str], None] | None = None, item_vector_scale: float | None = None,
-              exact_copy: bool = False) -> LoadReport:
+              exact_copy: bool = False, partitions: Mapping | None = None) -> LoadReport:
     """Stream ``records`` into ``index`` with explicit ``_id``s, ``streams`` bulk requests in flight.
     ``doc_fields`` are added to every document (a user generation's ``item_generation``); item
     vectors are stored reduced when ``item_vector_scale`` is given (``facetrec.mips``) and twice with
@@ -187,8 +194,9 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
         raise ValueError(f"streams must be at least 1, got {streams}")
     report = LoadReport(index=index)
     build = DOCUMENT_BUILDERS[kind]
-    if kind == "item" and (item_vector_scale is not None or exact_copy):
-        build = partial(item_document, item_vector_scale=item_vector_scale, exact_copy=exact_copy)
+    if kind == "item" and (item_vector_scale is not None or exact_copy or partitions):
+        build = partial(item_document, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
+                        partitions=partitions)
     counted = threading.Lock()
 
     def actions() -> Iterator[dict]:
@@ -255,13 +263,14 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
 
 def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, index: str, kind: str,
                     generation: str, dims: int, require_unit: bool, doc_fields: dict | None,
-                    item_vector_scale: float | None = None, exact_copy: bool = False) -> Iterator[dict]:
+                    item_vector_scale: float | None = None, exact_copy: bool = False,
+                    partitions: dict | None = None) -> Iterator[dict]:
     """Runs on a Spark executor: one client per partition, the same bulk code."""
-    es = Elasticsearch(es_url, **client_options)
+    es = Elasticsearch(es_url, serializers=serializers(), **client_options)
     try:
         report = bulk_load(es, index, kind, (row.asDict(recursive=True) for row in rows), generation=generation,
                            dims=dims, require_unit=require_unit, progress=False, doc_fields=doc_fields,
-                           item_vector_scale=item_vector_scale, exact_copy=exact_copy)
+                           item_vector_scale=item_vector_scale, exact_copy=exact_copy, partitions=partitions)
     finally:
         es.close()
     yield dataclasses.asdict(report)
@@ -270,14 +279,15 @@ def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, i
 def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims: int, require_unit: bool = False,
                client_options: dict | None = None, doc_fields: dict | None = None,
                check: Callable[[str], None] | None = None, item_vector_scale: float | None = None,
-               exact_copy: bool = False) -> LoadReport:
+               exact_copy: bool = False, partitions: dict | None = None) -> LoadReport:
     """Load a Spark DataFrame partition by partition (in parallel on the executors). ``check`` runs
     on the driver before and after the job (executors cannot see the driver's lock)."""
     if check is not None:
         check(f"loading {index}")
     fn = partial(_load_partition, es_url=es_url, client_options=client_options or {"request_timeout": 120},
                  index=index, kind=kind, generation=generation, dims=dims, require_unit=require_unit,
-                 doc_fields=doc_fields, item_vector_scale=item_vector_scale, exact_copy=exact_copy)
+                 doc_fields=doc_fields, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
+                 partitions=partitions)
     started = time.perf_counter()
     total = LoadReport(index=index)
     for part in df.rdd.mapPartitions(fn).collect():

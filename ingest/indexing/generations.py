@@ -23,6 +23,10 @@ from facetrec.es import alias_index
 from facetrec.settings import Settings
 
 FAMILIES = ("item", "user")
+# While a generation loads: no flush every minute (each one cuts a segment that merges later rebuild
+# graphs from; a generation is rebuilt from its input, not from a translog, if the load fails),
+# flushed when the loading is done. Reset to the cluster's defaults by finish_loading.
+LOADING_SETTINGS = {"translog.flush_threshold_age": "1h", "translog.flush_threshold_size": "4gb"}
 LOADING, VALIDATED, ROLLED_BACK = "loading", "validated", "rolled_back"
 
 
@@ -140,12 +144,16 @@ class Generations:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None,
-               item_vector_scale: float | None = None, exact_vectors: bool = False) -> str:
+               item_vector_scale: float | None = None, exact_vectors: bool = False,
+               partitions: dict | None = None, properties: dict | None = None,
+               index_type: str | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index
         stored reduced (``facetrec.mips``) records its ``item_vector_scale``, one that also indexes the
-        flat copy for exact rows records ``exact_vectors`` (``facetrec.homepage.pairing_fields``)."""
+        flat copy for exact rows records ``exact_vectors`` (``facetrec.homepage.pairing_fields``), one
+        with vector partitions records them (``partitions``, ``facetrec.partitions``) and maps their
+        fields (``properties``, beside the template's)."""
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
@@ -156,9 +164,13 @@ class Generations:
             meta["item_vector_scale"] = item_vector_scale
         if exact_vectors:
             meta["exact_vectors"] = True
+        if partitions:
+            meta["partitions"] = partitions
+        if index_type:
+            meta["index_type"] = index_type   # how item_embed is indexed (flat: every knn search is exact)
         self.es.indices.delete(index=index, ignore_unavailable=True)
-        self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0},
-                               mappings={"_meta": meta})
+        self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0, **LOADING_SETTINGS},
+                               mappings={"_meta": meta, **({"properties": properties} if properties else {})})
         return index
 
     def meta(self, index: str) -> dict:
@@ -167,7 +179,8 @@ class Generations:
     def finish_loading(self, index: str, force_merge: bool = False) -> None:
         """Restore refresh and replicas (from the template's values), refresh, wait for health."""
         self.es.indices.put_settings(index=index, settings={"refresh_interval": "1s",
-                                                            "number_of_replicas": self.settings.replicas})
+                                                            "number_of_replicas": self.settings.replicas,
+                                                            **{key: None for key in LOADING_SETTINGS}})
         self.es.indices.refresh(index=index)
         if force_merge:
             self.es.options(request_timeout=3600).indices.forcemerge(index=index, max_num_segments=1)
@@ -175,7 +188,11 @@ class Generations:
         self.es.options(request_timeout=600).cluster.health(index=index, wait_for_status="green", timeout="300s")
 
     def mark(self, index: str, state: str) -> None:
-        self.es.indices.put_mapping(index=index, meta={**self.meta(index), "state": state})
+        self.update_meta(index, state=state)
+
+    def update_meta(self, index: str, **fields) -> None:
+        """Add or replace fields of the index's mapping ``_meta`` (a read-modify-write: under the lock)."""
+        self.es.indices.put_mapping(index=index, meta={**self.meta(index), **fields})
 
     def cleanup_partial(self) -> list[str]:
         """Delete generations a crashed or fenced-off run left behind: still 'loading', or with no

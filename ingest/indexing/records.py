@@ -1,9 +1,11 @@
-"""Read embedding records (parquet files or folders) as a stream of dicts, with their count, and
-the largest vector norm of a record source (the item vector scale of ``facetrec.mips``)."""
+"""Read embedding records (parquet files or folders) as a stream of dicts, with their count, the
+largest vector norm of a record source (the item vector scale of ``facetrec.mips``) and the counts
+of the values of the facets whose values get a vector partition (``facetrec.partitions``)."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,6 +36,18 @@ class ParquetRecords:
         return largest
 
 
+    def value_counts(self, column: str) -> Counter:
+        """How many records hold each value of ``column`` (a list column counts each value once per
+        record), reading only that column; a file without the column counts nothing."""
+        dataset = ds.dataset(self.path, format="parquet")
+        if column not in dataset.schema.names:
+            return Counter()
+        counts: Counter = Counter()
+        for batch in dataset.to_batches(columns=[column], batch_size=self.batch_size):
+            _count_values(counts, batch.column(0).to_pylist())
+        return counts
+
+
 def parquet_records(path: str | Path, batch_size: int = 5000) -> ParquetRecords:
     return ParquetRecords(path, batch_size)
 
@@ -57,6 +71,50 @@ def max_vector_norm(source: Any, column: str) -> float:
         return _largest_norm(record.get(column) for record in source)
     raise TypeError(f"cannot read {type(source).__name__} twice to find the largest {column} norm: "
                     "pass a list, parquet_records(path) or a Spark DataFrame")
+
+
+def facet_value_counts(source: Any, facets: Sequence[str]) -> dict[str, Counter]:
+    """For each facet, how many records of ``source`` hold each of its values (a multi-valued facet
+    counts each distinct value of a record once). Same sources as ``max_vector_norm``."""
+    if not facets:
+        return {}
+    if isinstance(source, ParquetRecords):
+        return {facet: source.value_counts(facet) for facet in facets}
+    if hasattr(source, "rdd"):
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import ArrayType
+
+        out: dict[str, Counter] = {}
+        for facet in facets:
+            if facet not in source.columns:
+                out[facet] = Counter()
+                continue
+            column = F.col(facet)
+            if isinstance(source.schema[facet].dataType, ArrayType):
+                column = F.explode(F.array_distinct(column))
+            rows = source.select(column.alias("v")).where(F.col("v").isNotNull()).groupBy("v").count().collect()
+            out[facet] = Counter({str(r["v"]): int(r["count"]) for r in rows})
+        return out
+    if isinstance(source, Sequence):
+        out = {facet: Counter() for facet in facets}
+        for record in source:
+            for facet in facets:
+                _count_values(out[facet], [record.get(facet)])
+        return out
+    raise TypeError(f"cannot read {type(source).__name__} twice to count its facet values: "
+                    "pass a list, parquet_records(path) or a Spark DataFrame")
+
+
+def _count_values(counts: Counter, values) -> None:
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            value = value.tolist() if hasattr(value, "tolist") else value
+            if isinstance(value, list):
+                counts.update({str(v) for v in value if v is not None})
+                continue
+        counts[str(value)] += 1
 
 
 def _largest_norm(vectors) -> float:

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Mapping
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch
 
-from facetrec import mips
+from facetrec import mips, partitions as vector_partitions
+from facetrec.catalog_stats import StatsCache, count_rows
 from facetrec.es import client_options, resolve_url
 from facetrec.homepage import Target, pairing_fields
 from facetrec.metrics import NoMetrics
@@ -34,12 +35,13 @@ from ingest.indexing.bulk_load import bulk_load, spark_load
 from ingest.indexing.generations import (VALIDATED, Generations, ModelMismatch, delete_unless_aliased,
                                          new_generation_id)
 from ingest.indexing.lock import LockLost, ReindexLock
-from ingest.indexing.records import max_vector_norm
+from ingest.indexing.records import facet_value_counts, max_vector_norm
 from ingest.indexing.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
 
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
-          total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None):
+          total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None,
+          partitions: dict | None = None):
     require_unit = kind == "item" and settings.similarity == "dot_product"
     exact_copy = kind == "item" and settings.exact_vector_copy
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
@@ -47,10 +49,20 @@ def _load(es, settings: Settings, index: str, kind: str, source: Any, generation
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
                           client_options={"request_timeout": 120, **client_options(settings)},
                           doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale,
-                          exact_copy=exact_copy)
+                          exact_copy=exact_copy, partitions=partitions)
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams,
-                     doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale, exact_copy=exact_copy)
+                     doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
+                     partitions=partitions)
+
+
+def _partitions(settings: Settings, items: Any) -> dict:
+    """The vector partitions of a new item generation (``facetrec.partitions``), from the counts of
+    the partitioned facets' values in ``items`` (read before loading, like the vector scale)."""
+    facets = settings.partition_facets
+    if not facets:
+        return {}
+    return vector_partitions.choose(facets, facet_value_counts(items, facets), settings.partition_min_docs)
 
 
 def _item_vector_scale(settings: Settings, items: Any) -> float | None:
@@ -61,6 +73,12 @@ def _item_vector_scale(settings: Settings, items: Any) -> float | None:
     if not scale > 0.0:
         raise ValueError("no usable item vector to scale: every item_embed is missing, NaN or zero")
     return scale
+
+
+def _describe(partitions: dict) -> str:
+    def values(by_value: dict) -> str:
+        return ", ".join(f"{value} ({entry['docs']:,})" for value, entry in by_value.items()) or "none"
+    return "; ".join(f"{facet}: {values(by_value)}" for facet, by_value in partitions.items())
 
 
 def swap_and_confirm(gens: Generations, targets: dict[str, str], pin: dict[str, str] | None = None) -> None:
@@ -125,8 +143,9 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         if "item" in families:
             item_index, item_generation, pin = gens.index_name("item", generation), generation, None
             scale = _item_vector_scale(settings, items)
+            partitions = _partitions(settings, items)
         else:
-            (item_index, item_generation), scale = _pair_items(gens, model_version), None
+            (item_index, item_generation), scale, partitions = _pair_items(gens, model_version), None, {}
             pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
         lock.fence("cleanup")
         _step(generation, "cleanup of partial generations")
@@ -143,28 +162,38 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 step = time.perf_counter()
                 lock.fence(f"create {family}")
                 _step(generation, f"create {gens.index_name(family, generation)}")
+                is_item = family == "item"
                 index = gens.create(family, generation, model_version, item_generation=item_generation,
-                                    item_vector_scale=scale if family == "item" else None,
-                                    exact_vectors=family == "item" and settings.exact_vector_copy)
+                                    item_vector_scale=scale if is_item else None,
+                                    exact_vectors=is_item and settings.exact_vector_copy,
+                                    partitions=partitions if is_item else None,
+                                    index_type=settings.index_type if is_item else None,
+                                    properties=templates.partition_properties(settings, model_version, partitions)
+                                    if is_item and partitions else None)
                 created.append(index)
                 _step(generation, f"load {index}" + (f" (item vectors reduced, scale {scale:.6g})"
-                                                      if family == "item" and scale is not None else ""))
+                                                      if is_item and scale is not None else "")
+                      + (f" (vector partitions: {_describe(partitions)})" if is_item and partitions else ""))
                 # Each user document carries what the service needs to ask its item generation.
                 pairing = {"item_generation": item_generation, **pairing_fields(gens.meta(item_index))} \
                     if family == "user" else None
                 report = _load(es, settings, index, family, source, generation, progress, expected,
-                               pairing, lock.check, scale)
+                               pairing, lock.check, scale, partitions if is_item else None)
                 reports[family] = report
                 check_load(report)
                 gens.finish_loading(index, force_merge=force_merge and family == "item")
                 check_count(es, index, expected if expected is not None else report.attempted)
+                if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog_stats)
+                    gens.update_meta(index, row_stats={"docs": report.indexed, "rows": count_rows(
+                        es, index, list(catalog.rows.values()), catalog.user_filters, timeout_s=120)})
                 metrics.gauge("reindex.docs_indexed", report.indexed, tags=[f"family:{family}"])
                 metrics.timing("reindex.load", (time.perf_counter() - step) * 1000, tags=[f"family:{family}"])
 
             user_index = gens.index_name("user", generation)
             _step(generation, f"validate {item_index} + {user_index}")
             target = Target.from_settings(settings, item_index=item_index, user_index=user_index,
-                                          request_timeout_s=30.0)
+                                          request_timeout_s=30.0,
+                                          stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
             validation = ValidationReport()
             check_rows(es, target, catalog.homepage_rows(), sample_user_ids(es, user_index, sample_users))
             validation.checks += ["vectors", "bulk", "count", "rows"]

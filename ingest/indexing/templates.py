@@ -9,6 +9,7 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 
 from facetrec import mips
+from facetrec.partitions import fields as partition_fields
 from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.settings import Settings
 from facetrec.user_events import event_log_index
@@ -50,13 +51,23 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
                 # The same vectors again, scanned exactly by the rows marked `exact` (facetrec.rows).
                 props[EXACT_VECTOR_FIELD] = {**props[ITEM_VECTOR_FIELD], "index_options": {"type": "flat"}}
             if settings.graph_index:
-                # How a filtered search walks the graph (dynamic; see the README's "Where the time goes").
+                # How a filtered search walks the graph, and whether a walk may stop before it has
+                # gathered num_candidates (dynamic; docs/benchmarks.md measures both).
                 index_settings["dense_vector.hnsw_filter_heuristic"] = settings.hnsw_filter_heuristic
+                index_settings["dense_vector.hnsw_enable_early_termination"] = settings.hnsw_early_termination
         elif family == "user":
             props["user_embed"]["dims"] = settings.vector_dims
         body["_meta"] = {**body.get("_meta", {}), "model_version": model_version}
         rendered[name] = body
     return rendered
+
+
+def partition_properties(settings: Settings, model_version: str, partitions: dict) -> dict:
+    """The mapping of a new item generation's partition fields (``facetrec.partitions``): each is
+    the item vector field again (same dims, similarity and graph), holding one value's items."""
+    rendered = render(settings, model_version)[template_name(settings, "item")]
+    vector = rendered["template"]["mappings"]["properties"][ITEM_VECTOR_FIELD]
+    return {field: dict(vector) for field in partition_fields(partitions)}
 
 
 def _index_options(settings: Settings) -> dict:

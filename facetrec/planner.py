@@ -1,0 +1,150 @@
+"""The row planner: how each row of a page is searched, chosen per request from the row's estimated
+matches under the request's user filters (``facetrec.catalog_stats``) and what the pair indexes.
+
+Plans (``Plan.kind``; every row of a response names the one it ran):
+
+* ``exact``: a knn search over the flat copy of the item vectors with the whole filter inside it:
+  Elasticsearch scores every matching document, so the row is the exact top. Chosen for rows
+  estimated at most ``FACETREC_EXACT_MAX_MATCHES`` matches (its cost grows with the matches).
+* ``partition``: a walk of the vector partition of the value the row pins (``facetrec.partitions``),
+  e.g. the audiobook graph for ``{term: {item_format: audiobook}}``, with the remaining filters
+  (the user facets) applied after the walk when they keep a large share of the partition, inside
+  it otherwise.
+* ``post_filter``: a walk of the whole catalog's graph with no filter inside it, over-fetched by the
+  row's estimated share and filtered after: an unfiltered walk is cheaper and finds more than a
+  filtered one when the filter keeps a large share (measured: ``docs/benchmarks.md``).
+* ``filtered_graph``: a walk of the whole catalog's graph with the filter inside it (Elasticsearch's
+  filtered HNSW search): for rows too selective to post-filter and too large to scan.
+
+Walks whose filters are applied after them are *shared*: every post-filtered row of a page (on the
+whole graph or on a partition) is served from ONE search of the page's ``_msearch`` that walks each
+needed graph once (a ``dis_max`` of the walks; every field holds the same vectors, so a document's
+score is the same whichever walk found it), applies the user filters and the seen items after the
+walks, and splits the result into rows with a ``filters`` aggregation (one bucket per row, its top
+hits by score). Rows that walk the same graph share that walk; a row gains whatever the other walks
+found that matches it. A row config can pin a plan (``plan:``); a plan the pair cannot run (no flat
+copy, no partition for the value) falls back to the planner's choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+from facetrec.catalog_stats import GenerationStats
+from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_NUM_CANDIDATES, ROW_PLANS, Row
+
+PLANS = ROW_PLANS
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """The planner's knobs (``facetrec.settings``; defaults from the 1M measurements)."""
+    exact_max_matches: int = 10_000      # FACETREC_EXACT_MAX_MATCHES: rows this small scan exactly
+    post_filter_min_share: float = 0.1   # FACETREC_POST_FILTER_MIN_SHARE: filters keeping this share go after the walk
+    walk_candidates: int = 1000          # FACETREC_WALK_CANDIDATES: num_candidates of a walk of the whole graph
+    partition_candidates: int = 500      # FACETREC_PARTITION_CANDIDATES: num_candidates of a partition walk
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    kind: str                          # one of PLANS
+    field: str                         # the vector field searched
+    pre: tuple[dict, ...] = ()         # row clauses inside the walk (with the user filters when not post)
+    post: tuple[dict, ...] = ()        # row clauses after the walk
+    post_user_filters: bool = False    # the user filters are applied after the walk (a shared walk)
+    share: float | None = None         # estimated share of the walked field's documents the row keeps
+    estimated_matches: int | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.post_user_filters
+
+
+def pinned_value(row: Row, partitions: Mapping[str, Mapping[str, Any]]) -> tuple[int, str, str] | None:
+    """(clause index, facet, value) of the first filter clause of ``row`` that pins one value of a
+    partitioned facet (``term``, or ``terms`` with one value), or None."""
+    for i, clause in enumerate(row.filter):
+        (kind, body), = clause.items()
+        if kind not in ("term", "terms"):
+            continue
+        (facet, value), = body.items()
+        if kind == "terms":
+            if len(value) != 1:
+                continue
+            value = value[0]
+        if facet in partitions and str(value) in partitions[facet]:
+            return i, facet, str(value)
+    return None
+
+
+def plan_row(row: Row, user_filters: Sequence[dict], stats: GenerationStats | None,
+             thresholds: Thresholds) -> Plan:
+    """The plan of one knn row (see the module doc). ``stats`` None: a pair the planner knows nothing
+    of (it was made before the planner): every row walks the whole graph with its filter inside."""
+    graph = Plan("filtered_graph", ITEM_VECTOR_FIELD, pre=row.filter)
+    if stats is None:
+        return graph
+    if stats.flat:   # no graph: every search of the generation scans its filtered set exactly
+        return Plan("exact", ITEM_VECTOR_FIELD, pre=row.filter, estimated_matches=stats.estimate(row, user_filters))
+    estimate = stats.estimate(row, user_filters)
+    pinned = pinned_value(row, stats.partitions)
+    wanted = row.plan
+
+    def exact() -> Plan | None:
+        if not stats.exact_vectors:
+            return None
+        return Plan("exact", EXACT_VECTOR_FIELD, pre=row.filter, estimated_matches=estimate)
+
+    def partition() -> Plan | None:
+        if pinned is None:
+            return None
+        i, facet, value = pinned
+        entry = stats.partitions[facet][value]
+        rest = tuple(c for j, c in enumerate(row.filter) if j != i)
+        share = None if estimate is None else min(1.0, estimate / max(1, entry["docs"]))
+        if share is not None and share >= thresholds.post_filter_min_share:
+            return Plan("partition", entry["field"], post=rest, post_user_filters=True, share=share,
+                        estimated_matches=estimate)
+        return Plan("partition", entry["field"], pre=rest, share=share, estimated_matches=estimate)
+
+    def post_filter() -> Plan | None:
+        if estimate is None:
+            return None
+        share = min(1.0, estimate / max(1, stats.docs))
+        return Plan("post_filter", ITEM_VECTOR_FIELD, post=row.filter, post_user_filters=True, share=share,
+                    estimated_matches=estimate)
+
+    def filtered_graph() -> Plan:
+        return dataclasses.replace(graph, estimated_matches=estimate,
+                                   share=None if estimate is None else min(1.0, estimate / max(1, stats.docs)))
+
+    if wanted == "exact":
+        return exact() or partition() or filtered_graph()
+    if wanted == "partition":
+        return partition() or filtered_graph()
+    if wanted == "post_filter":
+        return post_filter() or filtered_graph()
+    if wanted == "filtered_graph":
+        return filtered_graph()
+    if estimate is not None and estimate <= thresholds.exact_max_matches:
+        chosen = exact()
+        if chosen is not None:
+            return chosen
+    chosen = partition()
+    if chosen is not None:
+        return chosen
+    if estimate is not None and estimate / max(1, stats.docs) >= thresholds.post_filter_min_share:
+        return post_filter()
+    return filtered_graph()
+
+
+def overfetch(k: int, share: float | None) -> int:
+    """How many walk results to take so that at least ``k`` pass a filter keeping ``share`` of them
+    (a normal-approximation margin of 2.5 standard deviations, as Elasticsearch's own post-filter
+    oversampling), at most Elasticsearch's candidate limit."""
+    if share is None or share >= 1.0:
+        return k
+    share = max(share, 1e-4)
+    return min(MAX_NUM_CANDIDATES, math.ceil((k + 2.5 * math.sqrt(k * (1.0 - share) / share)) / share))
