@@ -114,3 +114,31 @@ def events_pair(es, es_settings, tmp_path_factory):
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
         es.indices.delete_index_template(name=template["name"])
+
+
+MOVIELENS_MODEL = "ml-svd"
+
+
+@pytest.fixture(scope="session")
+def movielens(es, es_settings, tmp_path_factory):
+    """MovieLens-100k published as the demo publishes it (app/rows-movielens.yaml, the same ids and
+    facets), with SVD item vectors and a seeded, exported user tower instead of training
+    (tests/catalogs.py), behind session-unique aliases."""
+    from facetrec import user_encoder
+    from ingest.indexing.reindex import run_reindex
+    from catalogs import movielens_records
+
+    prefix = f"ml-{uuid.uuid4().hex[:8]}"
+    root = tmp_path_factory.mktemp("movielens")
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat", models_root=root / "models")
+    items, users, item_vectors, model = movielens_records(settings.vector_dims)
+    model.export(root / "embeddings")
+    user_encoder.register(root / "embeddings", settings.models_root, MOVIELENS_MODEL)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows-movielens.yaml"))
+    run_reindex(es, settings, catalog, items=items, users=users, model_version=MOVIELENS_MODEL,
+                generation="20260101-000001", progress=False, sample_users=3)
+    yield settings, catalog, items, users
+    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+    for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
+        es.indices.delete_index_template(name=template["name"])
