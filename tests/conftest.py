@@ -120,21 +120,30 @@ MOVIELENS_MODEL = "ml-svd"
 
 
 @pytest.fixture(scope="session")
-def movielens(es, es_settings, tmp_path_factory):
-    """MovieLens-100k published as the demo publishes it (app/rows-movielens.yaml, the same ids and
-    facets), with SVD item vectors and a seeded, exported user tower instead of training
-    (tests/catalogs.py), behind session-unique aliases."""
+def movielens_model(es_settings, tmp_path_factory):
+    """MovieLens-100k records without training (tests/catalogs.py) and a models root holding their
+    exported user encoder (computed once per session)."""
     from facetrec import user_encoder
-    from ingest.indexing.reindex import run_reindex
     from catalogs import movielens_records
 
-    prefix = f"ml-{uuid.uuid4().hex[:8]}"
     root = tmp_path_factory.mktemp("movielens")
-    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
-                                   index_type="flat", models_root=root / "models")
-    items, users, item_vectors, model = movielens_records(settings.vector_dims)
+    items, users, _, model = movielens_records(es_settings.vector_dims)
     model.export(root / "embeddings")
-    user_encoder.register(root / "embeddings", settings.models_root, MOVIELENS_MODEL)
+    user_encoder.register(root / "embeddings", root / "models", MOVIELENS_MODEL)
+    return items, users, root / "models"
+
+
+@pytest.fixture(scope="module")
+def movielens(es, es_settings, movielens_model):
+    """(Per test module: events change users) MovieLens-100k published as the demo publishes it
+    (app/rows-movielens.yaml, the same ids and facets), with SVD item vectors and a seeded, exported
+    user tower instead of training, behind module-unique aliases."""
+    from ingest.indexing.reindex import run_reindex
+
+    items, users, models_root = movielens_model
+    prefix = f"ml-{uuid.uuid4().hex[:8]}"
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat", models_root=models_root)
     catalog = RowCatalog.load(os.path.join(REPO, "app", "rows-movielens.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version=MOVIELENS_MODEL,
                 generation="20260101-000001", progress=False, sample_users=3)
