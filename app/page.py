@@ -27,7 +27,8 @@ def page_context(catalog, default_mode: str, summary) -> dict:
         if kind == "keyword":
             shown = f"{len(entry['values'])}{'' if entry['complete'] else '+'} values" if entry else "values unknown"
         elif entry.get("min") is not None:
-            shown = f"{entry['min']} … {entry['max']}"
+            low, high = (f"{v:.3g}" if isinstance(v, float) else str(v) for v in (entry["min"], entry["max"]))
+            shown = f"{low} … {high}"
         else:
             shown = "no values"
         declared.append({"name": name, "type": kind, "shown": shown, "user_filter": name in catalog.user_filters})

@@ -53,8 +53,9 @@ def mode_options(rows: Iterable[Row], default_mode: str) -> list[tuple[str, str]
     rows = list(rows)
     own = {row.retrieval or default_mode for row in rows}
     common = common_modes(rows, default_mode)
-    if len(own) == 1 and common == sorted(own):
-        return [("", next(iter(own)))]
+    if len(own) == 1:   # no mode is the same as that one
+        (mode,) = own
+        return [("", mode), *((m, m) for m in common if m != mode)]
     return [("", "each row's own"), *((m, m) for m in common)]
 
 
