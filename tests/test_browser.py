@@ -169,3 +169,16 @@ def test_a_mode_is_offered_only_when_every_homepage_row_allows_it(published):
     raw["rows"][1] = {"id": "b", "retrieval": "script_score"}
     assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "each row's own"),
                                                                             ("script_score", "script_score")]
+
+
+def test_the_docs_page_renders_the_openapi_document(server, browser):
+    """Swagger UI (the PyPI package swagger-ui-bundle, served by the service) renders app/openapi.yaml."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    assert browser.find_element(By.CSS_SELECTOR, ".info .title").text.startswith("facetrec homepage API")
+    paths = {e.text.replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/users/{user_id}/homepage", "/v1/rows", "/v1/facets", "/v1/users/{user_id}/events"} <= paths, paths
+    assert not browser.find_elements(By.CSS_SELECTOR, ".errors-wrapper")
