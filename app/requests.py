@@ -21,7 +21,7 @@ from facetrec.user_events import (EPOCH_UNITS, MAX_EVENTS_PER_BATCH, MIN_UNITLES
 MAX_ROWS = 20
 QUERY_PARAMS = {"rows", "size", "mode"}
 MAX_SAMPLE_USERS = 100
-CONFIGURED_ROW_FIELDS = ("id", "size")
+CONFIGURED_ROW_FIELDS = ("id", "size", "ad_hoc")   # ad_hoc: false, or left out
 AD_HOC_ROW_FIELDS = ("id", "ad_hoc", "title", "size", "filter", "must_not")
 # The live facet values, asked for only when a request holds a keyword value to check (facetrec.facets).
 FacetValues = Callable[[], "FacetSummary | None"]

@@ -159,7 +159,7 @@ def test_ad_hoc_rows_say_so_and_cannot_shadow_a_configured_row(client, row, fiel
 def test_a_configured_row_by_object_and_an_ad_hoc_row_are_served_as_asked(client, published):
     _, catalog, items, users, *_ = published
     by_id = {i["item_id"]: i for i in items}
-    body = {"rows": [{"id": "comedy", "size": 5}, {"id": "everything", "ad_hoc": True, "size": 3},
+    body = {"rows": [{"id": "comedy", "size": 5, "ad_hoc": False}, {"id": "everything", "ad_hoc": True, "size": 3},
                      {"id": "mine", "ad_hoc": True, "title": "Travel", "filter": [{"term": {"categories": "travel"}}]}]}
     page = assert_valid_exchange(client.post(f"/v1/users/{users[1]['user_id']}/rows", json=body), 200)
     comedy, everything, mine = page["rows"]
