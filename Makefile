@@ -32,8 +32,11 @@ deps: $(DEPS_STAMP)
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/editable.log 2>&1 || { cat $(VENV)/editable.log; exit 1; }
 	@$(PY) -m facetrec.es_local build-classpath
 
+# make demo: MovieLens-100k; make demo CATALOG=synthetic: the synthetic catalog (app/rows.yaml, user filters)
+CATALOG ?= movielens
+
 demo: deps
-	$(PY) -m facetrec_cli demo
+	$(PY) -m facetrec_cli demo --catalog $(CATALOG)
 
 test: deps browser
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ from flask import Flask
 
 from facetrec.catalog_stats import StatsCache
 from facetrec.es import make_client
+from facetrec.facets import FacetCache
 from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
 from facetrec.recall_monitor import RecallMonitor
@@ -19,7 +20,7 @@ MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is re
 
 def create_app(settings: Settings | None = None, catalog: RowCatalog | None = None) -> Flask:
     """Application factory: one Elasticsearch client per process (per gunicorn worker), created here."""
-    from app import api, auth, errors, logs, page
+    from app import api, auth, docs, errors, logs, page
 
     settings = settings or Settings.from_env()
     catalog = catalog or RowCatalog.load(settings.rows_config)
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
         "target": Target.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters)),
     }
     ctx = app.extensions["facetrec"]
+    ctx["facets"] = FacetCache(ctx["es"], settings.item_alias, ctx["catalog"])
     ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1))
     ctx["recall_monitor"] = RecallMonitor(ctx["es"], ctx["target"], ctx["metrics"], settings.recall_sample_rate,
                                           settings.index_type)
@@ -44,4 +46,5 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(page.bp)
+    app.register_blueprint(docs.bp)
     return app

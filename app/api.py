@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from app.requests import parse_events_body, parse_homepage_args, parse_rows_body
+from app.requests import parse_events_body, parse_homepage_args, parse_rows_body, query_args
 from facetrec.es import alias_index
-from facetrec.homepage import cluster_errors_as_unavailable, recommend
+from facetrec.facets import MATCHING, FacetSummary
+from facetrec.homepage import ClusterUnavailable, cluster_errors_as_unavailable, recommend
+from facetrec.row_info import describe_catalog
 from facetrec.rows import BadRequest
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger("facetrec.service")
 
 
 def _ctx() -> dict:
     return current_app.extensions["facetrec"]
+
+
+def facet_summary() -> FacetSummary:
+    """The live generation's facet values (cached per generation); ClusterUnavailable when unreadable."""
+    try:
+        return _ctx()["facets"].get()
+    except Exception as exc:  # noqa: BLE001 - any failure to read them is the cluster's
+        raise ClusterUnavailable(f"facet values: {exc}") from exc
+
+
+def facet_values_if_readable() -> FacetSummary | None:
+    """For the case rule of caller values: a page is never refused because the values cannot be read."""
+    try:
+        return facet_summary()
+    except ClusterUnavailable as exc:
+        log.warning("facet values unavailable; values not checked", extra={"event": "facets_unavailable",
+                                                                           "detail": str(exc)[:500]})
+        return None
 
 
 def _serve(query):
@@ -32,8 +54,8 @@ def _serve(query):
 @bp.get("/v1/users/<path:user_id>/homepage")
 def homepage(user_id: str):
     ctx = _ctx()
-    return _serve(parse_homepage_args(user_id, request.args.to_dict(flat=True), ctx["catalog"],
-                                      ctx["settings"].retrieval_mode))
+    return _serve(parse_homepage_args(user_id, request.args, ctx["catalog"], ctx["settings"].retrieval_mode,
+                                      facets=facet_values_if_readable))
 
 
 @bp.post("/v1/users/<path:user_id>/rows")
@@ -42,7 +64,7 @@ def rows(user_id: str):
     if body is None:
         raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
     ctx = _ctx()
-    return _serve(parse_rows_body(user_id, body, ctx["catalog"], ctx["settings"].retrieval_mode))
+    return _serve(parse_rows_body(user_id, body, ctx["catalog"], ctx["settings"].retrieval_mode, facets=facet_values_if_readable))
 
 
 @bp.post("/v1/users/<path:user_id>/events")
@@ -65,11 +87,24 @@ def events(user_id: str):
     return jsonify(dataclasses.asdict(applied))
 
 
+def _facets_body(summary: FacetSummary) -> dict:
+    return {"item_generation": summary.item_index, "value_matching": MATCHING, "facets": summary.facets}
+
+
 @bp.get("/v1/rows")
 def row_catalog():
-    catalog = _ctx()["catalog"]
-    return jsonify({"homepage": list(catalog.homepage), "user_filters": list(catalog.user_filters),
-                    "rows": [{"id": r.id, "title": r.title, "size": r.size} for r in catalog.rows.values()]})
+    """The configured rows (filters, sizes, modes) and the declared facets with their live values."""
+    query_args(request.args, set())
+    ctx = _ctx()
+    return jsonify({**describe_catalog(ctx["catalog"], ctx["settings"].retrieval_mode),
+                    **_facets_body(facet_summary())})
+
+
+@bp.get("/v1/facets")
+def facets():
+    """The declared facets with the values the live item generation holds."""
+    query_args(request.args, set())
+    return jsonify(_facets_body(facet_summary()))
 
 
 @bp.get("/healthz")

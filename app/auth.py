@@ -1,7 +1,8 @@
 """Optional access control: ``Authorization: Bearer <token>`` against FACETREC_API_TOKENS.
 
-When tokens are configured every route needs one except the probes (``/healthz``, ``/readyz``),
-including the HTML page and ``/v1/sample-users`` (which hands out real user ids). Tokens are
+When tokens are configured every route needs one except the probes (``/healthz``, ``/readyz``) and
+the API's description (``/openapi.yaml``, the ``/docs`` page and its assets), including the HTML
+page and ``/v1/sample-users`` (which hands out real user ids). Tokens are
 compared in constant time; a missing or wrong token is a 401 JSON error naming the header.
 """
 
@@ -13,7 +14,7 @@ from flask import Flask, jsonify, request
 
 from app.errors import error_body
 
-OPEN_ENDPOINTS = {"api.healthz", "api.readyz"}
+OPEN_ENDPOINTS = {"api.healthz", "api.readyz", "docs.openapi_document", "docs.docs_page", "docs.docs_asset"}
 
 
 def init_app(app: Flask, tokens: list[str]) -> None:

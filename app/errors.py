@@ -1,24 +1,26 @@
-"""Every error is JSON: 400 names the field, 404/405 for routes, 503 + Retry-After when ES is down."""
+"""Every error is JSON: 400 names the field, 404/405 for routes, 409 for a reused batch id, 413 says
+the body limit, 503 + Retry-After when ES is down."""
 
 from __future__ import annotations
 
 import logging
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from facetrec.homepage import ClusterUnavailable, InconsistentGenerations
 from facetrec.rows import BadRequest
 from facetrec.user_encoder import EncoderUnavailable
-from facetrec.user_events import UserIndexUnavailable
+from facetrec.user_events import BatchIdReused, UserIndexUnavailable
 
 log = logging.getLogger("facetrec.service")
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict:
+def error_body(code: str, message: str, field: str | None = None, **extra) -> dict:
     body = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
+    body.update(extra)
     return {"error": body}
 
 
@@ -26,6 +28,16 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(BadRequest)
     def bad_request(exc: BadRequest):
         return jsonify(error_body("bad_request", exc.message, exc.field)), 400
+
+    @app.errorhandler(BatchIdReused)
+    def batch_id_reused(exc: BatchIdReused):
+        return jsonify(error_body("batch_id_reused", str(exc), "batch_id")), 409
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return jsonify(error_body("request_entity_too_large", f"the request body is larger than the limit of "
+                                  f"{limit} bytes ({limit / 1024:g} KiB)", "body", limit_bytes=limit)), 413
 
     def retry_later(code: str, message: str, event: str, detail: str, level: int = logging.WARNING):
         """A 503 the caller may retry after Retry-After; the detail goes to the structured log only."""

@@ -1,26 +1,53 @@
-"""GET / : a small HTML page to look at a user's homepage (calls the JSON API from the browser)."""
+"""GET / : a small HTML page to look at a user's homepage (calls the JSON API from the browser).
+
+It opens on the first sample user's rows, offers only the retrieval modes every homepage row
+allows, and a select of the live values for each user filter (``facetrec.facets``)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, render_template, request
 
+from app.api import facet_values_if_readable
+from app.requests import parse_limit
 from facetrec.homepage import ClusterUnavailable
+from facetrec.row_info import filter_text, mode_options
 
 bp = Blueprint("page", __name__)
 
 
+def page_context(catalog, default_mode: str, summary) -> dict:
+    """What the template shows: the user filters (with their values when the live generation's list
+    is complete), the declared facets, the mode options and each row's filters as a phrase."""
+    facets = summary.facets if summary is not None else {}
+    filters = [{"name": name, "values": summary.known_values(name) if summary is not None else None}
+               for name in catalog.user_filters]
+    declared = []
+    for name, kind in catalog.facets.items():
+        entry = facets.get(name) or {}
+        if kind == "keyword":
+            shown = f"{len(entry['values'])}{'' if entry['complete'] else '+'} values" if entry else "values unknown"
+        elif entry.get("min") is not None:
+            low, high = (f"{v:.3g}" if isinstance(v, float) else str(v) for v in (entry["min"], entry["max"]))
+            shown = f"{low} … {high}"
+        else:
+            shown = "no values"
+        declared.append({"name": name, "type": kind, "shown": shown, "user_filter": name in catalog.user_filters})
+    return {"user_filters": filters, "facets": declared, "modes": mode_options(catalog.homepage_rows(), default_mode),
+            "row_filters": {row.id: filter_text(row) for row in catalog.rows.values()}}
+
+
 @bp.get("/")
 def index():
-    catalog = current_app.extensions["facetrec"]["catalog"]
-    return render_template("homepage.html", user_filters=list(catalog.user_filters))
+    ctx = current_app.extensions["facetrec"]
+    return render_template("homepage.html", **page_context(ctx["catalog"], ctx["settings"].retrieval_mode,
+                                                           facet_values_if_readable()))
 
 
 @bp.get("/v1/sample-users")
 def sample_users():
-    """A few user ids from the live user index, for the page's picker."""
+    """A few user ids from the live user index, for the page's picker (most recently updated first)."""
     ctx = current_app.extensions["facetrec"]
-    limit = request.args.get("limit", "20")
-    limit = int(limit) if limit.isdigit() and 0 < int(limit) <= 100 else 20
+    limit = parse_limit(request.args)
     try:
         hits = ctx["es"].search(index=ctx["settings"].user_alias, size=limit, source=False,
                                 sort=[{"updated_at": "desc"}])["hits"]["hits"]

@@ -10,15 +10,48 @@ import dataclasses
 import re
 import uuid
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from facetrec.facets import FacetSummary, check_spelling
 from facetrec.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
 from facetrec.settings import RETRIEVAL_MODES
-from facetrec.user_events import (MAX_EVENTS_PER_BATCH, Event, EventBatch, check_item_id, check_user_id,
-                                  parse_event_time)
+from facetrec.user_events import (EPOCH_UNITS, MAX_EVENTS_PER_BATCH, MIN_UNITLESS_EPOCH_MS, Event, EventBatch,
+                                  check_item_id, check_user_id, parse_event_time)
 
 MAX_ROWS = 20
 QUERY_PARAMS = {"rows", "size", "mode"}
+MAX_SAMPLE_USERS = 100
+CONFIGURED_ROW_FIELDS = ("id", "size", "ad_hoc")   # ad_hoc: false, or left out
+AD_HOC_ROW_FIELDS = ("id", "ad_hoc", "title", "size", "filter", "must_not")
+# The live facet values, asked for only when a request holds a keyword value to check (facetrec.facets).
+FacetValues = Callable[[], "FacetSummary | None"]
+
+
+def query_args(args: Any, allowed: set[str] | frozenset[str]) -> dict[str, str]:
+    """A request's query parameters, each given at most once and each among ``allowed``, as a dict.
+    ``args`` is a MultiDict (Flask's ``request.args``) or a plain mapping of str -> str | list[str]."""
+    names = list(args.keys())
+    out: dict[str, str] = {}
+    for name in names:
+        values = args.getlist(name) if hasattr(args, "getlist") else \
+            (args[name] if isinstance(args[name], list) else [args[name]])
+        if name not in allowed:
+            raise BadRequest(name[:64], f"unknown parameter; allowed: {sorted(allowed)}")
+        if len(values) != 1:
+            raise BadRequest(name, f"given {len(values)} times; give it once"
+                                   + (" (a comma-separated list of row ids)" if name == "rows" else ""))
+        out[name] = values[0]
+    return out
+
+
+def parse_limit(args: Any, default: int = 20) -> int:
+    """GET /v1/sample-users?limit=: an integer in 1..MAX_SAMPLE_USERS."""
+    raw = query_args(args, {"limit"}).get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SAMPLE_USERS:
+        raise BadRequest("limit", f"must be an integer in 1..{MAX_SAMPLE_USERS}")
+    return int(raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +65,7 @@ class HomepageQuery:
 
 def _size(raw: Any, field: str) -> int:
     if isinstance(raw, str):
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise BadRequest(field, f"must be an integer in 1..{MAX_ROW_SIZE}")
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ROW_SIZE:
@@ -48,8 +81,33 @@ def _mode(raw: Any) -> str | None:
     return raw
 
 
-def user_filter_clauses(filters: Mapping[str, Any], catalog: RowCatalog, field: str) -> list[dict]:
+class _Once:
+    """The facet values, read at most once per request and only if a keyword value needs them."""
+
+    def __init__(self, facets: FacetValues | None):
+        self.facets, self.read, self.summary = facets, False, None
+
+    def __call__(self) -> FacetSummary | None:
+        if not self.read:
+            self.read, self.summary = True, self.facets() if self.facets else None
+        return self.summary
+
+
+def _spelled(clause: dict, catalog: RowCatalog, prefix: str, summary: _Once) -> dict:
+    """``clause`` (validated) once its keyword values passed the case rule (``facetrec.facets``); a
+    refusal names ``<prefix>.<facet>``."""
+    (kind, body), = clause.items()
+    (name, value), = body.items()
+    if kind in ("term", "terms") and catalog.facets.get(name) == "keyword":
+        for v in value if isinstance(value, list) else [value]:
+            check_spelling(name, v, summary(), f"{prefix}.{name}")
+    return clause
+
+
+def user_filter_clauses(filters: Mapping[str, Any], catalog: RowCatalog, field: str,
+                        facets: FacetValues | None = None) -> list[dict]:
     clauses = []
+    summary = facets if isinstance(facets, _Once) else _Once(facets)
     for name, value in filters.items():
         where = f"{field}.{name}"
         if name not in catalog.user_filters:
@@ -57,20 +115,18 @@ def user_filter_clauses(filters: Mapping[str, Any], catalog: RowCatalog, field: 
         if isinstance(value, list):
             if not 1 <= len(value) <= 50:
                 raise BadRequest(where, "a list of 1..50 values")
-            clauses.append({"terms": {name: [check_value(v, catalog.facets[name], where) for v in value]}})
+            clause = {"terms": {name: [check_value(v, catalog.facets[name], where) for v in value]}}
         else:
-            clauses.append({"term": {name: check_value(value, catalog.facets[name], where)}})
+            clause = {"term": {name: check_value(value, catalog.facets[name], where)}}
+        clauses.append(_spelled(clause, catalog, field, summary))
     return clauses
 
 
-def parse_homepage_args(user_id: str, args: Mapping[str, str], catalog: RowCatalog,
-                        default_mode: str = "knn") -> HomepageQuery:
-    """GET /v1/users/<user_id>/homepage?language=&country=&rows=&size=&mode="""
+def parse_homepage_args(user_id: str, args: Any, catalog: RowCatalog, default_mode: str = "knn",
+                        facets: FacetValues | None = None) -> HomepageQuery:
+    """GET /v1/users/<user_id>/homepage?<user filter>=&rows=&size=&mode= (``args``: see ``query_args``)"""
     user_id = check_user_id(user_id)
-    unknown = set(args) - QUERY_PARAMS - set(catalog.user_filters)
-    if unknown:
-        name = sorted(unknown)[0]
-        raise BadRequest(name, f"unknown parameter; allowed: {sorted(QUERY_PARAMS | set(catalog.user_filters))}")
+    args = query_args(args, QUERY_PARAMS | set(catalog.user_filters))
     rows = catalog.homepage_rows()
     if "rows" in args:
         ids = [r for r in args["rows"].split(",") if r]
@@ -82,15 +138,17 @@ def parse_homepage_args(user_id: str, args: Mapping[str, str], catalog: RowCatal
         rows = [catalog.rows[r] for r in dict.fromkeys(ids)]
     sizes = {r.id: _size(args["size"], "size") for r in rows} if "size" in args else {}
     filters = {k: v for k, v in args.items() if k in catalog.user_filters}
-    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
+    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", facets), sizes,
                                   _mode(args.get("mode"))), catalog, default_mode, "size", "mode")
 
 
-def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: str = "knn") -> HomepageQuery:
+def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: str = "knn",
+                    facets: FacetValues | None = None) -> HomepageQuery:
     """POST /v1/users/<user_id>/rows with {"rows": [...], "filters": {...}, "mode": ...}.
 
-    A row is a configured row id, ``{"id": ..., "size": n}``, or an ad-hoc row
-    ``{"id", "title", "size", "filter": [...], "must_not": [...]}`` over the declared facets.
+    A row is a configured row id, ``{"id": ..., "size": n}`` (a configured row at another size), or
+    an ad-hoc row ``{"id", "ad_hoc": true, "title", "size", "filter": [...], "must_not": [...]}``
+    over the declared facets, whose id must not be a configured row's.
     """
     user_id = check_user_id(user_id)
     if not isinstance(body, dict):
@@ -104,8 +162,9 @@ def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: 
     if not isinstance(raw_rows, list) or not 1 <= len(raw_rows) <= MAX_ROWS:
         raise BadRequest("rows", f"must be a list of 1..{MAX_ROWS} rows")
     rows, sizes = [], {}
+    summary = _Once(facets)
     for i, entry in enumerate(raw_rows):
-        row, size = _row_entry(entry, catalog, f"rows[{i}]")
+        row, size = _row_entry(entry, catalog, f"rows[{i}]", summary)
         if any(r.id == row.id for r in rows):
             raise BadRequest(f"rows[{i}].id", "duplicate row id")
         rows.append(row)
@@ -114,7 +173,7 @@ def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: 
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
         raise BadRequest("filters", "must be an object of user filters")
-    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters"), sizes,
+    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", summary), sizes,
                                   _mode(body.get("mode"))), catalog, default_mode, "rows", "mode")
 
 
@@ -131,38 +190,54 @@ def _checked(query: HomepageQuery, catalog: RowCatalog, default_mode: str, size_
             raise BadRequest(size_field, f"row {row.id!r} allows at most {row.size_limit} items")
         own = row.retrieval or default_mode
         if query.mode is not None and query.mode != own and query.mode not in row.caller_modes:
+            if not configured:
+                raise BadRequest(mode_field, f"ad-hoc row {row.id!r} is served with the service's retrieval mode "
+                                             f"{own!r} only; mode {query.mode!r} is for configured rows that list "
+                                             "it (GET /v1/rows: modes)")
             raise BadRequest(mode_field, f"row {row.id!r} does not allow mode {query.mode!r}; its config "
-                                         f"allows {sorted({own, *row.caller_modes})}")
+                                         f"allows {sorted({own, *row.caller_modes})} (GET /v1/rows: modes)")
         total += size
     if total > MAX_PAGE_HITS:
         raise BadRequest(size_field, f"the rows ask for {total} items; at most {MAX_PAGE_HITS} per request")
     return query
 
 
-def _row_entry(entry: Any, catalog: RowCatalog, field: str) -> tuple[Row, int | None]:
+def _row_entry(entry: Any, catalog: RowCatalog, field: str, summary: _Once) -> tuple[Row, int | None]:
     if isinstance(entry, str):
         if entry not in catalog.rows:
-            raise BadRequest(field, f"unknown row id {entry[:64]!r}")
+            raise BadRequest(field, f"unknown row id {entry[:64]!r}; known: {sorted(catalog.rows)}")
         return catalog.rows[entry], None
     if not isinstance(entry, dict):
-        raise BadRequest(field, "a row id or a row object")
-    unknown = set(entry) - {"id", "title", "size", "filter", "must_not"}
+        raise BadRequest(field, 'a configured row id, {"id", "size"}, or an ad-hoc row {"id", "ad_hoc": true, ...}')
+    ad_hoc = entry.get("ad_hoc", False)
+    if not isinstance(ad_hoc, bool):
+        raise BadRequest(f"{field}.ad_hoc", "true (an ad-hoc row) or false (a configured row)")
+    allowed = AD_HOC_ROW_FIELDS if ad_hoc else CONFIGURED_ROW_FIELDS
+    unknown = sorted(set(entry) - set(allowed))
     if unknown:
-        raise BadRequest(f"{field}.{sorted(unknown)[0]}", "unknown row field")
+        if not ad_hoc and unknown[0] in AD_HOC_ROW_FIELDS:
+            raise BadRequest(f"{field}.{unknown[0]}", 'a configured row takes only id and size; a row with its own '
+                                                      f'{unknown[0]} is an ad-hoc row: add "ad_hoc": true')
+        raise BadRequest(f"{field}.{unknown[0][:64]}", f"unknown row field; allowed: {list(allowed)}")
     row_id = entry.get("id")
     if not isinstance(row_id, str) or not row_id or len(row_id) > 64:
         raise BadRequest(f"{field}.id", "a string of 1..64 characters")
     size = _size(entry["size"], f"{field}.size") if "size" in entry else None
-    if "filter" not in entry and "must_not" not in entry:
+    if not ad_hoc:
         if row_id not in catalog.rows:
-            raise BadRequest(f"{field}.id", f"unknown row id {row_id!r}")
+            raise BadRequest(f"{field}.id", f'unknown row id {row_id!r}; known: {sorted(catalog.rows)} (a row of '
+                                            'your own needs "ad_hoc": true)')
         return catalog.rows[row_id], size
+    if row_id in catalog.rows:
+        raise BadRequest(f"{field}.id", f"{row_id!r} is a configured row; an ad-hoc row needs an id of its own "
+                                        '(or leave out "ad_hoc" to ask for the configured row)')
     clauses = {}
     for key in ("filter", "must_not"):
         value = entry.get(key) or []
         if not isinstance(value, list) or len(value) > 20:
             raise BadRequest(f"{field}.{key}", "a list of at most 20 filters")
-        clauses[key] = tuple(validate_clause(c, catalog.facets, f"{field}.{key}") for c in value)
+        clauses[key] = tuple(_spelled(validate_clause(c, catalog.facets, f"{field}.{key}"), catalog,
+                                      f"{field}.{key}", summary) for c in value)
     title = entry.get("title", row_id)
     if not isinstance(title, str) or len(title) > 200:
         raise BadRequest(f"{field}.title", "a string of at most 200 characters")
@@ -173,16 +248,22 @@ MAX_BATCH_ID = 64
 
 
 def parse_events_body(user_id: str, body: Any, now: datetime) -> EventBatch:
-    """POST /v1/users/<user_id>/events with {"events": [{"item_id", "ts"}, ...], "batch_id": ...}.
+    """POST /v1/users/<user_id>/events with {"events": [{"item_id", "ts"}, ...], "batch_id": ..., "ts_unit": ...}.
 
     ``batch_id`` (optional, recommended) makes a retried request harmless: a batch id the user's
-    document already holds is not applied again. Without one, the service makes one up."""
+    document already holds is not applied again (and one reused with other events is a 409).
+    Without one, the service makes one up. ``ts`` is an ISO 8601 time with a zone or an epoch
+    number: milliseconds by default (refused below 1e11, where seconds are likelier), or in the
+    unit ``ts_unit`` ("ms" or "s") says."""
     user_id = check_user_id(user_id)
     if not isinstance(body, dict):
         raise BadRequest("body", "must be a JSON object")
-    unknown = set(body) - {"events", "batch_id"}
+    unknown = set(body) - {"events", "batch_id", "ts_unit"}
     if unknown:
-        raise BadRequest(sorted(unknown)[0], "unknown field; allowed: events, batch_id")
+        raise BadRequest(sorted(unknown)[0][:64], "unknown field; allowed: events, batch_id, ts_unit")
+    unit = body.get("ts_unit")
+    if unit is not None and unit not in EPOCH_UNITS:
+        raise BadRequest("ts_unit", f"the unit of numeric event times: one of {list(EPOCH_UNITS)}")
     events = body.get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_BATCH:
         raise BadRequest("events", f"must be a list of 1..{MAX_EVENTS_PER_BATCH} events")
@@ -193,9 +274,13 @@ def parse_events_body(user_id: str, body: Any, now: datetime) -> EventBatch:
             raise BadRequest(where, 'an object {"item_id": string, "ts": ISO 8601 time with a zone or epoch ms}')
         item_id = check_item_id(event["item_id"], f"{where}.item_id")
         try:
-            at = parse_event_time(event["ts"], now)
+            at = parse_event_time(event["ts"], now, unit=unit)
         except ValueError as exc:
-            raise BadRequest(f"{where}.ts", str(exc)) from None
+            ts = event["ts"]
+            unitless_small = unit is None and isinstance(ts, (int, float)) and not isinstance(ts, bool) \
+                and 0 <= ts < MIN_UNITLESS_EPOCH_MS
+            raise BadRequest(f"{where}.ts", str(exc) + (' (here: "ts_unit": "s" in the body)' if unitless_small
+                                                        else "")) from None
         parsed.append(Event(item_id, at))
     batch_id = body.get("batch_id")
     if batch_id is None:

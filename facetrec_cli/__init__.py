@@ -3,11 +3,12 @@
     facetrec index status | rollback | unlock | publish --items P --users P     (facetrec_cli/index.py)
     facetrec etl | train | evaluate | embed                                   (facetrec_cli/pipeline.py)
     facetrec pipeline run --dataset movielens-100k|synthetic                  (facetrec_cli/pipeline.py)
-    facetrec demo [stop]                                                      (facetrec_cli/demo.py)
+    facetrec demo [stop] [--catalog movielens|synthetic]                      (facetrec_cli/demo.py)
     facetrec events replay --since T                                          (facetrec_cli/events.py)
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
-The local node has its own small program, `facetrec-es start|stop|status` (facetrec/es_local.py).
+The local node has its own small program, `facetrec-es start|stop|status|build-classpath`
+(facetrec/es_local.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from facetrec.settings import Settings
 def build_parser() -> argparse.ArgumentParser:
     from facetrec_cli import demo, events, index, pipeline
 
-    parser = argparse.ArgumentParser(prog="facetrec", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="facetrec", description="The facetrec command line: index generations, "
+                                     "the nightly pipeline and its steps, the demo, and the events log. "
+                                     "`facetrec <command> --help` describes each.")
     sub = parser.add_subparsers(dest="command", required=True)
     index.register(sub)
     pipeline.register(sub)

@@ -1,12 +1,15 @@
 """The README's main job (`make demo`, i.e. `facetrec demo`):
 
 1. start the local Elasticsearch node (unless ES_URL points at a cluster),
-2. run the nightly pipeline on MovieLens-100k (Spark ETL, training, evaluation, embedding,
-   a new generation, validation, one alias swap),
-3. start the service under gunicorn on 127.0.0.1:8000,
+2. run the nightly pipeline on the catalog (Spark ETL, training, evaluation, embedding, a new
+   generation, validation, one alias swap): MovieLens-100k by default (rows: app/rows-movielens.yaml),
+   or the synthetic Scribd-like catalog with ``--catalog synthetic`` (`make demo CATALOG=synthetic`;
+   rows: app/rows.yaml, with the user filters language and country),
+3. start the service under gunicorn on 127.0.0.1:8000 with that catalog's rows,
 4. print the evaluation table and sample homepages for a few users,
 
-and leave the service and the node running, saying how to stop them.
+and leave the service and the node running, saying how to stop them. A demo publishes one pair of
+generations (so `facetrec index rollback` has nothing to roll back to until the next publish).
 """
 
 from __future__ import annotations
@@ -72,20 +75,26 @@ def print_homepage(url: str, user_id: str) -> None:
             print(f"      {item['score']:+7.3f}  {item.get('title', item['id'])}")
 
 
-def run_demo() -> int:
+# catalog -> (data set of the nightly pipeline, its name in the output, the demo's work directory)
+CATALOGS = {"movielens": ("movielens-100k", "MovieLens-100k", "demo"),
+            "synthetic": ("synthetic", "the synthetic catalog", "demo-synthetic")}
+
+
+def run_demo(catalog: str = "movielens") -> int:
     from facetrec.es import make_client
     from ingest.pipeline import DATASET_ROWS, run_pipeline
 
+    dataset, label, work = CATALOGS[catalog]
     started = time.perf_counter()
     settings = ensure_cluster(Settings.from_env())
-    rows_config = DATASET_ROWS["movielens-100k"]
-    work_dir = REPO_ROOT / "artifacts" / "demo"
-    summary = run_pipeline("movielens-100k", work_dir, settings, rows_config=rows_config)
+    rows_config = DATASET_ROWS[dataset]
+    work_dir = REPO_ROOT / "artifacts" / work
+    summary = run_pipeline(dataset, work_dir, settings, rows_config=rows_config)
 
     url = start_service(settings, rows_config, os.environ.get("FACETREC_BIND", "127.0.0.1:8000"))
     from ingest.embedding.evaluate import comparison_table
 
-    print("\noffline evaluation on MovieLens-100k (leave-last-out, full ranking, seen items excluded):")
+    print(f"\noffline evaluation on {label} (leave-last-out, full ranking, seen items excluded):")
     print(comparison_table(summary["evaluate"]))
     es = make_client(settings, request_timeout=30)
     users = [h["_id"] for h in es.search(index=settings.user_alias, size=3,
@@ -94,8 +103,11 @@ def run_demo() -> int:
         print_homepage(url, user_id)
     print_homepage(url, "a-brand-new-user")
     print(f"\nfacetrec: main job done in {time.perf_counter() - started:.0f}s")
-    print(f"facetrec: service on {url}/ (HTML page) and {url}/v1/users/<id>/homepage; "
-          f"Elasticsearch at {settings.es_url or es_local.status(settings.local_es_home).get('url')}")
+    print(f"facetrec: service on {url}/ (HTML page), {url}/docs (the API) and {url}/v1/users/<id>/homepage "
+          f"({label}: rows from {rows_config.relative_to(REPO_ROOT)}); Elasticsearch at "
+          f"{settings.es_url or es_local.status(settings.local_es_home).get('url')}")
+    print("facetrec: this run published one pair of generations (`facetrec index status`); a rollback needs an "
+          "older one, which the next `facetrec pipeline run` makes")
     print("facetrec: both keep running; stop them with `make stop`")
     return 0
 
@@ -104,11 +116,19 @@ def cmd_demo(args, settings: Settings) -> int:
     if args.action == "stop":
         print("facetrec: service stopped" if stop_service() else "facetrec: no service was running")
         return 0
-    return run_demo()
+    return run_demo(args.catalog)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: local node, nightly pipeline on MovieLens-100k, service, "
-                                    "sample homepages (`demo stop` stops the service)")
-    p.add_argument("action", nargs="?", choices=["run", "stop"], default="run")
+    p = sub.add_parser("demo", help="the main job: local node, nightly pipeline, service, sample homepages "
+                                    "(MovieLens-100k; --catalog synthetic; `demo stop` stops the service)",
+                       description="The main job (`make demo`): start the local Elasticsearch node (unless ES_URL is "
+                                   "set), run the nightly pipeline on the catalog, start the service on "
+                                   "127.0.0.1:8000 (FACETREC_BIND) and print sample homepages; the node and the "
+                                   "service keep running (`make stop`).")
+    p.add_argument("action", nargs="?", choices=["run", "stop"], default="run",
+                   help="run the demo (default) or stop the service it started")
+    p.add_argument("--catalog", choices=sorted(CATALOGS), default="movielens",
+                   help="movielens: MovieLens-100k with app/rows-movielens.yaml (default); synthetic: the Scribd-like "
+                        "synthetic catalog with app/rows.yaml and its user filters (language, country)")
     p.set_defaults(func=cmd_demo)

@@ -69,15 +69,23 @@ def cmd_events_stream(args, settings: Settings) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    events = sub.add_parser("events", help="the event log of the events API")
+    events = sub.add_parser("events", help="the event log of the events API: replay, stream",
+                            description="The event batches of POST /v1/users/<id>/events (logged before they are "
+                                        "applied) and the streaming job that applies event files.")
     esub = events.add_subparsers(dest="events_command", required=True)
     p = esub.add_parser("replay", help="re-apply logged batches with events newer than --since to the live user "
-                                        "generation (idempotent: batches already there are skipped)")
+                                        "generation (idempotent: batches already there are skipped)",
+                        description="Re-apply logged event batches with an event newer than --since to the live user "
+                                    "generation: what a publish does by itself after a swap, for when that step failed "
+                                    "or an encoder was missing. Batches already there are skipped.")
     p.add_argument("--since", required=True, type=_time, help="ISO 8601 time; batches with a newer event are applied")
     p.add_argument("--user-index", help="a concrete user generation (default: the one the user alias names)")
     p.set_defaults(func=cmd_events_replay)
     p = esub.add_parser("stream", help="apply event files (JSON lines: user_id, item_id, ts) landing in a directory "
-                                       "to the live user generation, as a Spark Structured Streaming job")
+                                       "to the live user generation, as a Spark Structured Streaming job",
+                        description="Apply event files (JSON lines with user_id, item_id, ts) landing in a directory to "
+                                    "the live user generation, as a Spark Structured Streaming job; a restart resumes "
+                                    "at the checkpoint and applies nothing twice.")
     p.add_argument("--source", required=True, help="directory the event files land in")
     p.add_argument("--checkpoint", required=True, help="the stream's checkpoint directory (keep it: restarts "
                                                        "resume there and apply nothing twice)")

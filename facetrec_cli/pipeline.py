@@ -90,28 +90,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--work-dir", default="artifacts/run", help="where the steps read and write (default: %(default)s)")
         return p
 
-    p = work(sub.add_parser("etl", help="Spark ETL of events + catalog into sequences, splits, vocabularies"))
+    def step(name, help_text, description):
+        return work(sub.add_parser(name, help=help_text, description=description))
+
+    p = step("etl", "Spark ETL of events + catalog into sequences, splits, vocabularies",
+             "Spark ETL of <work>/raw (events, catalog, users) into per-user sequences, leave-last-out splits, "
+             "vocabularies and item features under <work>/etl.")
     p.add_argument("--dataset", choices=["movielens-100k", "synthetic"],
                    help="first write this bundled data set as the raw input")
     p.set_defaults(func=cmd_etl)
-    p = work(sub.add_parser("train", help="train the two-tower model (early stopping, checkpoint)"))
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/training setting")
+    p = step("train", "train the two-tower model (early stopping, checkpoint)",
+             "Train the two-tower model on <work>/etl with early stopping on the validation split; the checkpoint "
+             "goes to <work>/model.")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model/training setting (repeatable; an unknown key lists the known ones)")
     p.set_defaults(func=cmd_train)
-    p = work(sub.add_parser("evaluate", help="full-ranking evaluation vs MostPop and Markov baselines"))
-    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p = step("evaluate", "full-ranking evaluation vs MostPop and Markov baselines",
+             "Full-ranking HR@10 / NDCG@10 of the checkpoint beside the MostPop and Markov baselines "
+             "(leave-last-out, seen items excluded); the table goes to <work>/eval.json.")
+    p.add_argument("--split", choices=["valid", "test"], default="test", help="which split (default: %(default)s)")
     p.add_argument("--served", action="store_true",
                    help="also publish the evaluation vectors to the eval_* aliases and measure the rows the service "
                         "returns (HR@10 / NDCG@10 beside the offline full ranking)")
     p.add_argument("--users", type=int, default=0, help="with --served: a fixed random sample of users (0: all)")
     p.set_defaults(func=cmd_evaluate)
-    work(sub.add_parser("embed", help="export item/user embeddings and the user encoder")).set_defaults(func=cmd_embed)
+    step("embed", "export item/user embeddings and the user encoder",
+         "Export item and user embeddings (parquet) and the user encoder (what the events API recomputes vectors "
+         "with) to <work>/embeddings.").set_defaults(func=cmd_embed)
 
-    pipe = sub.add_parser("pipeline", help="the nightly pipeline end to end")
+    pipe = sub.add_parser("pipeline", help="the nightly pipeline end to end",
+                          description="The nightly pipeline, the steps above in order, then a new generation.")
     psub = pipe.add_subparsers(dest="pipeline_command", required=True)
-    p = work(psub.add_parser("run", help="data -> ETL -> train -> evaluate -> embed -> publish (one alias swap)"))
-    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"], default="movielens-100k")
-    p.add_argument("--rows", help="row config (default: the data set's)")
+    p = work(psub.add_parser("run", help="data -> ETL -> train -> evaluate -> embed -> publish (one alias swap)",
+                             description="Data -> ETL -> train -> evaluate -> embed -> publish: a new pair of "
+                                         "generations, validated, then one alias swap."))
+    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"], default="movielens-100k",
+                   help="the bundled data set (default: %(default)s)")
+    p.add_argument("--rows", help="row config (default: the data set's: app/rows-movielens.yaml or app/rows.yaml)")
     p.add_argument("--generation", help="generation id (default: now, UTC)")
     p.add_argument("--skip-train", action="store_true", help="reuse the existing checkpoint")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/training setting")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/training setting (repeatable)")
     p.set_defaults(func=cmd_pipeline_run)

@@ -114,3 +114,40 @@ def events_pair(es, es_settings, tmp_path_factory):
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
         es.indices.delete_index_template(name=template["name"])
+
+
+MOVIELENS_MODEL = "ml-svd"
+
+
+@pytest.fixture(scope="session")
+def movielens_model(es_settings, tmp_path_factory):
+    """MovieLens-100k records without training (tests/catalogs.py) and a models root holding their
+    exported user encoder (computed once per session)."""
+    from facetrec import user_encoder
+    from catalogs import movielens_records
+
+    root = tmp_path_factory.mktemp("movielens")
+    items, users, _, model = movielens_records(es_settings.vector_dims)
+    model.export(root / "embeddings")
+    user_encoder.register(root / "embeddings", root / "models", MOVIELENS_MODEL)
+    return items, users, root / "models"
+
+
+@pytest.fixture(scope="module")
+def movielens(es, es_settings, movielens_model):
+    """(Per test module: events change users) MovieLens-100k published as the demo publishes it
+    (app/rows-movielens.yaml, the same ids and facets), with SVD item vectors and a seeded, exported
+    user tower instead of training, behind module-unique aliases."""
+    from ingest.indexing.reindex import run_reindex
+
+    items, users, models_root = movielens_model
+    prefix = f"ml-{uuid.uuid4().hex[:8]}"
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat", models_root=models_root)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows-movielens.yaml"))
+    run_reindex(es, settings, catalog, items=items, users=users, model_version=MOVIELENS_MODEL,
+                generation="20260101-000001", progress=False, sample_users=3)
+    yield settings, catalog, items, users
+    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+    for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
+        es.indices.delete_index_template(name=template["name"])

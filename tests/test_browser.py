@@ -1,11 +1,17 @@
-"""The homepage page in a real headless Chromium (Debian's chromium + chromedriver via Selenium):
-load the page, pick a user, set a filter, click, and see the rows render as carousels."""
+"""The homepage page in a real headless Chromium (Debian's chromium + chromedriver via Selenium).
+
+It opens on the first sample user's rows (no click), offers only the retrieval modes every
+homepage row allows, and a select of the live values of each user filter. The MovieLens test
+serves what `make demo` serves (app/rows-movielens.yaml over MovieLens-100k) and takes the
+README's screenshot, docs/homepage.png (FACETREC_SCREENSHOT=<path> writes it elsewhere, =0 not at all).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import threading
+from collections import Counter
 
 import pytest
 
@@ -13,18 +19,32 @@ from app import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCREENSHOT = os.environ.get("FACETREC_SCREENSHOT", os.path.join(REPO, "docs", "homepage.png"))
+
+
+def _serve(settings, catalog):
+    from werkzeug.serving import make_server
+
+    app = create_app(settings.replace(es_request_timeout_s=5.0), catalog)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_port}"
 
 
 @pytest.fixture(scope="module")
 def server(published):
-    from werkzeug.serving import make_server
-
     settings, catalog, *_ = published
-    app = create_app(settings.replace(es_request_timeout_s=5.0), catalog)
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd, url = _serve(settings, catalog)
+    yield url
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def movielens_server(movielens):
+    settings, catalog, *_ = movielens
+    httpd, url = _serve(settings, catalog)
+    yield url
     httpd.shutdown()
 
 
@@ -39,51 +59,126 @@ def browser(tmp_path_factory):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1100", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+                 "--window-size=1400,1100", "--hide-scrollbars", "--force-device-scale-factor=1",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
 
 
-def test_page_renders_rows_for_a_picked_user(server, browser, published):
+def _rows(browser, count: int):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 20).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.row")) == count
+        and all(s.find_elements(By.CSS_SELECTOR, ".card") for s in d.find_elements(By.CSS_SELECTOR, "section.row")))
+    return browser.find_elements(By.CSS_SELECTOR, "section.row")
+
+
+def _first_sample_user(url: str) -> str:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v1/sample-users?limit=1", timeout=10) as response:
+        return json.loads(response.read())["user_ids"][0]
+
+
+def test_the_demo_page_opens_on_the_first_users_rows_and_its_screenshot_is_taken(movielens_server, browser, movielens):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _, catalog, items, _ = movielens
+    first = _first_sample_user(movielens_server)
+    browser.get(movielens_server + "/")
+    sections = _rows(browser, len(catalog.homepage))               # no click: the page opens on them
+    assert browser.find_element(By.ID, "user").get_attribute("value") == first
+    assert browser.find_element(By.ID, "status").text.startswith(f"user {first} ·")
+    assert [s.get_attribute("data-row-id") for s in sections] == list(catalog.homepage)
+    comedy = sections[list(catalog.homepage).index("comedy")]
+    assert comedy.find_element(By.CSS_SELECTOR, ".filter-text").text == "categories = Comedy"
+    titles = [c.text for c in comedy.find_elements(By.CSS_SELECTOR, ".card .title")]
+    assert len(titles) == 10 and set(titles) <= {i["title"] for i in items if "Comedy" in i["categories"]}
+    # MovieLens has no user filters; the page says which facets the rows filter on.
+    assert not browser.find_elements(By.CSS_SELECTOR, ".filter")
+    facets = browser.find_element(By.ID, "facets").text
+    assert "categories keyword, 18 values" in facets and "published_at date" in facets and "no user filters" in facets
+    # Every demo row is knn only: that is all the page offers (before: script_score, a 400 on every row).
+    mode = Select(browser.find_element(By.ID, "mode"))
+    assert [o.text for o in mode.options] == ["knn"] and not browser.find_element(By.ID, "mode").is_enabled()
+    if SCREENSHOT not in ("", "0"):
+        browser.save_screenshot(SCREENSHOT)
+        assert os.path.getsize(SCREENSHOT) > 10_000
+
+
+def test_the_synthetic_page_filters_with_the_live_values_of_each_user_filter(server, browser, published):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     _, catalog, items, users, *_ = published
     by_id = {r["item_id"]: r for r in items}
     browser.get(server + "/")
-    wait = WebDriverWait(browser, 20)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#users option"))  # sample users loaded from the API
+    _rows(browser, len(catalog.homepage))
+    language = Select(browser.find_element(By.CSS_SELECTOR, 'select.filter[data-name="language"]'))
+    counts = Counter(i["language"] for i in items)
+    assert [o.text for o in language.options] == ["any", *sorted(counts, key=lambda v: (-counts[v], v))]  # most first
+    country = Select(browser.find_element(By.CSS_SELECTOR, 'select.filter[data-name="country"]'))
+    assert sorted(o.text for o in country.options[1:]) == sorted({c for i in items for c in i["country"]})
+    assert [o.text for o in Select(browser.find_element(By.ID, "mode")).options] == ["knn"]
 
     user_box = browser.find_element(By.ID, "user")
     user_box.clear()
     user_box.send_keys(users[5]["user_id"])
-    browser.find_element(By.CSS_SELECTOR, 'input.filter[data-name="language"]').send_keys("en")
+    language.select_by_visible_text("es")
     browser.find_element(By.ID, "show").click()
-
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.row")) == len(catalog.homepage))
-    sections = browser.find_elements(By.CSS_SELECTOR, "section.row")
-    assert [s.get_attribute("data-row-id") for s in sections] == list(catalog.homepage)
-    assert sections[0].find_element(By.TAG_NAME, "h2").text.startswith("Recommended for you")
-    titles = [c.text for c in sections[1].find_elements(By.CSS_SELECTOR, ".card .title")]
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "status").text.startswith(
+        f"user {users[5]['user_id']} ·"))
+    sections = _rows(browser, len(catalog.homepage))
+    audiobooks = sections[list(catalog.homepage).index("audiobooks")]
+    titles = {c.text for c in audiobooks.find_elements(By.CSS_SELECTOR, ".card .title")}
     assert len(titles) == 10
-    audiobook_titles = {r["title"] for r in by_id.values() if r["item_format"] == "audiobook" and r["language"] == "en"}
-    assert set(titles) <= audiobook_titles
-    assert EC.text_to_be_present_in_element((By.ID, "status"), users[5]["user_id"])(browser)
-    shot = os.environ.get("FACETREC_SCREENSHOT")
-    if shot:
-        browser.save_screenshot(shot)
+    assert titles <= {r["title"] for r in by_id.values() if r["item_format"] == "audiobook" and r["language"] == "es"}
 
 
-def test_page_shows_a_bad_filter_as_an_error(server, browser):
+def test_page_shows_a_bad_user_id_as_an_error(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server + "/")
-    browser.find_element(By.ID, "user").send_keys("x" * 200)
+    _rows(browser, 6)    # the opening page is in; then ask for a bad user
+    user_box = browser.find_element(By.ID, "user")
+    user_box.clear()
+    user_box.send_keys("x" * 200)
     browser.find_element(By.ID, "show").click()
     WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#status .error"))
     assert "400" in browser.find_element(By.CSS_SELECTOR, "#status .error").text
     assert "user_id" in browser.find_element(By.CSS_SELECTOR, "#status .error").text
+
+
+def test_a_mode_is_offered_only_when_every_homepage_row_allows_it(published):
+    from app.page import page_context
+    from facetrec.rows import RowCatalog
+
+    _, catalog, *_ = published
+    raw = {"facets": dict(catalog.facets), "user_filters": [],
+           "rows": [{"id": "a", "caller_modes": ["script_score"]}, {"id": "b", "caller_modes": ["script_score"]}]}
+    assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "knn"), ("script_score", "script_score")]
+    raw["rows"][1] = {"id": "b"}
+    assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "knn")]
+    raw["rows"][1] = {"id": "b", "retrieval": "script_score"}
+    assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "each row's own"),
+                                                                            ("script_score", "script_score")]
+
+
+def test_the_docs_page_renders_the_openapi_document(server, browser):
+    """Swagger UI (the PyPI package swagger-ui-bundle, served by the service) renders app/openapi.yaml."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    assert browser.find_element(By.CSS_SELECTOR, ".info .title").text.startswith("facetrec homepage API")
+    paths = {e.text.replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/users/{user_id}/homepage", "/v1/rows", "/v1/facets", "/v1/users/{user_id}/events"} <= paths, paths
+    assert not browser.find_elements(By.CSS_SELECTOR, ".errors-wrapper")

@@ -13,16 +13,15 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import jsonschema
 import numpy as np
 import pytest
-import yaml
 
 from app import create_app
 from facetrec_cli import main
 from facetrec.user_encoder import EncoderRegistry
 from facetrec.user_events import MAX_REMEMBERED_BATCHES, EventBatch, Event, UserEvents, event_log_index, parse_event_time
 from conftest import EVENTS_MODEL
+from openapi_check import assert_matches_schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW = datetime.now(timezone.utc)
@@ -54,9 +53,7 @@ def test_events_recompute_the_vector_like_the_nightly_job_and_the_next_page_show
     response = client.post(f"/v1/users/{user['user_id']}/events", json=body)
     assert response.status_code == 200, response.get_json()
     result = response.get_json()
-    spec = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
-    jsonschema.Draft202012Validator({"$ref": "#/components/schemas/EventsApplied", "components": spec["components"]}
-                                    ).validate(result)
+    assert_matches_schema(result, "EventsApplied")
     assert result["status"] == "applied" and result["items_added"] == 3 and result["model_version"] == EVENTS_MODEL
     assert not result["new_user"] and result["unknown_to_model"] == 0
 
@@ -203,8 +200,11 @@ def test_without_the_live_models_encoder_the_batch_is_logged_and_the_answer_is_5
     ({"events": [{"item_id": "i1", "ts": "yesterday"}]}, "events[0].ts"),
     ({"events": [{"item_id": "i1", "ts": "2999-01-01T00:00:00Z"}]}, "events[0].ts"),
     ({"events": [{"item_id": "i1", "ts": True}]}, "events[0].ts"),
-    ({"events": [{"item_id": "i1", "ts": 1}], "batch_id": "a b"}, "batch_id"),
-    ({"events": [{"item_id": "i1", "ts": 1}], "extra": 1}, "extra"),
+    ({"events": [{"item_id": "i1", "ts": 1_700_000_000_000}], "batch_id": "a b"}, "batch_id"),
+    ({"events": [{"item_id": "i1", "ts": 1_700_000_000_000}], "extra": 1}, "extra"),
+    ({"events": [{"item_id": "i1", "ts": 1_700_000_000}]}, "events[0].ts"),                 # seconds, no unit
+    ({"events": [{"item_id": "i1", "ts": 1_700_000_000_000}], "ts_unit": "s"}, "events[0].ts"),  # ms said to be s
+    ({"events": [{"item_id": "i1", "ts": 1_700_000_000}], "ts_unit": "minutes"}, "ts_unit"),
     ([], "body"),
 ])
 def test_bad_event_bodies_are_400_naming_the_field(client, body, field):
@@ -218,6 +218,67 @@ def test_event_times_take_a_zone_or_epoch_milliseconds():
     assert parse_event_time("2026-11-23T11:00:00+01:00", now) == datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
     assert parse_event_time(1_700_000_000_000, now) == datetime.fromtimestamp(1_700_000_000, timezone.utc)
     assert parse_event_time("2026-11-23T12:04:00Z", now)  # within the allowed clock skew
-    for bad in ("2026-11-23T12:06:00Z", "2026-11-23", -1, None, "2026-11-23T12:00:00"):
+    for bad in ("2026-11-23T12:06:00Z", "2026-11-23", -1, None, "2026-11-23T12:00:00", float("nan")):
         with pytest.raises(ValueError):
             parse_event_time(bad, now)
+
+
+def test_epoch_times_take_an_explicit_unit_or_are_refused_when_ambiguous():
+    """Before: ``ts: 1700000000`` (epoch seconds, November 2023) was read as milliseconds (January 1970)."""
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    nov_2023 = datetime.fromtimestamp(1_700_000_000, timezone.utc)
+    with pytest.raises(ValueError, match="ambiguous.*1970-01-20"):
+        parse_event_time(1_700_000_000, now)
+    assert parse_event_time(1_700_000_000, now, unit="s") == nov_2023
+    assert parse_event_time(1_700_000_000.5, now, unit="s") == nov_2023 + timedelta(milliseconds=500)
+    assert parse_event_time(1_700_000_000_000, now, unit="ms") == nov_2023
+    assert parse_event_time(5_000, now, unit="ms") == datetime(1970, 1, 1, 0, 0, 5, tzinfo=timezone.utc)  # said so
+    assert parse_event_time(100_000_000_000, now) == datetime(1973, 3, 3, 9, 46, 40, tzinfo=timezone.utc)  # the bound
+    with pytest.raises(ValueError, match="out of range"):
+        parse_event_time(1_700_000_000_000, now, unit="s")   # milliseconds said to be seconds: year 55800
+    with pytest.raises(ValueError, match="unit"):
+        parse_event_time(1_700_000_000, now, unit="minutes")
+
+
+def test_an_ambiguous_epoch_is_a_400_that_names_the_unit_and_seconds_with_their_unit_are_applied(es, client,
+                                                                                               events_pair):
+    settings, _, items, users, _ = events_pair
+    user = users[4]["user_id"]
+    seconds = int((datetime.now(timezone.utc) - timedelta(minutes=2)).timestamp())
+    refused = client.post(f"/v1/users/{user}/events", json={"events": [{"item_id": items[720]["item_id"], "ts": seconds}]})
+    assert refused.status_code == 400
+    error = refused.get_json()["error"]
+    assert error["field"] == "events[0].ts" and '"ts_unit": "s"' in error["message"] and "1970" in error["message"]
+    body = {"batch_id": "seconds-1", "ts_unit": "s", "events": [{"item_id": items[720]["item_id"], "ts": seconds}]}
+    assert client.post(f"/v1/users/{user}/events", json=body).get_json()["status"] == "applied"
+    logged = es.get(index=event_log_index(settings), id=f"{user}/seconds-1")["_source"]
+    assert logged["event_times"] == [datetime.fromtimestamp(seconds, timezone.utc).isoformat()]
+
+
+def test_a_reused_batch_id_with_other_events_is_409_and_the_same_batch_again_is_a_harmless_200(es, client,
+                                                                                               events_pair):
+    settings, _, items, users, _ = events_pair
+    user = users[5]["user_id"]
+    at = _ts(60)
+    first = {"batch_id": "reuse-1", "events": [{"item_id": items[730]["item_id"], "ts": at}]}
+    assert client.post(f"/v1/users/{user}/events", json=first).get_json()["status"] == "applied"
+    before = user_doc(es, settings, user)
+    # The same events, the same instant written in another zone, in another order: a retry.
+    same_instant = datetime.fromisoformat(at).astimezone(timezone(timedelta(hours=2))).isoformat()
+    retry = client.post(f"/v1/users/{user}/events", json={"batch_id": "reuse-1", "events": [
+        {"item_id": items[730]["item_id"], "ts": same_instant}]})
+    assert retry.status_code == 200 and retry.get_json()["status"] == "duplicate"
+    for other in ([{"item_id": items[731]["item_id"], "ts": at}],                                    # another item
+                  [{"item_id": items[730]["item_id"], "ts": _ts(30)}],                               # another time
+                  [{"item_id": items[730]["item_id"], "ts": at}, {"item_id": items[731]["item_id"], "ts": at}]):
+        response = client.post(f"/v1/users/{user}/events", json={"batch_id": "reuse-1", "events": other})
+        assert response.status_code == 409, response.get_json()
+        error = response.get_json()["error"]
+        assert error["field"] == "batch_id" and error["code"] == "batch_id_reused" and "reuse-1" in error["message"]
+        assert_matches_schema(response.get_json(), "Error")
+    after = user_doc(es, settings, user)
+    assert after["_seq_no"] == before["_seq_no"] and after["_source"] == before["_source"]
+    # Batch ids belong to a user: another user may use the same one.
+    other_user = users[6]["user_id"]
+    assert client.post(f"/v1/users/{other_user}/events", json={"batch_id": "reuse-1", "events": [
+        {"item_id": items[731]["item_id"], "ts": at}]}).get_json()["status"] == "applied"

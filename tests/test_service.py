@@ -8,7 +8,6 @@ import threading
 import time
 from datetime import date
 
-import jsonschema
 import numpy as np
 import pytest
 import yaml
@@ -18,13 +17,9 @@ from app import create_app
 from facetrec.es import script_languages
 from facetrec.rows import RowCatalog
 
+from openapi_check import assert_matches_schema
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = yaml.safe_load(open(os.path.join(REPO, "app", "openapi.yaml")))
-
-
-def assert_matches_schema(body: dict, name: str) -> None:
-    jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
-                                    ).validate(body)
 
 
 @pytest.fixture(scope="module")
@@ -400,19 +395,19 @@ def test_bad_query_input_is_400_naming_the_field(client, url, field):
 
 @pytest.mark.parametrize("body,field", [
     ({"rows": ["nope"]}, "rows[0]"),
-    ({"rows": [{"id": "x", "filter": [{"term": {"colour": "red"}}]}]}, "rows[0].filter.colour"),
-    ({"rows": [{"id": "x", "filter": [{"range": {"popularity": {"gte": "high"}}}]}]}, "rows[0].filter.popularity"),
-    ({"rows": [{"id": "x", "filter": [{"range": {"language": {"gte": "a"}}}]}]}, "rows[0].filter.language"),
-    ({"rows": [{"id": "x", "filter": [{"script": {"source": "1"}}]}]}, "rows[0].filter"),
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"term": {"colour": "red"}}]}]}, "rows[0].filter.colour"),
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"range": {"popularity": {"gte": "high"}}}]}]}, "rows[0].filter.popularity"),
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"range": {"language": {"gte": "a"}}}]}]}, "rows[0].filter.language"),
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"script": {"source": "1"}}]}]}, "rows[0].filter"),
     ({"rows": [{"id": "for_you", "size": 1000}]}, "rows[0].size"),
     ({"rows": [{"id": "for_you", "size": 30}]}, "rows"),
-    ({"rows": [{"id": f"r{i}", "size": 100, "filter": [{"term": {"language": "en"}}]} for i in range(3)]}, "rows"),
+    ({"rows": [{"id": f"r{i}", "ad_hoc": True, "size": 100, "filter": [{"term": {"language": "en"}}]} for i in range(3)]}, "rows"),
     ({"rows": ["for_you"], "mode": "script_score"}, "mode"),
-    ({"rows": [{"id": "x", "filter": [{"range": {"published_at": {"gte": "20150101"}}}]}]},
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"range": {"published_at": {"gte": "20150101"}}}]}]},
      "rows[0].filter.published_at"),
-    ({"rows": [{"id": "x", "filter": [{"range": {"published_at": {"gte": "2015-W01-1"}}}]}]},
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"range": {"published_at": {"gte": "2015-W01-1"}}}]}]},
      "rows[0].filter.published_at"),
-    ({"rows": [{"id": "x", "filter": [{"range": {"published_at": {"gte": "2015-13-01"}}}]}]},
+    ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"range": {"published_at": {"gte": "2015-13-01"}}}]}]},
      "rows[0].filter.published_at"),
     ({"filters": {"language": 5}}, "filters.language"),
     ({"filters": {"item_format": "ebook"}}, "filters.item_format"),
@@ -438,7 +433,7 @@ def test_malformed_json_unknown_route_and_wrong_method_are_json(client):
 def test_ad_hoc_row_with_filters_is_served(client, published):
     _, _, items, users, *_ = published
     by_id = {r["item_id"]: r for r in items}
-    body = {"rows": [{"id": "short_history", "title": "Short history", "size": 5,
+    body = {"rows": [{"id": "short_history", "ad_hoc": True, "title": "Short history", "size": 5,
                       "filter": [{"term": {"categories": "history"}}], "must_not": [{"term": {"item_format": "podcast"}}]}],
             "filters": {"country": ["US", "GB"]}}
     page = client.post(f"/v1/users/{users[4]['user_id']}/rows", json=body).json
@@ -539,7 +534,7 @@ def test_date_filters_pass_validation_only_in_the_format_elasticsearch_is_told(c
     _, _, items, users, *_ = published
     published_at = {r["item_id"]: r["published_at"] for r in items}
     for bound in ("2015-01-01", "2015-01-01T00:00:00Z", "2015-01-01T00:00:00.000+00:00"):
-        body = {"rows": [{"id": "recent", "size": 10, "filter": [{"range": {"published_at": {"gte": bound}}}]}]}
+        body = {"rows": [{"id": "recent", "ad_hoc": True, "size": 10, "filter": [{"range": {"published_at": {"gte": bound}}}]}]}
         page = client.post(f"/v1/users/{users[5]['user_id']}/rows", json=body).json
         assert len(page["rows"][0]["items"]) == 10, page
         assert all(str(published_at[i["id"]])[:10] >= "2015-01-01" for i in page["rows"][0]["items"])
