@@ -22,6 +22,9 @@ from facetrec.rows import (EXACT_VECTOR_FIELD, ITEM_SOURCE_FIELDS, ITEM_VECTOR_F
 
 MAX_OVERFETCH = 200   # later rows ask for at most this many more items, to backfill after de-duplication
 SHARED_BUCKETS = "rows"
+# A bucket's top hits are capped by the index setting index.max_inner_result_window (100 unless
+# set otherwise): a row needing more walks on its own, with its filter inside the walk.
+MAX_SHARED_HITS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +111,9 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
                                user is not None))
             continue
         plan = plan_row(row, user_filters, stats, thresholds) if stats is not None else _legacy_plan(row, user)
+        if plan.shared and k > MAX_SHARED_HITS:
+            plan = dataclasses.replace(plan, kind="filtered_graph" if plan.kind == "post_filter" else plan.kind,
+                                       pre=plan.post, post=(), post_user_filters=False)
         if plan.shared:
             shared.append((len(placed), row, plan, k))
             placed.append(None)

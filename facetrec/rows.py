@@ -91,7 +91,6 @@ class Row:
     num_candidates_factor: int | None = None  # knn candidates = k x this (default: the setting)
     plan: str | None = None              # a pinned plan (facetrec.planner.PLANS); None: chosen per request
     diversity: DiversityPolicy | None = None  # crowding / MMR over over-fetched candidates (facetrec.diversity)
-    adhoc: bool = False                  # defined by the request, not the row config (never counted for the planner)
 
     @property
     def exact(self) -> bool:

@@ -342,3 +342,18 @@ def test_the_service_names_each_rows_plan_and_serves_a_rollback_to_a_pair_withou
         gens.swap({"item": f"{settings.item_alias}-20260101-000002", "user": f"{settings.user_alias}-20260101-000002"})
         gens.mark(f"{settings.user_alias}-20260101-000002", "validated")
         assert live is not None
+
+
+def test_a_row_needing_more_hits_than_a_bucket_holds_walks_on_its_own():
+    from facetrec.page_search import MAX_SHARED_HITS
+
+    target = Target(item_index="items", user_index="users", similarity="max_inner_product",
+                    thresholds=Thresholds(exact_max_matches=0, post_filter_min_share=0.1))
+    user = UserVector("u", [1.0, 0.0], [], "g", "g", item_vector_scale=2.0, item_exact_vectors=True)
+    rows = [ROWS["for_you"], ROWS["new"]]
+    page = build_page_search(rows, user, USER_FILTERS, target, sizes={"for_you": 100, "new": 10}, stats=_stats())
+    assert [r.plan for r in page.rows] == ["post_filter", "filtered_graph"]   # new: k = 10 + 100 > MAX_SHARED_HITS
+    assert page.rows[1].k > MAX_SHARED_HITS
+    own = page.lines[1]["query"]
+    knn = own["knn"] if "knn" in own else own["bool"]["must"][0]["knn"]
+    assert knn["filter"]["bool"]["filter"] == [*USER_FILTERS, {"range": {"published_at": {"gte": "2020-01-01"}}}]

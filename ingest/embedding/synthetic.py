@@ -95,9 +95,16 @@ def sample_histories(taste: np.ndarray, catalog: dict, history: int, rng: np.ran
     return out
 
 
-def embedding_records(n_items: int, n_users: int, dims: int = 64, seed: int = 0, history: int = 20):
+def embedding_records(n_items: int, n_users: int, dims: int = 64, seed: int = 0, history: int = 20,
+                      full_rank: float = 0.0):
     """Item and user records with vectors straight from the hidden model (projected to ``dims``):
-    what the index and serving tests load when they need realistic vectors without training."""
+    what the index and serving tests load when they need realistic vectors without training.
+
+    The hidden model has 16 dimensions, so these vectors have rank 16 in ``dims``: each user's top
+    items are full of near-ties. ``full_rank`` > 0 adds isotropic noise of that standard deviation
+    (relative to the projected vectors' per-coordinate spread) in all ``dims`` dimensions, to both
+    item and user vectors: the same catalog, facets and histories on vectors of full rank, where a
+    graph's behaviour is less degenerate (the benchmarks report recall on both)."""
     catalog = generate_catalog(n_items, seed)
     users = generate_users(n_users, catalog, seed + 1, history)
     rng = np.random.default_rng(seed + 2)
@@ -105,6 +112,10 @@ def embedding_records(n_items: int, n_users: int, dims: int = 64, seed: int = 0,
     item_vectors = catalog["latent"] @ projection
     # Dot products in the projected space approximate the hidden ones: P P^T ~ I.
     user_vectors = users["taste"] @ projection
+    if full_rank > 0:
+        noise = np.random.default_rng(seed + 3)
+        item_vectors = item_vectors + noise.normal(size=item_vectors.shape).astype(np.float32) * full_rank * item_vectors.std()
+        user_vectors = user_vectors + noise.normal(size=user_vectors.shape).astype(np.float32) * full_rank * user_vectors.std()
     now = datetime.now(timezone.utc).isoformat()
     items = [{**item_record(catalog, i), "item_embed": item_vectors[i]} for i in range(n_items)]
     user_records = [{"user_id": str(users["user_id"][u]), "user_embed": user_vectors[u],
