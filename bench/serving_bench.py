@@ -49,13 +49,12 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app.server import start_gunicorn  # noqa: E402
-from facetrec import es_local, mips  # noqa: E402
+from facetrec import mips  # noqa: E402
 from facetrec.catalog_stats import StatsCache  # noqa: E402
 from facetrec.es import make_client, resolve_url, script_lang  # noqa: E402
 from facetrec.es_local import port_is_free  # noqa: E402
@@ -166,31 +165,31 @@ class ExactRows:
 # --------------------------------------------------------------------------------------------
 
 class Cores:
-    """CPU ms of the node, the service (gunicorn master + workers) and this process, from the OS."""
+    """CPU ms of the node, the service (gunicorn master + workers) and this process, from the
+    operating system's counters (the node: its process when it is the local one facetrec-es started,
+    else the nodes' stats, which Elasticsearch refreshes about once a second: windows are long)."""
 
     def __init__(self, es, settings: Settings, service_pid: int):
         from cpu import ProcessCPU, es_process_cpu
 
-        self.es = es
-        self.node_pid = _local_node_pid(settings)
-        self.node = lambda: es_process_cpu(es, self.node_pid)
+        self.es, self.home = es, settings.local_es_home
+        self._node = es_process_cpu
+        self.node_source = es_process_cpu(es, home=self.home).source
         self.service = ProcessCPU([service_pid], include_children=True)
         self.client = ProcessCPU([os.getpid()], include_children=False)
 
     def snapshot(self) -> dict:
-        return {"node": self.node(), "service": self.service.snapshot(), "client": self.client.snapshot()}
+        return {"node": self._node(self.es, home=self.home), "service": self.service.snapshot(),
+                "client": self.client.snapshot()}
 
-    @staticmethod
-    def delta(before: dict, after: dict) -> dict:
-        return {k: after[k] - before[k] for k in before}
+    def delta(self, before: dict, after: dict) -> dict:
+        from cpu import ProcessCPU
 
-
-def _local_node_pid(settings: Settings) -> int | None:
-    """The pid of the local node when ES_URL is the node facetrec-es started (one node)."""
-    state = es_local.ClusterState.load(settings.local_es_home)
-    if state is None or len(state.nodes) != 1 or state.url.rstrip("/") != resolve_url(settings).rstrip("/"):
-        return None
-    return state.nodes[0].pid if psutil.pid_exists(state.nodes[0].pid) else None
+        if before["node"].source != after["node"].source:
+            raise RuntimeError("the node's CPU was read from two sources in one window")
+        return {"node": after["node"].cpu_ms - before["node"].cpu_ms,
+                "service": ProcessCPU.delta(before["service"], after["service"]).cpu_ms,
+                "client": ProcessCPU.delta(before["client"], after["client"]).cpu_ms}
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +211,7 @@ def sequential(base: str, es, target: Target, catalog: RowCatalog, users: list[s
     started = time.perf_counter()
     service = [http_get(homepage_url(base, users[i % len(users)]))[0] for i in range(n)]
     wall = time.perf_counter() - started
-    used = Cores.delta(before, cores.snapshot())
+    used = cores.delta(before, cores.snapshot())
     direct, took = [], []
     for i in range(n):
         t0 = time.perf_counter()
@@ -235,7 +234,7 @@ def rows_alone(es, target: Target, catalog: RowCatalog, users: list[str], n: int
             es.msearch(searches=page.lines)
         before = cores.snapshot()
         took = [es.msearch(searches=page.lines)["took"] for page in pages]
-        used = Cores.delta(before, cores.snapshot())
+        used = cores.delta(before, cores.snapshot())
         out[row.id] = {"plan": pages[0].rows[0].plan, "took_p50_ms": pct(took, 50), "es_cpu_ms": used["node"] / n}
     return out
 
@@ -273,23 +272,27 @@ def peer(items_stored: np.ndarray, exact: ExactRows, users, user_vectors, n_user
     faiss_peer = FaissPeer(items_stored, m=m, ef_construction=ef_construction, threads=1)
     build_s = time.perf_counter() - started
     masks = {row: exact.masks[row] for row in rows}
-    curves = frontier(faiss_peer, masks, queries, seen, k=10, efs=PEER_EFS)
-    numpy_ms = {row: numpy_exact(items_stored, masks[row], queries, 10, seen)[1] for row in rows}
+    truth, numpy_ms = {}, {}
+    for row in rows:
+        truth[row], per_query = numpy_exact(items_stored, masks[row], queries, 10, seen)
+        numpy_ms[row] = float(np.mean(per_query))
+    curves = frontier(faiss_peer, masks, queries, seen, k=10, efs=PEER_EFS, truth=truth)
     return {"build_s": build_s, "frontier": curves, "numpy_exact_ms": numpy_ms}
 
 
 def load(base: str, users: list[str], rps: float, duration: float, cores: Cores) -> dict:
-    from loadgen import run_load
+    from loadgen import run_load_auto
 
     urls = [homepage_url(base, u) for u in users]
     before = cores.snapshot()
-    result = run_load(urls, rps=rps, duration_s=duration, timeout_s=5)
-    used = Cores.delta(before, cores.snapshot())
+    result = run_load_auto(urls, rps=rps, duration_s=duration, timeout_s=5)
+    used = cores.delta(before, cores.snapshot())
     served = max(result.requests, 1)
     return {"requests": result.requests, "offered_rps": rps, "rps": result.achieved_rps, "p50": result.p50_ms,
             "p95": result.p95_ms, "p99": result.p99_ms, "errors": result.errors, "generator": result.generator,
-            "es_cpu": used["node"] / served, "service_cpu": used["service"] / served,
-            "loadgen_cpu": result.cpu_s * 1000 / served, "latencies": result.latencies_ms}
+            "send_lag_p99_ms": result.send_lag_p99_ms, "es_cpu": used["node"] / served,
+            "service_cpu": used["service"] / served, "loadgen_cpu": result.loadgen_cpu_s * 1000 / served,
+            "latencies": list(result.latencies_ms)}
 
 
 def index_bytes(es, alias: str) -> int:

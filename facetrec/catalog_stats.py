@@ -19,7 +19,7 @@ import logging
 
 from elasticsearch import ApiError, Elasticsearch
 
-from facetrec.rows import Row, row_filter
+from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, Row, row_filter
 
 log = logging.getLogger("facetrec.catalog_stats")
 MAX_TERMS = 500          # values counted per user-filter facet (more are estimated as absent)
@@ -35,6 +35,7 @@ class GenerationStats:
     exact_vectors: bool              # it indexes the flat copy exact plans scan
     rows: Mapping[str, Mapping[str, Any]]                       # row id -> {"filter", "docs", "by": {facet: {value: n}}}
     index_type: str | None = None    # how its item vectors are indexed (None: not recorded)
+    covering: str | None = None      # the facet whose partitions hold every item (then no catalog graph)
 
     def estimate(self, row: Row, user_filters: Sequence[dict]) -> int | None:
         """The row's matches under these user filters (an estimate; None: the row was not counted,
@@ -59,6 +60,27 @@ class GenerationStats:
     def flat(self) -> bool:
         """Its item vectors are indexed flat: every knn search of it is an exact scan."""
         return self.index_type in ("flat", "int8_flat")
+
+    @property
+    def catalog_graph(self) -> bool:
+        """Whether ``item_embed`` is a graph of the whole catalog (else: flat, and the catalog's
+        graph is the union of the covering facet's partition graphs)."""
+        return not self.flat and self.covering is None
+
+    @property
+    def exact_field(self) -> str | None:
+        """The field an exact scan reads: the flat copy, or the item vector field itself when that
+        is flat; None when the generation has neither."""
+        if self.exact_vectors:
+            return EXACT_VECTOR_FIELD
+        return ITEM_VECTOR_FIELD if self.flat or self.covering else None
+
+    def catalog_fields(self) -> tuple[str, ...]:
+        """The graph fields that together hold the whole catalog: the catalog graph, or every
+        partition of the covering facet."""
+        if self.catalog_graph or not self.covering:
+            return (ITEM_VECTOR_FIELD,)
+        return tuple(entry["field"] for _, entry in sorted(self.partitions[self.covering].items()))
 
 
 def _signature(row: Row) -> list:
@@ -92,7 +114,8 @@ def from_meta(index: str, meta: Mapping[str, Any], docs: int) -> GenerationStats
     recorded = meta.get("row_stats") or {}
     return GenerationStats(index=index, generation=meta.get("generation"), docs=int(recorded.get("docs", docs)),
                            partitions=meta.get("partitions") or {}, exact_vectors=bool(meta.get("exact_vectors")),
-                           rows=dict(recorded.get("rows") or {}), index_type=meta.get("index_type"))
+                           rows=dict(recorded.get("rows") or {}), index_type=meta.get("index_type"),
+                           covering=meta.get("covering"))
 
 
 class StatsCache:

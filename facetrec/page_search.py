@@ -77,8 +77,8 @@ def _legacy_plan(row: Row, user) -> Plan:
     """Without stats of the pair (a caller that plans nothing): a row pinned exact scans the flat
     copy when the user's pair has one; every other row walks the graph with its filter inside."""
     if row.exact and user.item_exact_vectors:
-        return Plan("exact", EXACT_VECTOR_FIELD, pre=row.filter)
-    return Plan("filtered_graph", ITEM_VECTOR_FIELD, pre=row.filter)
+        return Plan("exact", (EXACT_VECTOR_FIELD,), pre=row.filter)
+    return Plan("filtered_graph", (ITEM_VECTOR_FIELD,), pre=row.filter)
 
 
 def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], target, mode: str | None = None,
@@ -124,7 +124,10 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
                                 vector_field=plan.field, script_lang=script_lang, row_clauses=plan.pre,
                                 rescore_oversample=0.0 if plan.field == EXACT_VECTOR_FIELD else target.rescore_oversample,
                                 candidates=k + len(seen) if exact else
-                                thresholds.partition_candidates if plan.kind == "partition" else None)
+                                thresholds.partition_candidates if len(plan.fields) > 1 or plan.kind == "partition"
+                                else None)
+        if len(plan.fields) > 1:   # a walk of each partition of a catalog made of them
+            body["query"] = _scattered(body["query"], plan.fields)
         placed.append(_own(lines, target, body, row, k, plan.kind, timeout, True))
     if shared:
         slot = len(lines) // 2
@@ -154,7 +157,8 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], 
     for _, row, plan, k in shared:
         # Enough walk results that k of them pass this row's filters once the seen items are gone.
         needed = overfetch(k + len(seen), plan.share)
-        walks[plan.field] = max(walks.get(plan.field, 0), needed)
+        for field in plan.fields:
+            walks[field] = max(walks.get(field, 0), needed)
     knns = []
     for field, k_walk in walks.items():
         candidates = thresholds.walk_candidates if field == ITEM_VECTOR_FIELD else thresholds.partition_candidates
@@ -173,6 +177,17 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], 
             "aggs": {SHARED_BUCKETS: {"filters": {"filters": buckets},
                                       "aggs": {"top": {"top_hits": {"size": max(k for *_, k in shared),
                                                                     "_source": source}}}}}}
+
+
+def _scattered(query: dict, fields: Sequence[str]) -> dict:
+    """The same knn query on each of ``fields`` (a ``dis_max``: a document scores the same in every
+    field, which all hold its one vector), wherever the query holds its knn clause."""
+    def per_field(knn: dict) -> dict:
+        return {"dis_max": {"queries": [{"knn": {**knn["knn"], "field": field}} for field in fields]}}
+    if "knn" in query:
+        return per_field(query)
+    must = query["bool"]["must"]
+    return {"bool": {**query["bool"], "must": [per_field(must[0]), *must[1:]]}}
 
 
 def build_searches(rows: Sequence[Row], user, user_filters: Sequence[dict], target, mode: str | None = None,

@@ -22,6 +22,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 MAX_VALUES_PER_FACET = 64
+MAX_COVERING_VALUES = 8      # a row that does not pin the facet walks every one of its partitions
 FIELD_PREFIX = "item_embed_by"   # item_embed_by__<facet>__<value slug>_<hash>
 
 
@@ -52,6 +53,23 @@ def choose(facets: Iterable[str], value_counts: Mapping[str, Mapping[str, int]],
         chosen[facet] = {value: {"field": partition_field(facet, value), "docs": n}
                          for value, n in sorted(values.items())}
     return chosen
+
+
+def covering(partitions: Mapping[str, Mapping[str, Any]], value_counts: Mapping[str, Any],
+             max_values: int = MAX_COVERING_VALUES) -> str | None:
+    """The first partitioned facet whose partitions hold every item exactly once (each record has
+    one value, and every value has a partition), with at most ``max_values`` values; None when none
+    does. Then the whole catalog's graph is the union of that facet's partition graphs, and a
+    generation need not build one (``FACETREC_CATALOG_GRAPH``). ``value_counts`` are
+    ``ingest.indexing.records.ValueCounts`` (with ``records`` and ``single``)."""
+    for facet, by_value in partitions.items():
+        counts = value_counts.get(facet)
+        if counts is None or not by_value or len(by_value) > max_values:
+            continue
+        records = getattr(counts, "records", None)
+        if records and getattr(counts, "single", None) == records and set(counts) == set(by_value):
+            return facet
+    return None
 
 
 def fields(partitions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:

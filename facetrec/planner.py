@@ -50,7 +50,8 @@ class Thresholds:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     kind: str                          # one of PLANS
-    field: str                         # the vector field searched
+    fields: tuple[str, ...]            # the vector field(s) searched (a walk of each; one, but for a
+                                       # catalog made of partitions)
     pre: tuple[dict, ...] = ()         # row clauses inside the walk (with the user filters when not post)
     post: tuple[dict, ...] = ()        # row clauses after the walk
     post_user_filters: bool = False    # the user filters are applied after the walk (a shared walk)
@@ -60,6 +61,10 @@ class Plan:
     @property
     def shared(self) -> bool:
         return self.post_user_filters
+
+    @property
+    def field(self) -> str:
+        return self.fields[0]
 
 
 def pinned_value(row: Row, partitions: Mapping[str, Mapping[str, Any]]) -> tuple[int, str, str] | None:
@@ -83,19 +88,19 @@ def plan_row(row: Row, user_filters: Sequence[dict], stats: GenerationStats | No
              thresholds: Thresholds) -> Plan:
     """The plan of one knn row (see the module doc). ``stats`` None: a pair the planner knows nothing
     of (it was made before the planner): every row walks the whole graph with its filter inside."""
-    graph = Plan("filtered_graph", ITEM_VECTOR_FIELD, pre=row.filter)
     if stats is None:
-        return graph
-    if stats.flat:   # no graph: every search of the generation scans its filtered set exactly
-        return Plan("exact", ITEM_VECTOR_FIELD, pre=row.filter, estimated_matches=stats.estimate(row, user_filters))
+        return Plan("filtered_graph", (ITEM_VECTOR_FIELD,), pre=row.filter)
     estimate = stats.estimate(row, user_filters)
+    if stats.flat:   # no graph: every search of the generation scans its filtered set exactly
+        return Plan("exact", (ITEM_VECTOR_FIELD,), pre=row.filter, estimated_matches=estimate)
     pinned = pinned_value(row, stats.partitions)
+    catalog = stats.catalog_fields()
+    catalog_share = None if estimate is None else min(1.0, estimate / max(1, stats.docs))
     wanted = row.plan
 
     def exact() -> Plan | None:
-        if not stats.exact_vectors:
-            return None
-        return Plan("exact", EXACT_VECTOR_FIELD, pre=row.filter, estimated_matches=estimate)
+        field = stats.exact_field
+        return None if field is None else Plan("exact", (field,), pre=row.filter, estimated_matches=estimate)
 
     def partition() -> Plan | None:
         if pinned is None:
@@ -105,20 +110,18 @@ def plan_row(row: Row, user_filters: Sequence[dict], stats: GenerationStats | No
         rest = tuple(c for j, c in enumerate(row.filter) if j != i)
         share = None if estimate is None else min(1.0, estimate / max(1, entry["docs"]))
         if share is not None and share >= thresholds.post_filter_min_share:
-            return Plan("partition", entry["field"], post=rest, post_user_filters=True, share=share,
+            return Plan("partition", (entry["field"],), post=rest, post_user_filters=True, share=share,
                         estimated_matches=estimate)
-        return Plan("partition", entry["field"], pre=rest, share=share, estimated_matches=estimate)
+        return Plan("partition", (entry["field"],), pre=rest, share=share, estimated_matches=estimate)
 
     def post_filter() -> Plan | None:
         if estimate is None:
             return None
-        share = min(1.0, estimate / max(1, stats.docs))
-        return Plan("post_filter", ITEM_VECTOR_FIELD, post=row.filter, post_user_filters=True, share=share,
+        return Plan("post_filter", catalog, post=row.filter, post_user_filters=True, share=catalog_share,
                     estimated_matches=estimate)
 
     def filtered_graph() -> Plan:
-        return dataclasses.replace(graph, estimated_matches=estimate,
-                                   share=None if estimate is None else min(1.0, estimate / max(1, stats.docs)))
+        return Plan("filtered_graph", catalog, pre=row.filter, share=catalog_share, estimated_matches=estimate)
 
     if wanted == "exact":
         return exact() or partition() or filtered_graph()
@@ -135,7 +138,7 @@ def plan_row(row: Row, user_filters: Sequence[dict], stats: GenerationStats | No
     chosen = partition()
     if chosen is not None:
         return chosen
-    if estimate is not None and estimate / max(1, stats.docs) >= thresholds.post_filter_min_share:
+    if catalog_share is not None and catalog_share >= thresholds.post_filter_min_share:
         return post_filter()
     return filtered_graph()
 

@@ -20,6 +20,7 @@ GRAPH_INDEX_TYPES = ("hnsw", "int8_hnsw")   # HNSW graphs: approximate search, g
 RETRIEVAL_MODES = ("knn", "script_score")
 SCRIPT_LANGS = ("auto", "painless", "facetrec_vector")
 HNSW_FILTER_HEURISTICS = ("acorn", "fanout")
+CATALOG_GRAPH = ("auto", "on")
 
 
 class SettingsError(ValueError):
@@ -52,6 +53,7 @@ class Settings:
     exact_vectors: bool = True             # FACETREC_EXACT_VECTORS: graph generations also index a flat copy (exact plans)
     vector_partitions: str = "item_format"  # FACETREC_VECTOR_PARTITIONS: facets whose values get a graph each (facetrec.partitions)
     partition_min_docs: int = 10_000       # FACETREC_PARTITION_MIN_DOCS: a value with fewer items gets no graph (it scans exactly)
+    catalog_graph: str = "auto"            # FACETREC_CATALOG_GRAPH: auto (none when partitions cover the catalog) | on
     shards: int = 1                        # FACETREC_SHARDS
     replicas: int = 0                      # FACETREC_REPLICAS
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
@@ -116,6 +118,8 @@ class Settings:
                             ("FACETREC_PARTITION_CANDIDATES", self.partition_candidates)):
             if not 10 <= value <= 10_000:
                 raise SettingsError(f"{name}={value}: expected 10..10000 (Elasticsearch's num_candidates limit)")
+        if self.catalog_graph not in CATALOG_GRAPH:
+            raise SettingsError(f"FACETREC_CATALOG_GRAPH={self.catalog_graph!r}: expected one of {CATALOG_GRAPH}")
         if self.partition_min_docs < 1:
             raise SettingsError(f"FACETREC_PARTITION_MIN_DOCS={self.partition_min_docs}: expected at least 1")
         from facetrec.partitions import PartitionError, parse_facets
@@ -199,6 +203,7 @@ _ENV_NAMES = {
     "exact_vectors": "FACETREC_EXACT_VECTORS",
     "vector_partitions": "FACETREC_VECTOR_PARTITIONS",
     "partition_min_docs": "FACETREC_PARTITION_MIN_DOCS",
+    "catalog_graph": "FACETREC_CATALOG_GRAPH",
     "shards": "FACETREC_SHARDS",
     "replicas": "FACETREC_REPLICAS",
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",

@@ -231,25 +231,31 @@ def _predicates():
 
 
 @pytest.fixture(scope="module")
-def planned(es, es_settings):
-    """Two pairs of one small catalog on a graph index: the first made without partitions, the live
-    one with item_format partitioned (values of 300+ items)."""
+def layouts(es, es_settings):
+    """One small catalog published as two pairs of aliases: ``graph``, a catalog graph beside the
+    item_format partitions (values of 300+ items), whose previous pair has no partitions at all;
+    ``partitions``, the partitions alone (they cover the catalog: item_embed is flat)."""
     import uuid
 
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.reindex import run_reindex
 
     prefix = f"plan-{uuid.uuid4().hex[:8]}"
-    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
-                                   index_type="hnsw", vector_partitions="item_format", partition_min_docs=300,
-                                   walk_candidates=150, partition_candidates=100, exact_max_matches=150)
-    items, users, item_vectors, user_vectors = embedding_records(n_items=6000, n_users=30, dims=64, seed=23)
+    items, users, item_vectors, _ = embedding_records(n_items=6000, n_users=30, dims=64, seed=23)
     catalog = RowCatalog.from_dict(E2E_ROWS)
-    run_reindex(es, settings.replace(vector_partitions=""), catalog, items=items, users=users, model_version="m",
-                generation="20260101-000001", progress=False, sample_users=3, force_merge=True)
-    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000002",
-                progress=False, sample_users=3, force_merge=True)
-    yield settings, catalog, items, users, np.asarray(item_vectors, np.float64)
+    out = {}
+    for layout, catalog_graph in (("graph", "on"), ("partitions", "auto")):
+        settings = es_settings.replace(item_alias=f"{prefix}-{layout}-item_index", user_alias=f"{prefix}-{layout}-user_index",
+                                       index_type="hnsw", vector_partitions="item_format", partition_min_docs=300,
+                                       walk_candidates=150, partition_candidates=100, exact_max_matches=150,
+                                       catalog_graph=catalog_graph)
+        if layout == "graph":
+            run_reindex(es, settings.replace(vector_partitions=""), catalog, items=items, users=users, model_version="m",
+                        generation="20260101-000001", progress=False, sample_users=3, force_merge=True)
+        run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000002",
+                    progress=False, sample_users=3, force_merge=True)
+        out[layout] = (settings, catalog, items, users, np.asarray(item_vectors, np.float64))
+    yield out
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
         es.indices.delete_index_template(name=template["name"])
@@ -265,11 +271,19 @@ def _exact_top(row_id, items, item_vectors, user, size=10, taken=()):
             and items[j]["item_id"] not in seen][:size]
 
 
-def test_partitions_hold_only_their_values_items_and_the_pair_records_what_the_planner_needs(es, planned):
-    settings, catalog, items, *_ = planned
+@pytest.mark.parametrize("layout", ["graph", "partitions"])
+def test_partitions_hold_only_their_values_items_and_the_pair_records_what_the_planner_needs(es, layouts, layout):
+    settings, catalog, items, *_ = layouts[layout]
     live = es.indices.get_alias(name=settings.item_alias)
     (index,) = live
-    meta = es.indices.get_mapping(index=index)[index]["mappings"]["_meta"]
+    mapping = es.indices.get_mapping(index=index)[index]["mappings"]
+    meta = mapping["_meta"]
+    vector_type = mapping["properties"][ITEM_VECTOR_FIELD]["index_options"]["type"]
+    copies = es.count(index=index, query={"exists": {"field": EXACT_VECTOR_FIELD}})["count"]
+    if layout == "graph":
+        assert vector_type == "hnsw" and copies == len(items) and "covering" not in meta
+    else:   # the partitions hold every item once: no catalog graph, and item_embed is the exact copy
+        assert vector_type == "flat" and copies == 0 and meta["covering"] == "item_format"
     formats = Counter(r["item_format"] for r in items)
     assert set(meta["partitions"]["item_format"]) == {f for f, n in formats.items() if n >= 300}
     for value, entry in meta["partitions"]["item_format"].items():
@@ -283,8 +297,9 @@ def test_partitions_hold_only_their_values_items_and_the_pair_records_what_the_p
     assert counted["for_you"]["by"]["language"]["en"] == sum(r["language"] == "en" for r in items)
 
 
+@pytest.mark.parametrize("layout", ["graph", "partitions"])
 @pytest.mark.parametrize("pin", ["exact", "partition", "post_filter", "filtered_graph", None])
-def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, planned, pin):
+def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, layouts, layout, pin):
     """Each plan pinned on every row (None: the planner's own choice), asked through the service's
     code on the live pair: exact rows are numpy's exact top in order; the others find at least
     90% of it (a small catalog, small candidate lists)."""
@@ -293,7 +308,7 @@ def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, planned, 
     from facetrec.catalog_stats import StatsCache
     from facetrec.homepage import recommend
 
-    settings, catalog, items, users, item_vectors = planned
+    settings, catalog, items, users, item_vectors = layouts[layout]
     rows = [dc.replace(r, plan=pin) for r in catalog.homepage_rows()]
     target = Target.from_settings(settings, request_timeout_s=30.0, dedupe_across_rows=False,
                                   stats=StatsCache(rows, catalog.user_filters))
@@ -318,11 +333,11 @@ def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, planned, 
     print({plan: round(found[plan] / n, 3) for plan, n in wanted.items()})
 
 
-def test_the_service_names_each_rows_plan_and_serves_a_rollback_to_a_pair_without_partitions(es, planned):
+def test_the_service_names_each_rows_plan_and_serves_a_rollback_to_a_pair_without_partitions(es, layouts):
     from app import create_app
     from ingest.indexing.generations import Generations
 
-    settings, catalog, items, users, item_vectors = planned
+    settings, catalog, items, users, item_vectors = layouts["graph"]
     client = create_app(settings.replace(es_request_timeout_s=10.0), catalog).test_client()
     user = users[0]
     page = client.get(f"/v1/users/{user['user_id']}/homepage?language=en&country=US").json
@@ -357,3 +372,46 @@ def test_a_row_needing_more_hits_than_a_bucket_holds_walks_on_its_own():
     own = page.lines[1]["query"]
     knn = own["knn"] if "knn" in own else own["bool"]["must"][0]["knn"]
     assert knn["filter"]["bool"]["filter"] == [*USER_FILTERS, {"range": {"published_at": {"gte": "2020-01-01"}}}]
+
+
+def test_a_single_valued_facet_whose_every_value_is_partitioned_covers_the_catalog():
+    from ingest.indexing.records import ValueCounts
+
+    counts = {"item_format": ValueCounts(ebook=6, podcast=4, records=10, single=10),
+              "categories": ValueCounts(a=8, b=5, records=10, single=7)}
+    chosen = partitions.choose(["categories", "item_format"], counts, min_docs=1)
+    assert partitions.covering(chosen, counts) == "item_format"          # categories: multi-valued
+    assert partitions.covering(partitions.choose(["item_format"], counts, min_docs=5), counts) is None  # podcast: no graph
+    missing = {"item_format": ValueCounts(ebook=6, podcast=3, records=10, single=9)}   # an item without a format
+    assert partitions.covering(partitions.choose(["item_format"], missing, min_docs=1), missing) is None
+    records = [{"item_format": "ebook"}, {"item_format": "podcast"}]
+    assert partitions.covering(partitions.choose(["item_format"], facet_value_counts(records, ["item_format"]), 1),
+                               facet_value_counts(records, ["item_format"])) == "item_format"
+
+
+def test_without_a_catalog_graph_rows_that_pin_no_partition_walk_every_partition():
+    stats = _stats(covering="item_format", exact_vectors=False,
+                   partitions={"item_format": {**PARTS["item_format"],
+                                               "ebook": {"field": partitions.partition_field("item_format", "ebook"),
+                                                         "docs": 6200}}})
+    thresholds = Thresholds(exact_max_matches=500, post_filter_min_share=0.1)
+    every = tuple(sorted(e["field"] for e in stats.partitions["item_format"].values()))
+    post = plan_row(ROWS["for_you"], USER_FILTERS, stats, thresholds)
+    assert post.kind == "post_filter" and sorted(post.fields) == list(every)
+    assert plan_row(ROWS["rare"], USER_FILTERS, stats, thresholds).fields == (ITEM_VECTOR_FIELD,)   # flat: exact
+    walked = plan_row(ROWS["new"], USER_FILTERS, stats, Thresholds(exact_max_matches=0, post_filter_min_share=0.5))
+    assert walked.kind == "filtered_graph" and sorted(walked.fields) == list(every)
+    target = Target(item_index="items", user_index="users", similarity="max_inner_product", thresholds=thresholds)
+    user = UserVector("u", [1.0, 0.0], [], "g", "g", item_vector_scale=2.0)
+    page = build_page_search([ROWS["new"]], user, USER_FILTERS, target, stats=stats.__class__(
+        **{**stats.__dict__, "rows": stats.rows}))
+    assert page.rows[0].plan == "post_filter"
+    shared = page.lines[1]["query"]["bool"]["must"][0]["dis_max"]["queries"]
+    assert sorted(q["knn"]["field"] for q in shared) == list(every)
+    own = build_page_search([ROWS["new"]], user, USER_FILTERS,
+                            Target(item_index="items", user_index="users", similarity="max_inner_product",
+                                   thresholds=Thresholds(exact_max_matches=0, post_filter_min_share=0.5)), stats=stats)
+    body = own.lines[1]["query"]
+    queries = (body.get("dis_max") or body["bool"]["must"][0]["dis_max"])["queries"]
+    assert sorted(q["knn"]["field"] for q in queries) == list(every)
+    assert all(q["knn"]["filter"]["bool"]["filter"] == [*USER_FILTERS, *ROWS["new"].filter] for q in queries)

@@ -146,7 +146,7 @@ class Generations:
     def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None,
                item_vector_scale: float | None = None, exact_vectors: bool = False,
                partitions: dict | None = None, properties: dict | None = None,
-               index_type: str | None = None) -> str:
+               index_type: str | None = None, covering: str | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index
@@ -168,6 +168,8 @@ class Generations:
             meta["partitions"] = partitions
         if index_type:
             meta["index_type"] = index_type   # how item_embed is indexed (flat: every knn search is exact)
+        if covering:
+            meta["covering"] = covering       # its partitions hold every item: item_embed is flat, no catalog graph
         self.es.indices.delete(index=index, ignore_unavailable=True)
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0, **LOADING_SETTINGS},
                                mappings={"_meta": meta, **({"properties": properties} if properties else {})})

@@ -36,13 +36,14 @@ class ParquetRecords:
         return largest
 
 
-    def value_counts(self, column: str) -> Counter:
+    def value_counts(self, column: str) -> "ValueCounts":
         """How many records hold each value of ``column`` (a list column counts each value once per
         record), reading only that column; a file without the column counts nothing."""
         dataset = ds.dataset(self.path, format="parquet")
+        counts = ValueCounts()
         if column not in dataset.schema.names:
-            return Counter()
-        counts: Counter = Counter()
+            counts.records = dataset.count_rows()
+            return counts
         for batch in dataset.to_batches(columns=[column], batch_size=self.batch_size):
             _count_values(counts, batch.column(0).to_pylist())
         return counts
@@ -73,7 +74,17 @@ def max_vector_norm(source: Any, column: str) -> float:
                     "pass a list, parquet_records(path) or a Spark DataFrame")
 
 
-def facet_value_counts(source: Any, facets: Sequence[str]) -> dict[str, Counter]:
+class ValueCounts(Counter):
+    """A facet's value counts, plus how many records were read (``records``) and how many of them
+    hold exactly one value (``single``): a facet whose every record has one value partitions the
+    catalog (``facetrec.partitions.covering``)."""
+
+    def __init__(self, *args, records: int = 0, single: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records, self.single = records, single
+
+
+def facet_value_counts(source: Any, facets: Sequence[str]) -> dict[str, ValueCounts]:
     """For each facet, how many records of ``source`` hold each of its values (a multi-valued facet
     counts each distinct value of a record once). Same sources as ``max_vector_norm``."""
     if not facets:
@@ -84,19 +95,24 @@ def facet_value_counts(source: Any, facets: Sequence[str]) -> dict[str, Counter]
         from pyspark.sql import functions as F
         from pyspark.sql.types import ArrayType
 
-        out: dict[str, Counter] = {}
+        out: dict[str, ValueCounts] = {}
+        records = source.count()
         for facet in facets:
             if facet not in source.columns:
-                out[facet] = Counter()
+                out[facet] = ValueCounts(records=records)
                 continue
             column = F.col(facet)
             if isinstance(source.schema[facet].dataType, ArrayType):
-                column = F.explode(F.array_distinct(column))
+                distinct = F.array_distinct(F.filter(column, lambda v: v.isNotNull()))
+                single = source.where(F.size(distinct) == 1).count()
+                column = F.explode(distinct)
+            else:
+                single = source.where(column.isNotNull()).count()
             rows = source.select(column.alias("v")).where(F.col("v").isNotNull()).groupBy("v").count().collect()
-            out[facet] = Counter({str(r["v"]): int(r["count"]) for r in rows})
+            out[facet] = ValueCounts({str(r["v"]): int(r["count"]) for r in rows}, records=records, single=single)
         return out
     if isinstance(source, Sequence):
-        out = {facet: Counter() for facet in facets}
+        out = {facet: ValueCounts() for facet in facets}
         for record in source:
             for facet in facets:
                 _count_values(out[facet], [record.get(facet)])
@@ -105,16 +121,21 @@ def facet_value_counts(source: Any, facets: Sequence[str]) -> dict[str, Counter]
                     "pass a list, parquet_records(path) or a Spark DataFrame")
 
 
-def _count_values(counts: Counter, values) -> None:
+def _count_values(counts: "ValueCounts", values) -> None:
+    """Count the values of some records' facet (one entry per record: a value, a list or None)."""
     for value in values:
+        counts.records += 1
         if value is None:
             continue
         if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
             value = value.tolist() if hasattr(value, "tolist") else value
             if isinstance(value, list):
-                counts.update({str(v) for v in value if v is not None})
+                distinct = {str(v) for v in value if v is not None}
+                counts.update(distinct)
+                counts.single += len(distinct) == 1
                 continue
         counts[str(value)] += 1
+        counts.single += 1
 
 
 def _largest_norm(vectors) -> float:

@@ -41,9 +41,8 @@ from ingest.indexing.validate import ValidationReport, check_count, check_load, 
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
           total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None,
-          partitions: dict | None = None):
+          partitions: dict | None = None, exact_copy: bool = False):
     require_unit = kind == "item" and settings.similarity == "dot_product"
-    exact_copy = kind == "item" and settings.exact_vector_copy
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
@@ -56,13 +55,18 @@ def _load(es, settings: Settings, index: str, kind: str, source: Any, generation
                      partitions=partitions)
 
 
-def _partitions(settings: Settings, items: Any) -> dict:
+def _partitions(settings: Settings, items: Any) -> tuple[dict, str | None]:
     """The vector partitions of a new item generation (``facetrec.partitions``), from the counts of
-    the partitioned facets' values in ``items`` (read before loading, like the vector scale)."""
+    the partitioned facets' values in ``items`` (read before loading, like the vector scale), and
+    the facet whose partitions cover the catalog when the generation is made without a catalog graph
+    (``FACETREC_CATALOG_GRAPH=auto``), else None."""
     facets = settings.partition_facets
     if not facets:
-        return {}
-    return vector_partitions.choose(facets, facet_value_counts(items, facets), settings.partition_min_docs)
+        return {}, None
+    counts = facet_value_counts(items, facets)
+    chosen = vector_partitions.choose(facets, counts, settings.partition_min_docs)
+    covering = vector_partitions.covering(chosen, counts) if settings.catalog_graph == "auto" else None
+    return chosen, covering
 
 
 def _item_vector_scale(settings: Settings, items: Any) -> float | None:
@@ -143,10 +147,12 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         if "item" in families:
             item_index, item_generation, pin = gens.index_name("item", generation), generation, None
             scale = _item_vector_scale(settings, items)
-            partitions = _partitions(settings, items)
+            partitions, covering = _partitions(settings, items)
         else:
-            (item_index, item_generation), scale, partitions = _pair_items(gens, model_version), None, {}
+            (item_index, item_generation), scale, partitions, covering = _pair_items(gens, model_version), None, {}, None
             pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
+        # Without a catalog graph the item vector field is flat: exact already, no flat copy needed.
+        exact_copy = settings.exact_vector_copy and covering is None
         lock.fence("cleanup")
         _step(generation, "cleanup of partial generations")
         removed = gens.cleanup_partial()
@@ -165,20 +171,22 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 is_item = family == "item"
                 index = gens.create(family, generation, model_version, item_generation=item_generation,
                                     item_vector_scale=scale if is_item else None,
-                                    exact_vectors=is_item and settings.exact_vector_copy,
+                                    exact_vectors=is_item and exact_copy,
                                     partitions=partitions if is_item else None,
-                                    index_type=settings.index_type if is_item else None,
-                                    properties=templates.partition_properties(settings, model_version, partitions)
+                                    index_type=settings.index_type if is_item else None, covering=covering,
+                                    properties=templates.partition_properties(settings, model_version, partitions,
+                                                                              catalog_graph=covering is None)
                                     if is_item and partitions else None)
                 created.append(index)
                 _step(generation, f"load {index}" + (f" (item vectors reduced, scale {scale:.6g})"
                                                       if is_item and scale is not None else "")
-                      + (f" (vector partitions: {_describe(partitions)})" if is_item and partitions else ""))
+                      + (f" (vector partitions: {_describe(partitions)})" if is_item and partitions else "")
+                      + (f" (no catalog graph: the {covering} partitions cover it)" if is_item and covering else ""))
                 # Each user document carries what the service needs to ask its item generation.
                 pairing = {"item_generation": item_generation, **pairing_fields(gens.meta(item_index))} \
                     if family == "user" else None
                 report = _load(es, settings, index, family, source, generation, progress, expected,
-                               pairing, lock.check, scale, partitions if is_item else None)
+                               pairing, lock.check, scale, partitions if is_item else None, is_item and exact_copy)
                 reports[family] = report
                 check_load(report)
                 gens.finish_loading(index, force_merge=force_merge and family == "item")

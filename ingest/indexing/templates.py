@@ -62,12 +62,17 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
     return rendered
 
 
-def partition_properties(settings: Settings, model_version: str, partitions: dict) -> dict:
+def partition_properties(settings: Settings, model_version: str, partitions: dict, catalog_graph: bool = True) -> dict:
     """The mapping of a new item generation's partition fields (``facetrec.partitions``): each is
-    the item vector field again (same dims, similarity and graph), holding one value's items."""
+    the item vector field again (same dims, similarity and graph), holding one value's items. Without
+    a catalog graph (the partitions cover the catalog), the item vector field itself is flat: an
+    exact scan of whatever a search filters to, and no graph to build."""
     rendered = render(settings, model_version)[template_name(settings, "item")]
     vector = rendered["template"]["mappings"]["properties"][ITEM_VECTOR_FIELD]
-    return {field: dict(vector) for field in partition_fields(partitions)}
+    properties = {field: dict(vector) for field in partition_fields(partitions)}
+    if not catalog_graph:
+        properties[ITEM_VECTOR_FIELD] = {**vector, "index_options": {"type": "flat"}}
+    return properties
 
 
 def _index_options(settings: Settings) -> dict:
