@@ -18,7 +18,7 @@ from elasticsearch import ApiError, ConnectionError as ESConnectionError, Connec
 
 from facetrec import diversity, mips
 from facetrec.catalog_stats import GenerationStats, StatsCache
-from facetrec.es import script_lang as resolve_script_lang
+from facetrec.es import script_lang as resolve_script_lang, with_timeout
 from facetrec.metrics import NoMetrics
 from facetrec.page_search import MAX_OVERFETCH, PageSearch, build_page_search, build_searches, query_vectors, row_mode
 from facetrec.partitions import FIELD_PREFIX as PARTITION_FIELD_PREFIX
@@ -28,7 +28,14 @@ from facetrec.scoring import knn_score_to_dot, script_score_to_dot
 from facetrec.settings import QUANTIZED_INDEX_TYPES, Settings
 
 log = logging.getLogger("facetrec.homepage")
-PAGE_READS = 3  # a page read during an alias swap is read again, at most this many times in all
+PAGE_READS = 3
+# What a page reads of its _msearch response (Elasticsearch then builds and sends only that: about a
+# third of the bytes, and of the service's parsing).
+_HIT = ("_id", "_index", "_score", "_source")
+MSEARCH_FILTER_PATH = ",".join(
+    ["responses.took", "responses.timed_out", "responses.error", "responses.status",
+     *(f"responses.hits.hits.{key}" for key in _HIT),
+     *(f"responses.aggregations.rows.buckets.*.top.hits.hits.{key}" for key in _HIT)])  # a page read during an alias swap is read again, at most this many times in all
 
 
 class ClusterUnavailable(RuntimeError):
@@ -110,7 +117,7 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
     unknown user: serving everyone popularity rows with a 200 would hide the outage."""
     try:
         with cluster_errors_as_unavailable():
-            doc = es.options(request_timeout=timeout_s).get(
+            doc = with_timeout(es, timeout_s).get(
                 index=user_index, id=user_id,
                 source_includes=["user_embed", "seen_item_ids", "generation", "item_generation", "item_vector_scale",
                                  "item_exact_vectors"])
@@ -290,7 +297,7 @@ def _read_page(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[R
                              stats=pair_stats(es, target, user))
     with cluster_errors_as_unavailable():
         started = time.perf_counter()
-        result = es.options(request_timeout=target.request_timeout_s).msearch(searches=page.lines)
+        result = with_timeout(es, target.request_timeout_s).msearch(searches=page.lines, filter_path=MSEARCH_FILTER_PATH)
         metrics.timing("es.msearch.roundtrip", (time.perf_counter() - started) * 1000)
     return user, page, page.split(result["responses"])
 

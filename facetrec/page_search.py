@@ -49,8 +49,11 @@ class PageSearch:
         out = []
         for rs in self.rows:
             response = responses[rs.slot]
-            if rs.bucket is None or "error" in response:
+            if "error" in response:
                 out.append(response)
+                continue
+            if rs.bucket is None:   # a filtered response (filter_path) has no hits key when it found none
+                out.append({**response, "hits": {"hits": response.get("hits", {}).get("hits", [])}})
                 continue
             bucket = response.get("aggregations", {}).get(SHARED_BUCKETS, {}).get("buckets", {}).get(rs.bucket, {})
             hits = bucket.get("top", {}).get("hits", {}).get("hits", [])

@@ -415,3 +415,11 @@ def test_without_a_catalog_graph_rows_that_pin_no_partition_walk_every_partition
     queries = (body.get("dis_max") or body["bool"]["must"][0]["dis_max"])["queries"]
     assert sorted(q["knn"]["field"] for q in queries) == list(every)
     assert all(q["knn"]["filter"]["bool"]["filter"] == [*USER_FILTERS, *ROWS["new"].filter] for q in queries)
+
+
+def test_a_row_that_found_nothing_reads_as_no_hits_whatever_the_response_kept():
+    target = Target(item_index="items", user_index="users", similarity="max_inner_product")
+    user = UserVector("u", [1.0, 0.0], [], "g", "g")
+    page = build_page_search([ROWS["for_you"], ROWS["new"]], user, [], target)
+    split = page.split([{"took": 1}, {"took": 2, "hits": {"hits": [{"_id": "a"}]}}])   # filter_path dropped "hits"
+    assert split[0]["hits"]["hits"] == [] and split[1]["hits"]["hits"] == [{"_id": "a"}]
