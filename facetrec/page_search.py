@@ -100,10 +100,11 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
     shared: list[tuple[int, Row, Plan, int]] = []     # (position, row, plan, k)
     placed: list[RowSearch | None] = []
     earlier = 0
+    shown: dict[str, int] = {}   # per row: the hits it shows (its size, or a diverse row's candidates)
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
-        k = size * (row.diversity.candidates_factor if row.diversity else 1) \
-            + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
+        shown[row.id] = size * (row.diversity.candidates_factor if row.diversity else 1)
+        k = shown[row.id] + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         earlier += size
         this_mode = row_mode(row, mode, target)
         if user is None or this_mode != "knn":
@@ -135,7 +136,7 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
     if shared:
         slot = len(lines) // 2
         lines += [{"index": target.item_index, "request_cache": False},
-                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout)]
+                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout, shown)]
         for position, row, plan, k in shared:
             placed[position] = RowSearch(row, plan.kind, slot, k, bucket=f"b{position}")
     searches = [rs for rs in placed if rs is not None]
@@ -153,13 +154,16 @@ def _own(lines: list[dict], target, body: dict, row: Row, k: int, plan: str, tim
 
 
 def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], user_filters: Sequence[dict],
-                 seen: list[str], thresholds: Thresholds, timeout: str) -> dict:
+                 seen: list[str], thresholds: Thresholds, timeout: str, shown: dict[str, int]) -> dict:
     """One search for every post-filtered row: each graph they need walked once, without a filter;
     the user filters and the seen items after the walks; a bucket per row with its best hits."""
     walks: dict[str, int] = {}
     for _, row, plan, k in shared:
-        # Enough walk results that k of them pass this row's filters once the seen items are gone.
-        needed = overfetch(k + len(seen), plan.share)
+        # Enough walk results that the row's size pass its filters once the seen items are gone
+        # (its bucket still holds k, for the backfill after de-duplication: the page's other walks
+        # fill it too). Over-fetching every walk by the earlier rows' sizes as well cost a 1M
+        # homepage ~40% more node CPU (docs/benchmarks.md).
+        needed = overfetch(shown[row.id] + len(seen), plan.share)
         for field in plan.fields:
             walks[field] = max(walks.get(field, 0), needed)
     knns = []

@@ -44,7 +44,7 @@ class Thresholds:
     exact_max_matches: int = 10_000      # FACETREC_EXACT_MAX_MATCHES: rows this small scan exactly
     post_filter_min_share: float = 0.1   # FACETREC_POST_FILTER_MIN_SHARE: filters keeping this share go after the walk
     walk_candidates: int = 1000          # FACETREC_WALK_CANDIDATES: num_candidates of a walk of the whole graph
-    partition_candidates: int = 500      # FACETREC_PARTITION_CANDIDATES: num_candidates of a partition walk
+    partition_candidates: int = 1000     # FACETREC_PARTITION_CANDIDATES: num_candidates of a partition walk
 
 
 @dataclasses.dataclass(frozen=True)

@@ -176,8 +176,10 @@ def test_post_filtered_rows_share_one_search_with_a_bucket_each():
     assert all("filter" not in knn for knn in walks.values())          # the walks are unfiltered...
     assert shared["query"]["bool"]["filter"] == USER_FILTERS            # ...the user filters come after them
     assert shared["query"]["bool"]["must_not"] == [{"ids": {"values": ["i1", "i2"]}}]
-    # The whole graph walk serves for_you (60%) and new (12%): enough results for the sparser one.
-    assert walks[ITEM_VECTOR_FIELD]["k"] == overfetch(10 + 30 + 2, 0.12)
+    # The whole graph walk serves for_you (60%) and new (12%): enough results for the sparser one to
+    # fill its size (its bucket holds its k, over-fetched for the backfill: 10 + 30).
+    assert walks[ITEM_VECTOR_FIELD]["k"] == overfetch(10 + 2, 0.12)
+    assert shared["aggs"]["rows"]["aggs"]["top"]["top_hits"]["size"] == 40
     assert walks[ITEM_VECTOR_FIELD]["num_candidates"] >= walks[ITEM_VECTOR_FIELD]["k"]
     buckets = shared["aggs"]["rows"]["filters"]["filters"]
     assert buckets == {"b0": {"bool": {"filter": [], "must_not": []}},
@@ -190,7 +192,7 @@ def test_post_filtered_rows_share_one_search_with_a_bucket_each():
                      "b3": {"top": {"hits": {"hits": [hit]}}}}}}}]
     split = page.split(responses)
     assert [len(r["hits"]["hits"]) for r in split] == [10, 0, 1, 1]     # a bucket is cut to its row's k
-    assert split[0]["took"] == 7 and split[2] is responses[0]
+    assert split[0]["took"] == 7 and split[2] == responses[0]
     failed = page.split([responses[0], {"error": {"reason": "boom"}, "status": 500}])
     assert "error" in failed[0] and "error" in failed[3] and "error" not in failed[2]
 
