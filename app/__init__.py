@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from facetrec.catalog_stats import StatsCache
 from facetrec.es import make_client
@@ -15,6 +17,20 @@ from facetrec.settings import Settings
 from facetrec.user_encoder import EncoderRegistry
 from facetrec.user_events import UserEvents
 
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Responses through orjson (a homepage's JSON in a fraction of the standard library's time),
+    keys in the order the service builds them; requests are read as Flask reads them."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS),
+                                        mimetype=self.mimetype)
+
+
 MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is refused with 413 unread
 
 
@@ -25,7 +41,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     settings = settings or Settings.from_env()
     catalog = catalog or RowCatalog.load(settings.rows_config)
     app = Flask(__name__)
-    app.json.sort_keys = False
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["facetrec"] = {
         "settings": settings,

@@ -85,10 +85,14 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
+ROWS_CONFIG = REPO_ROOT / "app" / "rows.yaml"
+
+
 def bench_rows_config() -> Path:
-    """app/rows.yaml with every mode open to callers on every row (the bench may ask for a mode on
-    the whole homepage; the shipped config allows callers only the rows' own modes)."""
-    raw = yaml.safe_load((REPO_ROOT / "app" / "rows.yaml").read_text())
+    """The row config (app/rows.yaml unless --rows) with every mode open to callers on every row
+    (the bench may ask for a mode on the whole homepage; the shipped config allows callers only the
+    rows' own modes)."""
+    raw = yaml.safe_load(Path(ROWS_CONFIG).read_text())
     raw["caller_modes"] = list(RETRIEVAL_MODES)
     for row in raw["rows"]:
         row.pop("caller_modes", None)
@@ -319,13 +323,16 @@ def main() -> int:
     parser.add_argument("--plots", action="store_true", help="write the frontier and latency PNGs under docs/")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--reuse", action="store_true", help="serve the bench-* pair already loaded (same --items)")
+    parser.add_argument("--rows", type=Path, default=ROWS_CONFIG,
+                        help="the row config to serve (default app/rows.yaml; the same six row ids)")
     args = parser.parse_args()
+    globals()["ROWS_CONFIG"] = args.rows
     command = f"python bench/serving_bench.py {' '.join(sys.argv[1:])}"
 
     base_settings = Settings.from_env()
     settings = base_settings.replace(item_alias="bench-fr-item_index" if args.full_rank else "bench-item_index",
                                      user_alias="bench-fr-user_index" if args.full_rank else "bench-user_index")
-    catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
+    catalog = RowCatalog.load(args.rows)
     started = time.perf_counter()
     items, users, item_vectors, user_vectors = embedding_records(args.items, args.users, dims=64, seed=1,
                                                                  full_rank=args.full_rank)
