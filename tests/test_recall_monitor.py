@@ -32,21 +32,23 @@ def test_row_recall_counts_the_exact_top_found_at_the_rows_size():
 @pytest.fixture(scope="module")
 def degraded(es, es_settings):
     """A deliberately degraded graph: m=2, ef_construction=2, raw inner products (no reduction) and the
-    fewest candidates (num_candidates_factor 1), so unfiltered rows miss most of the exact top."""
+    fewest candidates (num_candidates_factor 1, short walks), every row planned onto the graph (no
+    exact scans however few the matches), so unfiltered rows miss most of the exact top."""
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.reindex import run_reindex
 
     prefix = f"rm-{uuid.uuid4().hex[:8]}"
     settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
                                    index_type="hnsw", hnsw_m=2, hnsw_ef_construction=2, mips_reduction=False,
-                                   num_candidates_factor=1)
+                                   num_candidates_factor=1, exact_max_matches=0, walk_candidates=10)
     items, users, *_ = embedding_records(n_items=3000, n_users=30, dims=64, seed=5)
     # The shipped rows, every one on the graph at the setting's candidates (no exact scans, no
-    # per-row factors).
+    # pinned plans, no per-row factors).
     with open(os.path.join(REPO, "app", "rows.yaml")) as f:
         raw = yaml.safe_load(f)
     for row in raw["rows"]:
         row.pop("exact", None)
+        row.pop("plan", None)
         row.pop("num_candidates_factor", None)
     catalog = RowCatalog.from_dict(raw)
     run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False, sample_users=2)

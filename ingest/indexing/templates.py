@@ -104,6 +104,11 @@ def _flatten(settings: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _setting_text(value) -> str:
+    """A setting as Elasticsearch stores it: strings, with booleans lower-case ("false", not "False")."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _same(existing: dict, desired: dict) -> bool:
     """Compare a stored template with a desired one, normalising what Elasticsearch rewrites."""
     def norm(t: dict) -> dict:
@@ -114,7 +119,7 @@ def _same(existing: dict, desired: dict) -> bool:
             "priority": t.get("priority"),
             "version": t.get("version"),
             "_meta": t.get("_meta"),
-            "settings": {k: str(v) for k, v in flat.items()},
+            "settings": {k: _setting_text(v) for k, v in flat.items()},
             "mappings": json.loads(json.dumps(t.get("template", {}).get("mappings", {}), sort_keys=True)),
         }
     return norm(existing) == norm(desired)
