@@ -58,7 +58,7 @@ from facetrec import mips  # noqa: E402
 from facetrec.catalog_stats import StatsCache  # noqa: E402
 from facetrec.es import make_client, resolve_url, script_lang  # noqa: E402
 from facetrec.es_local import port_is_free  # noqa: E402
-from facetrec.homepage import Target, fetch_user, pair_stats  # noqa: E402
+from facetrec.homepage import Target, fetch_user, pair_stats, recommend  # noqa: E402
 from facetrec.page_search import build_page_search  # noqa: E402
 from facetrec.rows import RowCatalog  # noqa: E402
 from facetrec.settings import REPO_ROOT, RETRIEVAL_MODES, Settings  # noqa: E402
@@ -258,9 +258,16 @@ def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, us
             id_recalls[row.id].append(id_recall)
             score_recalls[row.id].append(score_recall)
             plans[row.id].add(searched.plan)
+    # The same users' pages as served (cross-row de-duplication, backfill): how often a row shows
+    # fewer items than its size (every row here matches thousands of items).
+    short = {row.id: 0 for row in rows}
+    for u in range(n_users):
+        page = recommend(es, target, users[u]["user_id"], rows, USER_CLAUSES)
+        for row, served in zip(rows, page["rows"]):
+            short[row.id] += len(served["items"]) < row.size
     return {row.id: {"match_fraction": float(exact.masks[row.id].mean()), "id_recall": float(np.mean(id_recalls[row.id])),
                      "score_recall": float(np.nanmean(score_recalls[row.id])), "plan": "+".join(sorted(plans[row.id])),
-                     "search": "+".join(sorted(plans[row.id]))}
+                     "search": "+".join(sorted(plans[row.id])), "short_share": short[row.id] / n_users}
             for row in rows}
 
 
@@ -431,12 +438,12 @@ def report(command: str, args, settings: Settings, publish: dict, r: dict, peer_
               f"{r['achieved_rps']:.1f} achieved, p50/p95/p99 {r['p50_ms']:.0f}/{r['p95_ms']:.0f}/{r['p99_ms']:.0f} ms, "
               f"{r['errors']} errors; CPU ms per homepage node {r['load_es_cpu_ms_per_homepage']:.1f}, service "
               f"{r['load_service_cpu_ms_per_homepage']:.1f}, load generator {r['loadgen_cpu_ms_per_homepage']:.2f}")
-    print(f"\n{'row':<13} {'plan (page)':<22} {'matches':>8} {'id rec':>7} {'score rec':>9} {'alone: plan':<15} "
-          f"{'ES cpu':>7} {'took':>5} {'peer ratio':>10} {'ef':>5} {'numpy ms':>8}")
+    print(f"\n{'row':<13} {'plan (page)':<22} {'matches':>8} {'id rec':>7} {'score rec':>9} {'short':>6} "
+          f"{'alone: plan':<15} {'ES cpu':>7} {'took':>5} {'peer ratio':>10} {'ef':>5} {'numpy ms':>8}")
     for row_id, q in r["rows"].items():
         ratio = f"{q['peer_ratio']:.1f}{'' if q.get('peer_reached', True) else '*'}" if "peer_ratio" in q else "-"
         print(f"{row_id:<13} {q['plan']:<22} {q['match_fraction']:>7.1%} {q['id_recall']:>7.3f} {q['score_recall']:>9.4f} "
-              f"{q['plan_alone']:<15} {q['es_cpu_ms']:>7.2f} {q['took_p50_ms']:>5.1f} {ratio:>10} "
+              f"{q.get('short_share', float('nan')):>6.1%} {q['plan_alone']:<15} {q['es_cpu_ms']:>7.2f} {q['took_p50_ms']:>5.1f} {ratio:>10} "
               f"{q.get('peer_ef', '-')!s:>5} {q.get('numpy_exact_ms', float('nan')):>8.2f}")
     if peer_result:
         print(f"\n* FAISS's largest ef ({PEER_EFS[-1]}) did not reach the row's recall; its cost there is used."

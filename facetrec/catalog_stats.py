@@ -4,7 +4,7 @@ items each row matches, overall and per value of each user filter.
 Counted once per generation with one size-0 search (a ``filters`` aggregation, one bucket per
 row, with a ``terms`` aggregation per user-filter facet inside), at publish (recorded in the item
 index's ``_meta`` as ``row_stats``) or, for rows the record lacks (the row config changed since),
-by the service the first time it plans them. A row's matches under a request's user filters are
+by the service in the background the first time it plans them (``StatsCache``). A row's matches under a request's user filters are
 estimated from those counts (``GenerationStats.estimate``): the row's count times, for each user
 filter, the share of the row's items that have the asked value(s).
 """
@@ -12,10 +12,10 @@ filter, the share of the row's items that have the asked value(s).
 from __future__ import annotations
 
 import dataclasses
-import threading
-from typing import Any, Iterable, Mapping, Sequence
-
 import logging
+import threading
+import time
+from typing import Any, Iterable, Mapping, Sequence
 
 from elasticsearch import ApiError, Elasticsearch
 
@@ -23,6 +23,9 @@ from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, Row, row_filter
 
 log = logging.getLogger("facetrec.catalog_stats")
 MAX_TERMS = 500          # values counted per user-filter facet (more are estimated as absent)
+COUNT_TIMEOUT_S = 30.0   # a background count of a generation's rows (a size-0 aggregation of the catalog)
+RECOUNT_AFTER_S = 30.0   # a failed count is tried again on a page this long after
+RETRYABLE = (429, 502, 503, 504)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +52,9 @@ class GenerationStats:
         for clause in user_filters:
             (kind, body), = clause.items()
             (facet, value), = body.items()
-            by = counted.get("by", {}).get(facet)
+            by = (counted.get("by") or {}).get(facet)
             if by is None:
-                continue   # a facet not counted: no estimate of its share, assume it keeps everything
+                return None   # a facet not counted (the user filters changed since): no estimate
             values = value if kind == "terms" else [value]
             docs *= min(1.0, sum(by.get(str(v), 0) for v in values) / counted["docs"])
         return int(round(docs))
@@ -120,35 +123,94 @@ def from_meta(index: str, meta: Mapping[str, Any], docs: int) -> GenerationStats
 
 class StatsCache:
     """The service's stats per item generation (one per process): read from the item index's
-    ``_meta`` the first time a generation is asked, the configured rows it lacks (the row config
-    changed since the publish) counted then; kept for the process's life (a validated generation
-    never changes). Ad-hoc rows are never counted (one per request would cost a search each): the
-    planner plans them without an estimate. The oldest generations are dropped beyond ``keep``."""
+    ``_meta`` the first time a generation is asked (one mapping GET, the request's timeout); kept for
+    the process's life (a validated generation never changes). The configured rows the record lacks
+    (the row config changed since the publish, or a pair published before row counts) are counted
+    in the background, once per generation however many threads ask, with their own timeout; until
+    then, and for a while after a count failed, those rows are planned without an estimate. Ad-hoc
+    rows are never counted (one per request would cost a search each). The oldest generations are
+    dropped beyond ``keep``."""
 
-    def __init__(self, rows: Sequence[Row], user_filter_facets: Sequence[str], keep: int = 8):
+    def __init__(self, rows: Sequence[Row], user_filter_facets: Sequence[str], keep: int = 8,
+                 count_timeout_s: float = COUNT_TIMEOUT_S, recount_after_s: float = RECOUNT_AFTER_S):
         self.rows, self.user_filter_facets, self.keep = list(rows), tuple(user_filter_facets), keep
+        self.count_timeout_s, self.recount_after_s = count_timeout_s, recount_after_s
         self._by_generation: dict[str, GenerationStats] = {}
+        self._counting: dict[str, tuple[float, threading.Thread | None]] = {}   # generation -> (started, thread)
         self._lock = threading.Lock()
 
-    def get(self, es: Elasticsearch, item_index: str, generation: str | None, timeout_s: float) -> GenerationStats:
+    def get(self, es: Elasticsearch, item_index: str, generation: str | None, timeout_s: float) -> GenerationStats | None:
         """The stats of ``generation`` (the one the user vector pairs with), read through
         ``item_index`` (an alias or a concrete index). If the alias names another generation by
         now, that one is returned: the page's hits will come from it, and the page is read again
-        (``facetrec.homepage``) because it mixes generations."""
-        cached = self._by_generation.get(generation) if generation else None
-        if cached is not None:
-            return cached
-        loaded = self._load(es, item_index, timeout_s)
-        missing = [row for row in self.rows
-                   if row.id not in loaded.rows or loaded.rows[row.id].get("filter") != _signature(row)]
-        if missing:
-            loaded = dataclasses.replace(loaded, rows={**loaded.rows, **self._count(es, loaded.index, missing, timeout_s)})
-        if loaded.generation is not None:
-            with self._lock:
-                self._by_generation[loaded.generation] = loaded
-                while len(self._by_generation) > self.keep:
-                    self._by_generation.pop(next(iter(self._by_generation)))
-        return loaded
+        (``facetrec.homepage``) because it mixes generations. None when the item index cannot be
+        read (missing, or no privilege to read its mapping): the rows are planned without stats and
+        their own searches report the error. Timeouts and an overloaded or unreachable cluster raise."""
+        stats = self._by_generation.get(generation) if generation else None
+        if stats is None:
+            try:
+                stats = self._load(es, item_index, timeout_s)
+            except ApiError as exc:
+                if exc.status_code in RETRYABLE:
+                    raise
+                log.warning("item generation's stats not read", extra={
+                    "event": "row_stats_unreadable", "index": item_index, "status": exc.status_code,
+                    "detail": str(exc)[:300]})
+                return None
+            if stats.generation is not None:
+                with self._lock:
+                    stats = self._by_generation.setdefault(stats.generation, stats)
+                    while len(self._by_generation) > self.keep:
+                        self._by_generation.pop(next(iter(self._by_generation)))
+        if stats.generation is not None and self.uncounted(stats):
+            self._count_later(es, stats.generation, stats.index)
+        return stats
+
+    def uncounted(self, stats: GenerationStats) -> list[Row]:
+        """The configured rows whose count the stats lack or hold for another filter, or without a
+        user-filter facet that is configured now."""
+        out = []
+        for row in self.rows:
+            counted = stats.rows.get(row.id)
+            if (counted is None or counted.get("filter") != _signature(row)
+                    or (counted.get("docs") is not None
+                        and not set(self.user_filter_facets) <= set(counted.get("by") or {}))):
+                out.append(row)
+        return out
+
+    def settle(self, timeout_s: float = 60.0) -> None:
+        """Wait for the background counts under way (tests, and a worker warming up)."""
+        for _, thread in list(self._counting.values()):
+            if thread is not None:
+                thread.join(timeout_s)
+
+    def _count_later(self, es: Elasticsearch, generation: str, index: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            started = self._counting.get(generation)
+            if started is not None and (started[1] is not None and started[1].is_alive()
+                                        or now - started[0] < self.recount_after_s):
+                return   # under way, or failed a moment ago
+            thread = threading.Thread(target=self._count_generation, args=(es, generation, index),
+                                      name=f"row-stats-{generation}", daemon=True)
+            self._counting[generation] = (now, thread)
+        thread.start()
+
+    def _count_generation(self, es: Elasticsearch, generation: str, index: str) -> None:
+        stats = self._by_generation.get(generation)
+        if stats is None:
+            return
+        try:
+            counted = self._count(es, index, self.uncounted(stats), self.count_timeout_s)
+        except Exception as exc:   # noqa: BLE001 - a background count must never take a worker down
+            log.warning("rows not counted; planned without an estimate for now", extra={
+                "event": "row_stats_failed", "index": index, "detail": str(exc)[:300]})
+            return
+        with self._lock:
+            current = self._by_generation.get(generation)
+            if current is not None:
+                self._by_generation[generation] = dataclasses.replace(current, rows={**current.rows, **counted})
+            self._counting.pop(generation, None)
 
     def _count(self, es: Elasticsearch, index: str, rows: list[Row], timeout_s: float) -> dict[str, dict]:
         """Count the rows together; if Elasticsearch refuses that (a row whose filter cannot run, e.g.
@@ -157,14 +219,14 @@ class StatsCache:
         try:
             return count_rows(es, index, rows, self.user_filter_facets, timeout_s)
         except ApiError as exc:
-            if exc.status_code in (429, 502, 503, 504):
+            if exc.status_code in RETRYABLE:
                 raise
         out = {}
         for row in rows:
             try:
                 out.update(count_rows(es, index, [row], self.user_filter_facets, timeout_s))
             except ApiError as exc:
-                if exc.status_code in (429, 502, 503, 504):
+                if exc.status_code in RETRYABLE:
                     raise
                 log.warning("row not counted", extra={"event": "row_stats_failed", "row": row.id,
                                                       "status": exc.status_code, "detail": str(exc)[:300]})
@@ -176,6 +238,9 @@ class StatsCache:
         mappings = es.options(request_timeout=timeout_s).indices.get_mapping(index=item_index)
         index, body = next(iter(mappings.items()))
         meta = body.get("mappings", {}).get("_meta", {})
+        if not meta.get("index_type"):   # generations made before it was recorded: read the field itself
+            vector = body.get("mappings", {}).get("properties", {}).get(ITEM_VECTOR_FIELD, {})
+            meta = {**meta, "index_type": (vector.get("index_options") or {}).get("type")}
         docs = (meta.get("row_stats") or {}).get("docs")
         if docs is None:
             docs = es.options(request_timeout=timeout_s).count(index=index)["count"]

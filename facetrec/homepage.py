@@ -236,6 +236,8 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         taken.update(item["id"] for item in items)
         if not entry["items"]:
             metrics.increment("homepage.row.empty", tags)
+        elif len(entry["items"]) < size:   # its filter matches fewer, or the walk found too few (planner)
+            metrics.increment("homepage.row.short", tags)
         if user is None:
             metrics.increment("homepage.row.fallback", tags)
         out_rows.append(entry)

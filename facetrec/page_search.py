@@ -136,7 +136,8 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
     if shared:
         slot = len(lines) // 2
         lines += [{"index": target.item_index, "request_cache": False},
-                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout, shown)]
+                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout, shown,
+                               target.rescore_oversample)]
         for position, row, plan, k in shared:
             placed[position] = RowSearch(row, plan.kind, slot, k, bucket=f"b{position}")
     searches = [rs for rs in placed if rs is not None]
@@ -154,7 +155,8 @@ def _own(lines: list[dict], target, body: dict, row: Row, k: int, plan: str, tim
 
 
 def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], user_filters: Sequence[dict],
-                 seen: list[str], thresholds: Thresholds, timeout: str, shown: dict[str, int]) -> dict:
+                 seen: list[str], thresholds: Thresholds, timeout: str, shown: dict[str, int],
+                 rescore_oversample: float = 0.0) -> dict:
     """One search for every post-filtered row: each graph they need walked once, without a filter;
     the user filters and the seen items after the walks; a bucket per row with its best hits."""
     walks: dict[str, int] = {}
@@ -169,8 +171,11 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], 
     knns = []
     for field, k_walk in walks.items():
         candidates = thresholds.walk_candidates if field == ITEM_VECTOR_FIELD else thresholds.partition_candidates
-        knns.append({"knn": {"field": field, "query_vector": vector, "k": k_walk,
-                             "num_candidates": min(max(candidates, k_walk), MAX_NUM_CANDIDATES)}})
+        knn = {"field": field, "query_vector": vector, "k": k_walk,
+               "num_candidates": min(max(candidates, k_walk), MAX_NUM_CANDIDATES)}
+        if rescore_oversample:   # quantized graphs: the walk's best rescored with the float vectors
+            knn["rescore_vector"] = {"oversample": rescore_oversample}
+        knns.append({"knn": knn})
     source = list(ITEM_SOURCE_FIELDS)
     if any(row.diversity and row.diversity.needs_vectors for _, row, _, _ in shared):
         source.append(ITEM_VECTOR_FIELD)

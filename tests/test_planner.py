@@ -96,6 +96,9 @@ def test_the_estimate_scales_a_rows_count_by_its_user_filter_shares():
     assert stats.estimate(ROWS["audiobooks"], [{"term": {"language": "fr"}}]) == 0
     changed = _row("audiobooks", {"term": {"item_format": "ebook"}})     # same id, another filter: not counted
     assert stats.estimate(changed, USER_FILTERS) is None
+    # A user filter the counts do not know (added to the config since the publish): no estimate,
+    # rather than a guess that it keeps every item.
+    assert stats.estimate(ROWS["audiobooks"], [*USER_FILTERS, {"term": {"country": "LU"}}]) is None
 
 
 @pytest.mark.parametrize("row_id, kind, field", [
@@ -195,6 +198,11 @@ def test_post_filtered_rows_share_one_search_with_a_bucket_each():
     assert split[0]["took"] == 7 and split[2] == responses[0]
     failed = page.split([responses[0], {"error": {"reason": "boom"}, "status": 500}])
     assert "error" in failed[0] and "error" in failed[3] and "error" not in failed[2]
+    # Quantized graphs: the shared walks rescore their best with the float vectors, as a row's own walk does.
+    import dataclasses as dc
+    quantized = build_page_search(rows, user, USER_FILTERS, dc.replace(target, rescore_oversample=3.0), stats=_stats())
+    shared_walks = quantized.lines[3]["query"]["bool"]["must"][0]["dis_max"]["queries"]
+    assert all(q["knn"]["rescore_vector"] == {"oversample": 3.0} for q in shared_walks)
 
 
 def test_without_stats_rows_are_asked_as_before_the_planner():
@@ -359,6 +367,54 @@ def test_the_service_names_each_rows_plan_and_serves_a_rollback_to_a_pair_withou
         gens.swap({"item": f"{settings.item_alias}-20260101-000002", "user": f"{settings.user_alias}-20260101-000002"})
         gens.mark(f"{settings.user_alias}-20260101-000002", "validated")
         assert live is not None
+
+
+def test_rows_a_generation_did_not_count_are_counted_once_in_the_background_and_planned_meanwhile(es, layouts):
+    """A pair published without row counts (before the planner, or before a row-config change):
+    its first page is planned without estimates at once (no count inside the request), one count
+    runs however many threads ask, and later pages plan from it. An index that cannot be read
+    gives no stats (the rows' own searches report it), not an error."""
+    import threading
+
+    from facetrec import catalog_stats
+    from facetrec.catalog_stats import StatsCache
+
+    settings, catalog, *_ = layouts["graph"]
+    old = f"{settings.item_alias}-20260101-000001"
+    meta = es.indices.get_mapping(index=old)[old]["mappings"]["_meta"]
+    es.indices.put_mapping(index=old, meta={k: v for k, v in meta.items() if k not in ("row_stats", "index_type")})
+    calls = []
+    real = catalog_stats.count_rows
+    release = threading.Event()
+
+    def slow_count(*args, **kwargs):
+        calls.append(args[1])
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    try:
+        catalog_stats.count_rows = slow_count
+        cache = StatsCache(list(catalog.rows.values()), catalog.user_filters)
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(cache.get(es, old, "20260101-000001", 5.0)))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(got) == 8 and all(g is not None and g.rows == {} for g in got)   # served before the count
+        assert got[0].index_type == "hnsw"                                            # read from the mapping
+        assert got[0].estimate(catalog.rows["for_you"], E2E_FILTERS) is None
+        release.set()
+        cache.settle(30)
+        counted = cache.get(es, old, "20260101-000001", 5.0)
+        assert calls == [old] and set(counted.rows) == set(catalog.rows)
+        assert counted.estimate(catalog.rows["for_you"], []) == counted.docs
+    finally:
+        catalog_stats.count_rows = real
+        release.set()
+        es.indices.put_mapping(index=old, meta=meta)
+    assert StatsCache([], ()).get(es, f"{settings.item_alias}-no-such-generation", "g", 5.0) is None
 
 
 def test_a_row_needing_more_hits_than_a_bucket_holds_walks_on_its_own():
