@@ -75,9 +75,16 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def table(runs: list[dict], base: dict, seeds: list[int], command: str, data_version: str) -> str:
+TIE_BREAK_TEXT = {"hash": "same-second events ordered by a seeded hash of (user, item), the tie-robust protocol",
+                  "item_id": "same-second events ordered by item id as a string (before the protocol)",
+                  "numeric": "same-second events ordered by item id as a number"}
+
+
+def table(runs: list[dict], base: dict, seeds: list[int], command: str, data_version: str,
+          tie_break: str = "hash") -> str:
     lines = [f"Command: `{command}`  ", f"Data: MovieLens-100k through the Spark ETL (data version {data_version}); "
-             "time-ordered leave-last-out, full ranking over all 1,682 items, seen items excluded.  ",
+             "time-ordered leave-last-out, full ranking over all 1,682 items, seen items excluded; "
+             f"{TIE_BREAK_TEXT[tie_break]}.  ",
              f"Seeds: {seeds}; mean ± standard deviation over seeds; early stopping and all "
              "choices on validation only.", "",
              "| variant | what it shows | valid HR@10 | valid NDCG@10 | test HR@10 | test NDCG@10 | best epoch |",
@@ -103,6 +110,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (each with --threads torch threads)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--etl-dir", help="reuse an ETL output of MovieLens-100k (default: run the ETL)")
+    parser.add_argument("--tie-break", choices=list(TIE_BREAK_TEXT), default="hash",
+                        help="how the ETL orders same-second events (facetrec.ties; the others only to compare)")
     parser.add_argument("--out", default=str(REPO / "docs" / "model_study"), help="path prefix for .md and .json")
     args = parser.parse_args()
     command = "python bench/model_study.py " + " ".join(sys.argv[1:])
@@ -113,10 +122,14 @@ def main() -> int:
             from ingest import pipeline
 
             pipeline.step_prepare_data("movielens-100k", tmp)
-            pipeline.step_etl(tmp)
+            pipeline.step_etl(tmp, tie_break=args.tie_break)
             etl_dir = str(pipeline.paths(tmp)["etl"])
+        report = json.loads((Path(etl_dir) / "report.json").read_text())
+        if report.get("tie_break", "item_id") != args.tie_break:   # ETL outputs before the protocol: item ids
+            parser.error(f"--etl-dir {etl_dir} orders ties by {report.get('tie_break', 'item_id')!r}, "
+                         f"not --tie-break {args.tie_break!r}")
         base = baselines(etl_dir)
-        data_version = json.loads((Path(etl_dir) / "report.json").read_text())["data_version"]
+        data_version = report["data_version"]
         jobs = [(v, s) for v in args.variants for s in args.seeds]
         runs = []
         started = time.perf_counter()
@@ -130,12 +143,13 @@ def main() -> int:
                       f"(epoch {r['best_epoch']}, {r['seconds']:.0f}s; {time.perf_counter() - started:.0f}s so far)",
                       flush=True)
     runs.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
-    text = table(runs, base, args.seeds, command, data_version)
+    text = table(runs, base, args.seeds, command, data_version, args.tie_break)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "baselines": base, "runs": runs}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "tie_break": args.tie_break, "baselines": base,
+                                                    "runs": runs}, indent=2))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from plots import plot_model_study  # bench/plots.py: the study's picture beside its table
 

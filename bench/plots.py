@@ -87,7 +87,8 @@ def _finish(fig, doc: dict, out: Path) -> Path:
 # --- the recall-cost frontier -------------------------------------------------------------------
 
 def plot_frontier(doc: dict, out: Path) -> Path:
-    """x: Elasticsearch cost per row (ms), y: id recall; one line per row, points labelled by setting."""
+    """x: Elasticsearch cost per row (ms), y: id recall; one line per row, points labelled by setting
+    (points may name a ``group``: the rows of one group, e.g. a row and its peer, share a colour)."""
     points = doc.get("points") or []
     if not points:
         raise ValueError("frontier: no points")
@@ -96,8 +97,11 @@ def plot_frontier(doc: dict, out: Path) -> Path:
         _need(p, ("row", "setting", "cost_ms", "id_recall"), "frontier point")
         by_row.setdefault(p["row"], []).append(p)
     fig, ax = plt.subplots(figsize=(9.5, 6.5))
-    for i, (row, pts) in enumerate(by_row.items()):
-        color = f"C{i % 10}"
+    groups: dict[str, str] = {}   # points of one "group" (a row and its peer's line) share a colour
+    for row, pts in by_row.items():
+        groups.setdefault(pts[0].get("group", row), f"C{len(groups) % 10}")
+    for row, pts in by_row.items():
+        color = groups[pts[0].get("group", row)]
         joined = [p for p in pts if not p.get("alone")]
         ax.plot([p["cost_ms"] for p in joined], [p["id_recall"] for p in joined], marker="o", color=color, label=row)
         for p in pts:

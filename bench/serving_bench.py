@@ -458,11 +458,11 @@ def write_plots(command: str, args, r: dict, loaded: dict | None) -> None:
     tag = f"{args.items // 1000}k{'_fullrank' if args.full_rank else ''}"
     points = []
     for row_id, q in r["rows"].items():
-        points.append({"row": row_id, "setting": f"ES {q['plan']}", "cost_ms": q["es_cpu_ms"], "id_recall": q["id_recall"],
-                       "highlight": True})
+        points.append({"row": row_id, "group": row_id, "setting": f"ES {q['plan']}", "cost_ms": q["es_cpu_ms"],
+                       "id_recall": q["id_recall"], "highlight": True})
         for p in q.get("peer_frontier", []):
-            points.append({"row": f"{row_id} (FAISS)", "setting": str(p["ef"]), "cost_ms": p["ms_per_query"],
-                           "id_recall": p["id_recall"]})
+            points.append({"row": f"{row_id} (FAISS)", "group": row_id, "setting": str(p["ef"]),
+                           "cost_ms": p["ms_per_query"], "id_recall": p["id_recall"]})
     plots.plot_frontier({"title": f"recall against CPU per row, {args.items:,} items: Elasticsearch as served (rings) "
                                   "and FAISS HNSW by efSearch", "source": command, "date": date.today().isoformat(),
                          "x_log": True, "x_label": "CPU ms per row (Elasticsearch: node CPU; FAISS: one thread)",

@@ -35,7 +35,7 @@ def step_prepare_data(dataset: str, work_dir, **dataset_kwargs) -> dict:
     return {k: str(v) for k, v in files.items()}
 
 
-def step_etl(work_dir, now_ts: int | None = None) -> dict:
+def step_etl(work_dir, now_ts: int | None = None, tie_break: str = "hash") -> dict:
     from ingest.embedding.etl import run_etl
     from ingest.embedding.spark import make_spark_session
 
@@ -47,7 +47,7 @@ def step_etl(work_dir, now_ts: int | None = None) -> dict:
     try:
         users = p["raw"] / "users.parquet"
         return run_etl(spark, p["raw"] / "events.parquet", p["raw"] / "catalog.parquet", p["etl"],
-                       users_path=users if users.exists() else None, now_ts=now_ts)
+                       users_path=users if users.exists() else None, now_ts=now_ts, tie_break=tie_break)
     finally:
         if existing is None:  # never stop a session someone else owns
             spark.stop()

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from facetrec import ties
 from ingest.embedding import etl
 from ingest.embedding.datasets import DatasetError
 
@@ -31,11 +32,29 @@ def test_future_and_unknown_items_are_dropped(spark):
 def test_sequences_are_time_ordered_with_item_id_tie_break_and_split_leave_last_out(spark):
     df = events_df(spark, [("u", "c", "r", 2), ("u", "b", "r", 2), ("u", "a", "r", 1), ("u", "d", "r", 3),
                            ("v", "x", "r", 1), ("v", "y", "r", 2)])
-    seqs = {r.user_id: r.history for r in etl.user_sequences(df).collect()}
+    seqs = {r.user_id: r.history for r in etl.user_sequences(df, "item_id").collect()}
     assert seqs == {"u": ["a", "b", "c", "d"], "v": ["x", "y"]}
-    splits = {r.user_id: r for r in etl.leave_last_out(etl.user_sequences(df)).collect()}
+    splits = {r.user_id: r for r in etl.leave_last_out(etl.user_sequences(df, "item_id")).collect()}
     assert set(splits) == {"u"}  # v has fewer than 3 events
     assert (splits["u"].train_items, splits["u"].valid_item, splits["u"].test_item) == (["a", "b"], "c", "d")
+
+
+def test_same_second_events_follow_the_seeded_hash_of_user_and_item_not_the_ids(spark):
+    """The tie-robust protocol (facetrec.ties): a same-second burst is ordered by the hash Python
+    computes too; the order differs from the id order (string and numeric) and between users."""
+    burst = [str(i) for i in (2, 10, 1, 30, 4, 22, 7, 15, 9, 11)]
+    rows = [(user, item, "r", 100) for user in ("u1", "u2") for item in burst] + [("u1", "0", "r", 50)]
+    df = events_df(spark, rows)
+    seqs = {r.user_id: r.history for r in etl.user_sequences(df).collect()}
+    for user in ("u1", "u2"):
+        expected = sorted(burst, key=lambda item: ties.tie_key(user, item))
+        assert seqs[user][-len(burst):] == expected
+    assert seqs["u1"][0] == "0"                       # time still comes first
+    assert seqs["u1"][1:] != sorted(burst) and seqs["u1"][1:] != sorted(burst, key=int)
+    assert seqs["u1"][1:] != seqs["u2"]              # no shared order of the items
+    assert {r.user_id: r.history for r in etl.user_sequences(df, "numeric").collect()}["u2"] == sorted(burst, key=int)
+    with pytest.raises(ValueError, match="tie_break"):
+        etl.user_sequences(df, "alphabetical")
 
 
 def test_keep_last_and_popularity_from_train_only(spark):

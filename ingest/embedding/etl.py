@@ -20,6 +20,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from facetrec import ties
 from ingest.embedding.datasets import CATALOG_COLUMNS, EVENT_COLUMNS, ITEM_FACETS, DatasetError
 
 MIN_EVENTS = 3  # train needs at least one item before the validation and test items
@@ -65,10 +66,23 @@ def drop_unknown_items(events: DataFrame, catalog: DataFrame) -> DataFrame:
     return events.join(catalog.select("item_id"), on="item_id", how="left_semi")
 
 
-def user_sequences(events: DataFrame) -> DataFrame:
-    """user_id -> history: item ids ordered by (timestamp, item_id) (a fixed tie-break)."""
+def tie_order(tie_break: str = "hash"):
+    """The column that orders a user's events of one timestamp (``facetrec.ties``): the seeded hash
+    of (user, item) by default; the item id as a string or as a number only to measure what the
+    protocol changed."""
+    ties.check(tie_break)
+    if tie_break == "hash":
+        return F.sha2(F.concat_ws(ties.SEPARATOR, F.lit(ties.TIE_SEED), F.col("user_id"), F.col("item_id")), 256)
+    if tie_break == "numeric":
+        return F.col("item_id").cast("long")
+    return F.col("item_id")
+
+
+def user_sequences(events: DataFrame, tie_break: str = "hash") -> DataFrame:
+    """user_id -> history: item ids ordered by timestamp, same-second events by ``tie_order``."""
     return (events.groupBy("user_id")
-            .agg(F.array_sort(F.collect_list(F.struct("timestamp", "item_id"))).alias("_events"))
+            .agg(F.array_sort(F.collect_list(F.struct(F.col("timestamp"), tie_order(tie_break).alias("_tie"),
+                                                      F.col("item_id")))).alias("_events"))
             .select("user_id", F.col("_events.item_id").alias("history"),
                     F.col("_events.timestamp").alias("history_ts")))
 
@@ -126,8 +140,9 @@ def vocabulary(df: DataFrame, column: str) -> list[str]:
 
 
 def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=None, now_ts: int | None = None,
-            max_history: int = 500) -> dict:
+            max_history: int = 500, tie_break: str = "hash") -> dict:
     started = time.perf_counter()
+    ties.check(tie_break)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     now_ts = int(now_ts if now_ts is not None else time.time())
@@ -141,7 +156,7 @@ def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=
     if dup_items:
         raise DatasetError(f"the catalog has {dup_items} duplicated item_id values")
 
-    counts = {"events_read": raw.count()}
+    counts = {"events_read": raw.count(), "tie_break": tie_break}
     if counts["events_read"] == 0:
         raise DatasetError(f"no events in {events_path}")
     valid = drop_invalid(raw)
@@ -154,7 +169,9 @@ def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=
     counts["dropped_unknown_items"] = current.count() - known.count()
     counts["events_kept"] = known.count()
 
-    sequences = user_sequences(known)
+    if tie_break == "numeric" and known.where(F.col("item_id").cast("long").isNull()).limit(1).count():
+        raise DatasetError("tie_break='numeric' needs numeric item ids")
+    sequences = user_sequences(known, tie_break)
     splits = leave_last_out(sequences).cache()
     counts["users_total"] = sequences.count()
     counts["users_kept"] = splits.count()

@@ -34,6 +34,7 @@ from typing import Any
 
 from facetrec.metrics import NoMetrics
 from facetrec.rows import BadRequest
+from facetrec.ties import tie_key
 from facetrec.user_events import (Event, EventBatch, UserEvents, check_item_id, check_user_id,
                                   parse_event_time)
 
@@ -61,7 +62,8 @@ def event_batches(rows: Iterable[Any], stream: str, epoch_id: int, now: datetime
                   ) -> tuple[list[EventBatch], list[dict]]:
     """One event batch per user from a micro-batch's rows (``user_id``, ``item_id``, ``ts``), with
     the deterministic batch id ``<stream>-<epoch>``; and the rejected rows, each with its reason.
-    A user's events are ordered by (time, item id), so a re-run epoch builds the same batches."""
+    A user's events are ordered by time, same-time events by the seeded hash the ETL orders them by
+    (``facetrec.ties``), so a re-run epoch builds the same batches and carries no id order."""
     per_user: dict[str, list[Event]] = {}
     rejected: list[dict] = []
     for row in rows:
@@ -79,7 +81,7 @@ def event_batches(rows: Iterable[Any], stream: str, epoch_id: int, now: datetime
             rejected.append({"user_id": user_id, "item_id": item_id, "ts": ts, "field": exc.field, "reason": exc.message})
             continue
         per_user.setdefault(user_id, []).append(Event(item_id, at))
-    batches = [EventBatch(user, f"{stream}-{epoch_id}", tuple(sorted(events, key=lambda e: (e.at, e.item_id))))
+    batches = [EventBatch(user, f"{stream}-{epoch_id}", tuple(sorted(events, key=lambda e, u=user: (e.at, tie_key(u, e.item_id)))))
                for user, events in sorted(per_user.items())]
     return batches, rejected
 
