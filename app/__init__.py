@@ -22,13 +22,18 @@ class OrjsonProvider(DefaultJSONProvider):
     """Responses through orjson (a homepage's JSON in a fraction of the standard library's time),
     keys in the order the service builds them; requests are read as Flask reads them."""
 
+    def _bytes(self, obj) -> bytes:
+        try:
+            return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:   # what orjson cannot write (an integer beyond 64 bits echoed from a request)
+            return super().dumps(obj).encode()
+
     def dumps(self, obj, **kwargs) -> str:
-        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
+        return self._bytes(obj).decode() if not kwargs else super().dumps(obj, **kwargs)
 
     def response(self, *args, **kwargs):
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS),
-                                        mimetype=self.mimetype)
+        return self._app.response_class(self._bytes(obj), mimetype=self.mimetype)
 
 
 MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is refused with 413 unread
