@@ -19,13 +19,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from elasticsearch import ApiError, Elasticsearch
 
+from facetrec.es import UNAVAILABLE_STATUSES
 from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, Row, row_filter
 
 log = logging.getLogger("facetrec.catalog_stats")
 MAX_TERMS = 500          # values counted per user-filter facet (more are estimated as absent)
 COUNT_TIMEOUT_S = 30.0   # a background count of a generation's rows (a size-0 aggregation of the catalog)
 RECOUNT_AFTER_S = 30.0   # a failed count is tried again on a page this long after
-RETRYABLE = (429, 502, 503, 504)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +136,8 @@ class StatsCache:
         self.rows, self.user_filter_facets, self.keep = list(rows), tuple(user_filter_facets), keep
         self.count_timeout_s, self.recount_after_s = count_timeout_s, recount_after_s
         self._by_generation: dict[str, GenerationStats] = {}
-        self._counting: dict[str, tuple[float, threading.Thread | None]] = {}   # generation -> (started, thread)
+        self._counting: dict[str, tuple[float, threading.Thread]] = {}   # generation -> (started, its count)
+        self._complete: set[str] = set()   # generations with every configured row counted: nothing to check
         self._lock = threading.Lock()
 
     def get(self, es: Elasticsearch, item_index: str, generation: str | None, timeout_s: float) -> GenerationStats | None:
@@ -147,11 +148,13 @@ class StatsCache:
         read (missing, or no privilege to read its mapping): the rows are planned without stats and
         their own searches report the error. Timeouts and an overloaded or unreachable cluster raise."""
         stats = self._by_generation.get(generation) if generation else None
+        if stats is not None and generation in self._complete:
+            return stats
         if stats is None:
             try:
                 stats = self._load(es, item_index, timeout_s)
             except ApiError as exc:
-                if exc.status_code in RETRYABLE:
+                if exc.status_code in UNAVAILABLE_STATUSES:
                     raise
                 log.warning("item generation's stats not read", extra={
                     "event": "row_stats_unreadable", "index": item_index, "status": exc.status_code,
@@ -161,9 +164,12 @@ class StatsCache:
                 with self._lock:
                     stats = self._by_generation.setdefault(stats.generation, stats)
                     while len(self._by_generation) > self.keep:
-                        self._by_generation.pop(next(iter(self._by_generation)))
-        if stats.generation is not None and self.uncounted(stats):
-            self._count_later(es, stats.generation, stats.index)
+                        self._complete.discard(self._by_generation.pop(next(iter(self._by_generation))).generation)
+        if stats.generation is not None:
+            if self.uncounted(stats):
+                self._count_later(es, stats.generation, stats.index)
+            else:
+                self._complete.add(stats.generation)
         return stats
 
     def uncounted(self, stats: GenerationStats) -> list[Row]:
@@ -181,15 +187,13 @@ class StatsCache:
     def settle(self, timeout_s: float = 60.0) -> None:
         """Wait for the background counts under way (tests, and a worker warming up)."""
         for _, thread in list(self._counting.values()):
-            if thread is not None:
-                thread.join(timeout_s)
+            thread.join(timeout_s)
 
     def _count_later(self, es: Elasticsearch, generation: str, index: str) -> None:
         now = time.monotonic()
         with self._lock:
             started = self._counting.get(generation)
-            if started is not None and (started[1] is not None and started[1].is_alive()
-                                        or now - started[0] < self.recount_after_s):
+            if started is not None and (started[1].is_alive() or now - started[0] < self.recount_after_s):
                 return   # under way, or failed a moment ago
             thread = threading.Thread(target=self._count_generation, args=(es, generation, index),
                                       name=f"row-stats-{generation}", daemon=True)
@@ -219,14 +223,14 @@ class StatsCache:
         try:
             return count_rows(es, index, rows, self.user_filter_facets, timeout_s)
         except ApiError as exc:
-            if exc.status_code in RETRYABLE:
+            if exc.status_code in UNAVAILABLE_STATUSES:
                 raise
         out = {}
         for row in rows:
             try:
                 out.update(count_rows(es, index, [row], self.user_filter_facets, timeout_s))
             except ApiError as exc:
-                if exc.status_code in RETRYABLE:
+                if exc.status_code in UNAVAILABLE_STATUSES:
                     raise
                 log.warning("row not counted", extra={"event": "row_stats_failed", "row": row.id,
                                                       "status": exc.status_code, "detail": str(exc)[:300]})

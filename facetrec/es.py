@@ -16,6 +16,9 @@ from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 from facetrec.es_local import local_url
 from facetrec.settings import Settings
 
+# Statuses of an overloaded or unreachable cluster (worth retrying; the service answers 503).
+UNAVAILABLE_STATUSES = (429, 502, 503, 504)
+
 
 class NoClusterConfigured(RuntimeError):
     pass

@@ -18,7 +18,7 @@ from elasticsearch import ApiError, ConnectionError as ESConnectionError, Connec
 
 from facetrec import diversity, mips
 from facetrec.catalog_stats import GenerationStats, StatsCache
-from facetrec.es import script_lang as resolve_script_lang, with_timeout
+from facetrec.es import UNAVAILABLE_STATUSES, script_lang as resolve_script_lang, with_timeout
 from facetrec.metrics import NoMetrics
 from facetrec.page_search import MAX_OVERFETCH, PageSearch, build_page_search, build_searches, query_vectors, row_mode
 from facetrec.partitions import FIELD_PREFIX as PARTITION_FIELD_PREFIX
@@ -167,7 +167,7 @@ def cluster_errors_as_unavailable():
     except (ESConnectionError, ConnectionTimeout) as exc:
         raise ClusterUnavailable(str(exc)) from exc
     except ApiError as exc:
-        if exc.status_code in (429, 502, 503, 504):
+        if exc.status_code in UNAVAILABLE_STATUSES:
             raise ClusterUnavailable(str(exc)) from exc
         raise
 
@@ -268,7 +268,7 @@ def _row_error(response: dict, row: Row, request_id: str | None, detailed: bool 
     mapping details or a preview of the user's vector) goes to the structured log only."""
     status = int(response.get("status") or 500)
     code = "search_rejected" if 400 <= status < 500 and status != 429 else \
-        "search_unavailable" if status in (429, 502, 503, 504) else "search_failed"
+        "search_unavailable" if status in UNAVAILABLE_STATUSES else "search_failed"
     err = response.get("error")
     reason = (err.get("root_cause") or [err])[0].get("reason", str(err)) if isinstance(err, dict) else str(err)
     log.warning("row failed", extra={"event": "row_error", "request_id": request_id, "row": row.id,

@@ -97,14 +97,13 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
     timeout = f"{max(int(target.request_timeout_s * 800), 50)}ms"
     lines: list[dict] = []
     searches: list[RowSearch] = []
-    shared: list[tuple[int, Row, Plan, int]] = []     # (position, row, plan, k)
+    shared: list[tuple[int, Row, Plan, int, int]] = []     # (position, row, plan, k, hits it shows)
     placed: list[RowSearch | None] = []
     earlier = 0
-    shown: dict[str, int] = {}   # per row: the hits it shows (its size, or a diverse row's candidates)
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
-        shown[row.id] = size * (row.diversity.candidates_factor if row.diversity else 1)
-        k = shown[row.id] + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
+        shown = size * (row.diversity.candidates_factor if row.diversity else 1)   # its size, or a diverse row's candidates
+        k = shown + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         earlier += size
         this_mode = row_mode(row, mode, target)
         if user is None or this_mode != "knn":
@@ -119,7 +118,7 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
             plan = dataclasses.replace(plan, kind="filtered_graph" if plan.kind == "post_filter" else plan.kind,
                                        pre=plan.post, post=(), post_user_filters=False)
         if plan.shared:
-            shared.append((len(placed), row, plan, k))
+            shared.append((len(placed), row, plan, k, shown))
             placed.append(None)
             continue
         exact = plan.kind == "exact"
@@ -136,9 +135,9 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
     if shared:
         slot = len(lines) // 2
         lines += [{"index": target.item_index, "request_cache": False},
-                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout, shown,
+                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout,
                                target.rescore_oversample)]
-        for position, row, plan, k in shared:
+        for position, row, plan, k, _ in shared:
             placed[position] = RowSearch(row, plan.kind, slot, k, bucket=f"b{position}")
     searches = [rs for rs in placed if rs is not None]
     return PageSearch(lines, searches)
@@ -154,18 +153,17 @@ def _own(lines: list[dict], target, body: dict, row: Row, k: int, plan: str, tim
     return RowSearch(row, plan, slot, k)
 
 
-def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], user_filters: Sequence[dict],
-                 seen: list[str], thresholds: Thresholds, timeout: str, shown: dict[str, int],
-                 rescore_oversample: float = 0.0) -> dict:
+def _shared_body(shared: list[tuple[int, Row, Plan, int, int]], vector: list[float], user_filters: Sequence[dict],
+                 seen: list[str], thresholds: Thresholds, timeout: str, rescore_oversample: float = 0.0) -> dict:
     """One search for every post-filtered row: each graph they need walked once, without a filter;
     the user filters and the seen items after the walks; a bucket per row with its best hits."""
     walks: dict[str, int] = {}
-    for _, row, plan, k in shared:
+    for _, _, plan, _, shown in shared:
         # Enough walk results that the row's size pass its filters once the seen items are gone
         # (its bucket still holds k, for the backfill after de-duplication: the page's other walks
         # fill it too). Over-fetching every walk by the earlier rows' sizes as well cost a 1M
         # homepage ~40% more node CPU (docs/benchmarks.md).
-        needed = overfetch(shown[row.id] + len(seen), plan.share)
+        needed = overfetch(shown + len(seen), plan.share)
         for field in plan.fields:
             walks[field] = max(walks.get(field, 0), needed)
     knns = []
@@ -177,17 +175,17 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int]], vector: list[float], 
             knn["rescore_vector"] = {"oversample": rescore_oversample}
         knns.append({"knn": knn})
     source = list(ITEM_SOURCE_FIELDS)
-    if any(row.diversity and row.diversity.needs_vectors for _, row, _, _ in shared):
+    if any(row.diversity and row.diversity.needs_vectors for _, row, _, _, _ in shared):
         source.append(ITEM_VECTOR_FIELD)
     buckets = {f"b{position}": {"bool": {"filter": list(row.filter), "must_not": list(row.must_not)}}
-               for position, row, _, _ in shared}
+               for position, row, _, _, _ in shared}
     query: dict[str, Any] = {"bool": {"must": [knns[0] if len(knns) == 1 else {"dis_max": {"queries": knns}}],
                                       "filter": list(user_filters)}}
     if seen:
         query["bool"]["must_not"] = [{"ids": {"values": seen}}]
     return {"size": 0, "track_total_hits": False, "timeout": timeout, "query": query,
             "aggs": {SHARED_BUCKETS: {"filters": {"filters": buckets},
-                                      "aggs": {"top": {"top_hits": {"size": max(k for *_, k in shared),
+                                      "aggs": {"top": {"top_hits": {"size": max(k for _, _, _, k, _ in shared),
                                                                     "_source": source}}}}}}
 
 
