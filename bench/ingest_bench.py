@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # this checkout's packages first: the cached venv's editable install may name another checkout
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import time
 
 import numpy as np

@@ -19,7 +19,7 @@ import io
 import pstats
 import sys
 import time
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # this checkout's packages first: the cached venv's editable install may name another checkout
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 
 from app import create_app  # noqa: E402
 from facetrec.es import make_client  # noqa: E402
@@ -28,7 +28,7 @@ from facetrec.settings import Settings  # noqa: E402
 from ingest.embedding.synthetic import embedding_records  # noqa: E402
 from ingest.indexing.reindex import run_reindex  # noqa: E402
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+from _checkout import REPO  # noqa: E402
 GROUPS = (("waiting on the node (socket)", ("recv", "socket", "sendall")),
           ("HTTP client (elastic_transport, urllib3, http.client)", ("elastic_transport", "urllib3", "http/client",
                                                                       "email/", "elasticsearch/")),
