@@ -31,7 +31,10 @@ VARIANTS = {
     "ids_only": ("reference: the same encoder with item ids only (SASRec-style)",
                  {"item_facets": False, "item_title": False}, {}),
     "ids+facets": ("+ item facets (genres)", {"item_title": False}, {}),
-    "default": ("the shipped two-tower: ids + facets + title tokens, full softmax, all positions", {}, {}),
+    "default": ("the shipped two-tower: ids + facets + title tokens, full softmax, all positions but the "
+                "ranker's holdout (each training sequence's last 5)", {}, {}),
+    "no_holdout": ("the towers fit every training position (no holdout, so no ranker)", {}, {"ranker_holdout": 0}),
+    "holdout_10": ("the ranker's holdout doubled to each training sequence's last 10", {}, {"ranker_holdout": 10}),
     "+user_features": ("+ user features (gender, age, occupation) in the user tower", {"user_features": True}, {}),
     "sampled_softmax": ("sampled softmax + logQ (512 uniform + in-batch negatives) instead of full", {},
                         {"loss": "sampled"}),
@@ -53,9 +56,33 @@ def run_one(etl_dir: str, variant: str, seed: int, threads: int) -> dict:
                     progress=False, log=lambda *_: None)
     scorer = model_scorer(summary["model"], data)
     valid, test = evaluate(scorer, data, "valid"), evaluate(scorer, data, "test")
-    return {"variant": variant, "seed": seed, "best_epoch": summary["best_epoch"], "loss": summary["loss"],
-            "seconds": round(time.perf_counter() - started, 1),
-            "valid": {k: valid[k] for k in ("HR@10", "NDCG@10")}, "test": {k: test[k] for k in ("HR@10", "NDCG@10")}}
+    out = {"variant": variant, "seed": seed, "best_epoch": summary["best_epoch"], "loss": summary["loss"],
+           "seconds": round(time.perf_counter() - started, 1),
+           "valid": {k: valid[k] for k in ("HR@10", "NDCG@10")}, "test": {k: test[k] for k in ("HR@10", "NDCG@10")}}
+    # Boosting inside the search (ingest.embedding.hydration): the boost weights chosen on validation.
+    from ingest.embedding.hydration import boost_coordinates, choose_weights, hydrated_scorer
+    from ingest.embedding.ranker import item_tables
+
+    coordinates = boost_coordinates(item_tables(data, etl_dir))
+    weights, _ = choose_weights(summary["model"], data, coordinates)
+    boosted = hydrated_scorer(summary["model"], data, coordinates, weights)
+    hv, ht = evaluate(boosted, data, "valid"), evaluate(boosted, data, "test")
+    out["hydrated"] = {"weights": list(weights), "valid": {k: hv[k] for k in ("HR@10", "NDCG@10")},
+                       "test": {k: ht[k] for k in ("HR@10", "NDCG@10")}}
+    holdout = summary["train_config"]["ranker_holdout"]
+    if holdout:   # the same towers + their ranker (ingest.embedding.ranker), scored as served
+        from facetrec.ranker import Ranker
+        from ingest.embedding.ranker import RankerConfig, ranked_scorer, train_ranker
+
+        with tempfile.TemporaryDirectory(prefix="facetrec-study-ranker-") as tmp:
+            ranked = train_ranker(summary["model"], data, etl_dir, tmp, holdout, RankerConfig(seed=seed),
+                                  log=lambda *_: None)
+            ranker_scorer = ranked_scorer(summary["model"], data, Ranker.load(tmp))
+            rv, rt = evaluate(ranker_scorer, data, "valid"), evaluate(ranker_scorer, data, "test")
+        out["ranked"] = {"trees": ranked["trees"], "valid": {k: rv[k] for k in ("HR@10", "NDCG@10")},
+                         "test": {k: rt[k] for k in ("HR@10", "NDCG@10")}}
+        out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
 
 
 def baselines(etl_dir: str) -> dict:
@@ -101,6 +128,20 @@ def table(runs: list[dict], base: dict, seeds: list[int], command: str, data_ver
         epochs = "/".join(str(r["best_epoch"]) for r in mine)
         lines.append(f"| {variant} | {what} | {cell['valid', 'HR@10']} | {cell['valid', 'NDCG@10']} | "
                      f"{cell['test', 'HR@10']} | {cell['test', 'NDCG@10']} | {epochs} |")
+        hydrated = [r["hydrated"] for r in mine if "hydrated" in r]
+        if hydrated:
+            cell = {(s, m): _fmt([r[s][m] for r in hydrated]) for s in ("valid", "test") for m in ("HR@10", "NDCG@10")}
+            weights = "; ".join(f"{r['weights'][0]:g}/{r['weights'][1]:g}" for r in hydrated)
+            lines.append(f"| {variant} + hydrated | the same towers, + popularity / freshness boost weights chosen "
+                         f"on validation ({weights}) | {cell['valid', 'HR@10']} | {cell['valid', 'NDCG@10']} | "
+                         f"{cell['test', 'HR@10']} | {cell['test', 'NDCG@10']} | {epochs} |")
+        ranked = [r["ranked"] for r in mine if "ranked" in r]
+        if ranked:
+            cell = {(s, m): _fmt([r[s][m] for r in ranked]) for s in ("valid", "test") for m in ("HR@10", "NDCG@10")}
+            trees = "/".join(str(r["trees"]) for r in ranked)
+            lines.append(f"| {variant} + ranker | the same towers, their top 100 re-sorted by the LambdaRank ranker "
+                         f"({trees} trees) | {cell['valid', 'HR@10']} | {cell['valid', 'NDCG@10']} | "
+                         f"{cell['test', 'HR@10']} | {cell['test', 'NDCG@10']} | {epochs} |")
     return "\n".join(lines)
 
 

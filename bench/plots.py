@@ -252,6 +252,10 @@ def plot_model_study(doc: dict, out: Path, date: str | None = None) -> Path:
     """HR@10 and NDCG@10 per variant (validation and test), mean over seeds with sd error bars
     (none for the baselines and single-seed variants); ``date`` is written beside the source."""
     _need(doc, ("runs",), "model study")
+    # A run with a ranker is two bars: its towers alone, and the same towers + ranker.
+    doc = {**doc, "runs": [*doc["runs"], *({**r[extra], "variant": f"{r['variant']} + {label}", "seed": r.get("seed")}
+                                           for extra, label in (("hydrated", "hydrated"), ("ranked", "ranker"))
+                                           for r in doc["runs"] if extra in r)]}
     names: list[str] = []
     stats: dict[tuple[str, str, str], tuple[float, float]] = {}
     for name, splits in (doc.get("baselines") or {}).items():

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
-from facetrec import diversity, mips
+from facetrec import diversity, mips, ranker as ranking
 from facetrec.catalog_stats import GenerationStats, StatsCache
 from facetrec.es import UNAVAILABLE_STATUSES, script_lang as resolve_script_lang, with_timeout
 from facetrec.metrics import NoMetrics
@@ -56,6 +56,7 @@ class UserVector:
     item_generation: str | None = None   # the item generation this vector was made for
     item_vector_scale: float | None = None  # set when that generation stores reduced vectors (facetrec.mips)
     item_exact_vectors: bool = False        # that generation indexes the flat copy exact rows scan
+    index: str | None = None                # the user generation's index the vector was read from
 
     @functools.cached_property
     def norm(self) -> float:
@@ -95,6 +96,7 @@ class Target:
     rescore_oversample: float = 0.0        # knn on quantized vectors: rescore k x this with the floats (0: off)
     thresholds: Thresholds = Thresholds()  # the row planner's (facetrec.planner)
     stats: StatsCache | None = None        # the pairs' row counts and partitions; None: rows are not planned
+    rankers: ranking.RankerRegistry | None = None   # the pairs' learned rankers; None: rows keep retrieval order
 
     @classmethod
     def from_settings(cls, settings: Settings, *, item_index: str | None = None, user_index: str | None = None,
@@ -107,7 +109,8 @@ class Target:
                       dedupe_across_rows=settings.dedupe_across_rows, request_timeout_s=settings.es_request_timeout_s,
                       script_lang=settings.script_lang,
                       rescore_oversample=settings.rescore_oversample if settings.index_type in QUANTIZED_INDEX_TYPES
-                      else 0.0, thresholds=settings.planner_thresholds)
+                      else 0.0, thresholds=settings.planner_thresholds,
+                      rankers=ranking.RankerRegistry(settings.models_root))
         return cls(**{**fields, **changes})
 
 
@@ -133,7 +136,7 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
                       seen_item_ids=(src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:],
                       generation=src.get("generation"), item_generation=src.get("item_generation"),
                       item_vector_scale=src.get("item_vector_scale"),
-                      item_exact_vectors=src.get("item_exact_vectors") is True)
+                      item_exact_vectors=src.get("item_exact_vectors") is True, index=doc.get("_index"))
 
 
 def _error_type(exc: ApiError) -> str | None:
@@ -144,14 +147,7 @@ def _error_type(exc: ApiError) -> str | None:
 
 def _item(hit: dict, source: str, mode: str, similarity: str, user: UserVector | None) -> dict:
     src = hit.get("_source", {})
-    if source == "popular":
-        score = float(src.get("popularity") or 0.0)
-    elif mode == "script_score":
-        score = script_score_to_dot(hit["_score"])
-    elif user is not None and user.item_vector_scale is not None:
-        score = mips.knn_score_to_dot(hit["_score"], user.norm, user.item_vector_scale)
-    else:
-        score = knn_score_to_dot(hit["_score"], similarity)
+    score = float(src.get("popularity") or 0.0) if source == "popular" else model_dot(hit, mode, similarity, user)
     item = {"id": hit["_id"], "score": round(score, 6)}
     for key in ("title", "item_format", "language", "categories"):
         if key in src:
@@ -204,6 +200,7 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         except Exception:  # noqa: BLE001 - monitoring must never cost a page
             log.exception("page observer failed", extra={"event": "observer_failed", "request_id": request_id})
     source = "personalized" if user else "popular"
+    ranker_status, ranker, ranked = _rank_page(es, target, user, rows, responses, mode, metrics)
 
     taken: set[str] = set()
     out_rows = []
@@ -223,7 +220,11 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         if response.get("timed_out"):
             entry["partial"] = True
             metrics.increment("homepage.row.timed_out", tags)
-        hits = [hit for hit in response["hits"]["hits"]
+        hits = response["hits"]["hits"]
+        if id(response) in ranked:   # the ranker's order over the row's candidates, before de-duplication
+            hits = [hits[i] for i in ranked[id(response)]]
+            entry["ranked"] = True
+        hits = [hit for hit in hits
                 if not (target.dedupe_across_rows and hit["_id"] in taken)][:None if row.diversity else size]
         items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user)
                  for hit in hits]
@@ -242,7 +243,53 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
             metrics.increment("homepage.row.fallback", tags)
         out_rows.append(entry)
     return {"user_id": user_id, "generation": generation, "user_generation": user.generation if user else None,
+            "ranker": {"status": ranker_status, "version": ranker.version if ranker and ranked else None},
             "rows": out_rows}
+
+
+def _rank_page(es: Elasticsearch, target: Target, user: UserVector | None, rows: Sequence[Row], responses: list,
+               mode: str | None, metrics: NoMetrics) -> tuple[str, "ranking.Ranker | None", dict[int, list[int]]]:
+    """(status, ranker, {id(response): the hits' positions, best first}) for the page's ranked rows:
+    those with ``rank`` in the row config, a user vector and hits. The pair's ranker (that of the
+    user vector's model version) scores every ranked row's candidates in one call. A pair without
+    a ranker, or whose ranker cannot be loaded, serves retrieval order, says so and is counted."""
+    wanted = [(row, r) for row, r in zip(rows, responses) if row.rank_candidates and "hits" in r and r["hits"]["hits"]]
+    if user is None or not wanted or target.rankers is None:
+        return ranking.NOT_ASKED, None, {}
+    try:   # the user index's model version, read once per generation
+        version = target.rankers.model_version_of(user.index, lambda index: _index_meta(es, index, target)) \
+            if user.index else None
+    except Exception as exc:  # noqa: BLE001 - the page is served in retrieval order, said so
+        log.warning("model version unreadable; rows keep retrieval order",
+                    extra={"event": "ranker_unavailable", "detail": str(exc)[:500]})
+        version, status, ranker = None, ranking.UNAVAILABLE, None
+    else:
+        status, ranker = target.rankers.get(version)
+    order: dict[int, list[int]] = {}
+    if ranker is not None:
+        started = time.perf_counter()
+        page = [([h["_id"] for h in r["hits"]["hits"]],
+                 [model_dot(h, row_mode(row, mode, target), target.similarity, user) for h in r["hits"]["hits"]])
+                for row, r in wanted]
+        for (_, response), positions in zip(wanted, ranker.rank_rows(user.seen_item_ids, page)):
+            order[id(response)] = positions.tolist()
+        metrics.timing("homepage.rank", (time.perf_counter() - started) * 1000)
+    metrics.increment("homepage.ranker", [f"status:{status}"])
+    return status, ranker, order
+
+
+def _index_meta(es: Elasticsearch, index: str, target: Target) -> dict:
+    mappings = with_timeout(es, target.request_timeout_s).indices.get_mapping(index=index)
+    return mappings[index]["mappings"].get("_meta", {})
+
+
+def model_dot(hit: dict, mode: str, similarity: str, user: UserVector | None) -> float:
+    """A personalized hit's score as the model's dot product (what rows report and the ranker reads)."""
+    if mode == "script_score":
+        return script_score_to_dot(hit["_score"])
+    if user is not None and user.item_vector_scale is not None:
+        return mips.knn_score_to_dot(hit["_score"], user.norm, user.item_vector_scale)
+    return knn_score_to_dot(hit["_score"], similarity)
 
 
 def _item_vectors(hits: list[dict], user: UserVector | None) -> dict[str, list[float]] | None:

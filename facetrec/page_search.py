@@ -102,7 +102,7 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
     earlier = 0
     for row in rows:
         size = (sizes or {}).get(row.id, row.size)
-        shown = size * (row.diversity.candidates_factor if row.diversity else 1)   # its size, or a diverse row's candidates
+        shown = row.candidates(size)   # its size, or a diverse or ranked row's candidates
         k = shown + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
         earlier += size
         this_mode = row_mode(row, mode, target)

@@ -36,6 +36,8 @@ def describe_row(row: Row, default_mode: str, on_homepage: bool) -> dict:
         entry["exact"] = True
     if row.diversity is not None:
         entry["diversity"] = True
+    if row.rank_candidates:
+        entry["rank_candidates"] = row.rank_candidates
     return entry
 
 

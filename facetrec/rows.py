@@ -23,6 +23,8 @@ A row config file (YAML or JSON)::
                               # filtered_graph; default: the planner chooses per request, facetrec.planner);
                               # `exact: true` is the older spelling of `plan: exact`
         diversity: {max_per_category: 2, mmr_lambda: 0.7, candidates_factor: 3}   # optional (facetrec.diversity)
+        rank: {candidates: 100}   # optional: the pair's learned ranker re-sorts this many retrieved
+                                  # candidates before the row keeps its size (facetrec.ranker)
     homepage: [for_you, audiobooks]
 """
 
@@ -46,6 +48,7 @@ ROW_PLANS = ("exact", "partition", "post_filter", "filtered_graph")   # facetrec
 CLAUSES = ("term", "terms", "range")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
 MAX_ROW_SIZE = 100
+MAX_RANK_CANDIDATES = 500     # the most candidates a ranked row retrieves for its ranker
 # knn rows exclude the user's seen items AFTER the vector search, so the knn filter (user facets +
 # row filters) is the same for every user and Elasticsearch can reuse its cached bitset; to make
 # up for the dropped hits a row asks for k + #seen neighbours. A user with more seen items than
@@ -91,6 +94,12 @@ class Row:
     num_candidates_factor: int | None = None  # knn candidates = k x this (default: the setting)
     plan: str | None = None              # a pinned plan (facetrec.planner.PLANS); None: chosen per request
     diversity: DiversityPolicy | None = None  # crowding / MMR over over-fetched candidates (facetrec.diversity)
+    rank_candidates: int | None = None   # `rank: {candidates}`: retrieved candidates the ranker re-sorts
+
+    def candidates(self, size: int) -> int:
+        """Hits the row retrieves for ``size`` shown items: its size, a diverse row's candidates, or a
+        ranked row's (whichever is most)."""
+        return max(size * (self.diversity.candidates_factor if self.diversity else 1), self.rank_candidates or 0)
 
     @property
     def exact(self) -> bool:
@@ -192,7 +201,18 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
     return Row(id=entry["id"], title=str(entry.get("title") or entry["id"]), size=size,
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
                caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor,
-               plan="exact" if exact else plan, diversity=policy)
+               plan="exact" if exact else plan, diversity=policy,
+               rank_candidates=_rank_candidates(entry["rank"], where, max_size or size) if "rank" in entry else None)
+
+
+def _rank_candidates(raw: Any, where: str, size: int) -> int:
+    if not isinstance(raw, dict) or set(raw) != {"candidates"}:
+        raise RowConfigError(f"{where}: rank must be a mapping {{candidates: N}}")
+    value = raw["candidates"]
+    if isinstance(value, bool) or not isinstance(value, int) or not size <= value <= MAX_RANK_CANDIDATES:
+        raise RowConfigError(f"{where}: rank.candidates must be an integer in {size}..{MAX_RANK_CANDIDATES} "
+                             "(at least the row's largest size)")
+    return value
 
 
 def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "filter") -> dict:

@@ -47,20 +47,29 @@ def models_root() -> str:
 
 def train_or_reuse(work_dir: str, models_root: str, due: bool, model_overrides: dict | None = None,
                    train_overrides: dict | None = None) -> dict:
-    """Train when the weekly retrain is due (or no usable model exists); otherwise reuse the latest
-    model when it was trained on the same data version."""
+    """Train the towers and their ranker when the weekly retrain is due (or no usable model exists);
+    otherwise reuse the latest model and its ranker when they were trained on the same data version."""
     import json
 
     latest = Path(models_root) / "latest"
+    latest_ranker = Path(models_root) / "latest-ranker"
     target = pipeline.paths(work_dir)["model"]
+    ranker = pipeline.paths(work_dir)["ranker"]
     data_version = json.loads((pipeline.paths(work_dir)["etl"] / "report.json").read_text())["data_version"]
     if not due and (latest / "train_summary.json").exists():
         meta = json.loads((latest / "train_summary.json").read_text())
         if meta["data_version"] == data_version:
             shutil.copytree(latest, target, dirs_exist_ok=True)
+            shutil.rmtree(ranker, ignore_errors=True)
+            if latest_ranker.is_dir():
+                shutil.copytree(latest_ranker, ranker)
             return {"trained": False, "model_version": meta["model_version"]}
     summary = pipeline.step_train(work_dir, model_overrides, train_overrides, progress=False)
+    pipeline.step_rank(work_dir, log=lambda *_: None)
     shutil.copytree(target, latest, dirs_exist_ok=True)
+    shutil.rmtree(latest_ranker, ignore_errors=True)
+    if ranker.is_dir():
+        shutil.copytree(ranker, latest_ranker)
     return {"trained": True, "best_epoch": summary["best_epoch"], "valid_HR@10": summary["valid_HR@10"]}
 
 

@@ -6,6 +6,7 @@ demo run exactly the same code, and any step can be rerun on its own.
     <work>/raw/        events, catalog, users (input schema; see ingest.embedding.datasets)
     <work>/etl/        Spark ETL output
     <work>/model/      checkpoint.pt, train_summary.json
+    <work>/ranker/     ranker.txt, ranker_items.npz, ranker.json (the ranking stage; registered with the encoder)
     <work>/eval.json   evaluation table (model vs MostPop vs Markov)
     <work>/embeddings/ items.parquet, users.parquet, user_encoder.pt (registered under the models
                        root by the publish step: <models_root>/<model_version>/)
@@ -25,7 +26,7 @@ DATASET_ROWS = {"movielens-100k": REPO_ROOT / "app" / "rows-movielens.yaml", "sy
 def paths(work_dir) -> dict[str, Path]:
     work = Path(work_dir)
     return {"raw": work / "raw", "etl": work / "etl", "model": work / "model", "eval": work / "eval.json",
-            "embeddings": work / "embeddings"}
+            "embeddings": work / "embeddings", "ranker": work / "ranker"}
 
 
 def step_prepare_data(dataset: str, work_dir, **dataset_kwargs) -> dict:
@@ -75,11 +76,47 @@ def _load_model(work_dir):
     return model, meta, data
 
 
+def step_rank(work_dir, ranker_overrides: dict | None = None, log=print) -> dict:
+    """Train the ranking stage for the trained towers (``ingest.embedding.ranker``) into
+    <work>/ranker/; towers trained on every position (``ranker_holdout`` 0) get none, and any
+    ranker left from an earlier model is removed, so a ranker only ever ships with its own towers."""
+    import shutil
+
+    from ingest.embedding.ranker import RankerConfig, train_ranker
+
+    model, meta, data = _load_model(work_dir)
+    out = paths(work_dir)["ranker"]
+    shutil.rmtree(out, ignore_errors=True)
+    holdout = meta["train_config"].get("ranker_holdout", 0)
+    if not holdout:
+        log("ranker: none (the towers were trained on every position: ranker_holdout 0)")
+        return {"ranker": None}
+    summary = train_ranker(model, data, paths(work_dir)["etl"], out, holdout, RankerConfig(**(ranker_overrides or {})),
+                           meta["model_version"], log=log)
+    return {k: v for k, v in summary.items() if k not in ("importance_gain", "config")}
+
+
+def trained_ranker(work_dir, model_version: str):
+    """The work directory's ranker if it was trained for ``model_version`` (else None)."""
+    from facetrec import ranker as ranking
+
+    directory = paths(work_dir)["ranker"]
+    if not all((directory / name).is_file() for name in ranking.RANKER_FILES):
+        return None
+    if json.loads((directory / ranking.RANKER_META).read_text()).get("model_version") != model_version:
+        return None
+    return ranking.Ranker.load(directory)
+
+
 def step_evaluate(work_dir, split: str = "test") -> dict:
-    from ingest.embedding.evaluate import comparison_table, evaluate_all, write_results
+    from ingest.embedding.evaluate import comparison_table, evaluate, evaluate_all, write_results
+    from ingest.embedding.ranker import ranked_scorer
 
     model, meta, data = _load_model(work_dir)
     results = evaluate_all(model, data, split)
+    ranker = trained_ranker(work_dir, meta["model_version"])
+    if ranker is not None:
+        results["two-tower+ranker"] = evaluate(ranked_scorer(model, data, ranker), data, split)
     write_results({"split": split, "model_version": meta["model_version"], "results": results}, paths(work_dir)["eval"])
     print(comparison_table(results))
     return results
@@ -92,8 +129,9 @@ def step_evaluate_served(work_dir, settings: Settings, split: str = "test", user
     from ingest.served_evaluation import evaluate_served, parity_table
 
     model, meta, data = _load_model(work_dir)
+    ranker_dir = paths(work_dir)["ranker"] if trained_ranker(work_dir, meta["model_version"]) else None
     result = evaluate_served(model, data, paths(work_dir)["etl"], meta["model_version"], settings, split, users,
-                             progress)
+                             progress, ranker_dir=ranker_dir)
     result["model_version"] = meta["model_version"]
     (Path(work_dir) / "eval_served.json").write_text(json.dumps(result, indent=2))
     print(parity_table(result))
@@ -116,7 +154,7 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
     import numpy as np
     import pyarrow.parquet as pq
 
-    from facetrec import user_encoder
+    from facetrec import ranker as ranking, user_encoder
     from facetrec.es import make_client
     from facetrec.rows import RowCatalog
     from ingest.indexing.records import parquet_count, parquet_records
@@ -126,8 +164,13 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
     items_path, users_path = p["embeddings"] / "items.parquet", p["embeddings"] / "users.parquet"
     model_version = pq.read_table(items_path, columns=["model_version"]).column(0)[0].as_py()
     if all((p["embeddings"] / name).is_file() for name in user_encoder.ENCODER_FILES):
-        # Before anything goes live: the events API recomputes this pair's user vectors with it.
-        user_encoder.register(p["embeddings"], settings.models_root, model_version)
+        # Before anything goes live: the events API recomputes this pair's user vectors with it,
+        # and the rows are ranked by its ranker (or keep retrieval order: none left from before).
+        directory = user_encoder.register(p["embeddings"], settings.models_root, model_version)
+        if trained_ranker(work_dir, model_version) is not None:
+            ranking.register(p["ranker"], directory)
+        else:
+            ranking.unregister(directory)
     report = p["etl"] / "report.json"
     events_until = json.loads(report.read_text()).get("events_until") if report.is_file() else None
     recall_sample = None
@@ -147,6 +190,7 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
 
 def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,
                  train: bool = True, model_overrides: dict | None = None, train_overrides: dict | None = None,
+                 ranker_overrides: dict | None = None,
                  dataset_kwargs: dict | None = None, metrics=None, progress: bool = True, log=print) -> dict:
     """The whole nightly job without Airflow."""
     from facetrec.metrics import NoMetrics
@@ -158,6 +202,7 @@ def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None
              ("etl", lambda: step_etl(work_dir))]
     if train or not (paths(work_dir)["model"] / "checkpoint.pt").exists():
         steps.append(("train", lambda: step_train(work_dir, model_overrides, train_overrides, progress)))
+        steps.append(("rank", lambda: step_rank(work_dir, ranker_overrides, log=log)))
     steps += [("evaluate", lambda: step_evaluate(work_dir)),
               ("embed", lambda: step_embed(work_dir, progress)),
               ("publish", lambda: step_publish(work_dir, settings, rows_config, generation, metrics=metrics,

@@ -9,6 +9,9 @@ type, retrieval mode and ``num_candidates``, the seen-item exclusion), with one 
 no filters. HR@10 / NDCG@10 of those rows sit beside the in-memory full ranking of the same
 vectors, so the loss from ANN and serving is visible (including the service's seen-item bound:
 the last MAX_SEEN_ITEMS of a history are excluded, the offline ranking excludes all of it).
+With a ranker trained for the model (``ingest.embedding.ranker``), the same users are asked again
+with the row ranked (``rank: {candidates}``, the ranker registered with the model version as the
+publish step registers it) beside the offline ranked ranking of the same vectors.
 Evaluation generations are kept under the same retention as live ones (``FACETREC_GENERATIONS_TO_KEEP``).
 
     facetrec evaluate --served [--split test] [--users N]
@@ -84,15 +87,17 @@ def publish_evaluation_pair(settings: Settings, etl_dir: Path, data, model_versi
                            model_version=model_version, progress=progress)
 
 
-def served_rankings(settings: Settings, user_ids: list[str], progress: bool = True) -> list[list[str]]:
-    """Each user's row of TOP_K items, asked exactly as the service asks a homepage."""
+def served_rankings(settings: Settings, user_ids: list[str], progress: bool = True,
+                    rank_candidates: int | None = None) -> list[list[str]]:
+    """Each user's row of TOP_K items, asked exactly as the service asks a homepage (ranked by the
+    pair's ranker over ``rank_candidates`` when given: a ranker must then have run on every page)."""
     from facetrec.es import make_client
     from facetrec.homepage import Target, recommend
     from facetrec.rows import Row
 
     es = make_client(settings)
     target = Target.from_settings(settings, request_timeout_s=max(settings.es_request_timeout_s, 10.0))
-    row = Row(id="eval", title="served evaluation", size=TOP_K)
+    row = Row(id="eval", title="served evaluation", size=TOP_K, rank_candidates=rank_candidates)
     out = []
     for user_id in tqdm(user_ids, desc="served pages", disable=not progress, file=sys.stderr):
         page = recommend(es, target, user_id, [row], detailed_errors=True)
@@ -102,15 +107,21 @@ def served_rankings(settings: Settings, user_ids: list[str], progress: bool = Tr
         if entry["source"] != "personalized":
             raise RuntimeError(f"user {user_id} is missing from {settings.user_alias}: the evaluation pair is "
                                "incomplete; run `facetrec evaluate --served` again")
+        if rank_candidates and page["ranker"]["status"] != "applied":
+            raise RuntimeError(f"the ranked row of user {user_id} was not ranked: {page['ranker']['status']}")
         out.append([item["id"] for item in entry["items"]])
     return out
 
 
 def evaluate_served(model, data, etl_dir: Path, model_version: str, settings: Settings, split: str = "test",
-                    users: int = 0, progress: bool = True) -> dict:
+                    users: int = 0, progress: bool = True, ranker_dir: Path | None = None) -> dict:
     """{"offline": metrics of the in-memory full ranking, "served": metrics of the served rows,
-    "delta": served - offline, "index_type", "mode", "generation"} on the same users and vectors."""
+    "delta": served - offline, "index_type", "mode", "generation"} on the same users and vectors;
+    with ``ranker_dir`` (the model's trained ranker) also "offline_ranked", "served_ranked" and
+    "delta_ranked"."""
+    from facetrec import ranker as ranking, user_encoder
     from ingest.embedding.evaluate import ranking_metrics
+    from ingest.embedding.ranker import ranked_scorer
 
     user_vectors, item_vectors, seqs, targets = evaluation_vectors(model, data, split)
     settings = eval_settings(settings)
@@ -124,11 +135,24 @@ def evaluate_served(model, data, etl_dir: Path, model_version: str, settings: Se
     ranked = served_rankings(settings, [data.user_ids[r] for r in rows], progress)
     served = served_metrics(ranked, [data.item_ids[targets[r]] for r in rows])
     keys = (f"HR@{TOP_K}", f"NDCG@{TOP_K}")
-    return {"split": split, "index_type": settings.index_type, "mode": settings.retrieval_mode,
-            "generation": published.get("generation"), "item_alias": settings.item_alias,
-            "user_alias": settings.user_alias,
-            "offline": {k: offline[k] for k in (*keys, "users")}, "served": served,
-            "delta": {k: served[k] - offline[k] for k in keys}}
+    result = {"split": split, "index_type": settings.index_type, "mode": settings.retrieval_mode,
+              "generation": published.get("generation"), "item_alias": settings.item_alias,
+              "user_alias": settings.user_alias,
+              "offline": {k: offline[k] for k in (*keys, "users")}, "served": served,
+              "delta": {k: served[k] - offline[k] for k in keys}}
+    if ranker_dir is not None:
+        ranking.register(ranker_dir, user_encoder.model_dir(settings.models_root, model_version))
+        ranker = ranking.Ranker.load(ranker_dir)
+        scorer = ranked_scorer(model, data, ranker)
+        scores = np.concatenate([scorer([seqs[r] for r in part], part) for part in np.array_split(rows, max(1, len(rows) // 256))])
+        offline_ranked = ranking_metrics(scores, targets[rows], [seqs[r] for r in rows], data.n_items)
+        ranked_rows = served_rankings(settings, [data.user_ids[r] for r in rows], progress,
+                                      rank_candidates=ranker.candidates)
+        served_ranked = served_metrics(ranked_rows, [data.item_ids[targets[r]] for r in rows])
+        result.update({"ranker": ranker.version, "offline_ranked": {k: offline_ranked[k] for k in (*keys, "users")},
+                       "served_ranked": served_ranked,
+                       "delta_ranked": {k: served_ranked[k] - offline_ranked[k] for k in keys}})
+    return result
 
 
 def parity_table(result: dict) -> str:
@@ -139,4 +163,9 @@ def parity_table(result: dict) -> str:
         lines.append(f"{name:<34} {m['HR@10']:>7.4f} {m['NDCG@10']:>8.4f} {m['users']:>6}")
     d = result["delta"]
     lines.append(f"{'served - offline':<34} {d['HR@10']:>+7.4f} {d['NDCG@10']:>+8.4f}")
+    if "served_ranked" in result:
+        for name, m in (("offline + ranker", result["offline_ranked"]), ("served + ranker", result["served_ranked"])):
+            lines.append(f"{name:<34} {m['HR@10']:>7.4f} {m['NDCG@10']:>8.4f} {m['users']:>6}")
+        d = result["delta_ranked"]
+        lines.append(f"{'served - offline (ranked)':<34} {d['HR@10']:>+7.4f} {d['NDCG@10']:>+8.4f}")
     return "\n".join(lines)

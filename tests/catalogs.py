@@ -60,3 +60,31 @@ def user_vectors(model, histories: list[list[str]]) -> np.ndarray:
     with torch.no_grad():
         return model.eager(torch.from_numpy(left_pad(seqs, model.max_len)),
                            torch.zeros((len(seqs), 0), dtype=torch.int64)).numpy()
+
+
+def movielens_ranker(items: list[dict], users: list[dict], out_dir, model_version: str):
+    """A real LightGBM ranker (``ingest.embedding.ranker.fit``) for the records of
+    ``movielens_records``, saved to ``out_dir`` as the nightly job saves one: trained on queries whose
+    positive is the LEAST popular of each user's top 100, so it always changes a row's order."""
+    from facetrec import ranker as ranking
+    from ingest.embedding.ranker import RankerConfig, build_queries, fit, retrieve
+
+    ids = [""] + [i["item_id"] for i in items]
+    index = {item_id: j for j, item_id in enumerate(ids) if j}
+    values = sorted({c for i in items for c in i["categories"]})
+    facets = np.zeros((len(ids), max(len(i["categories"]) for i in items)), dtype=np.int64)
+    for j, item in enumerate(items, 1):
+        facets[j, :len(item["categories"])] = [values.index(c) + 1 for c in item["categories"]]
+    counts = np.concatenate([[0], [i["popularity"] * 500 for i in items]])
+    sequences = [np.array([index[i] for i in u["seen_item_ids"]]) for u in users]
+    tables = ranking.ItemTables.build(ids, counts, {"categories": facets}, ranking.days_since_epoch(
+        [None] + [i.get("published_at") for i in items]), sequences)
+    item_vectors = np.vstack([np.zeros(len(items[0]["item_embed"]))] + [np.asarray(i["item_embed"]) for i in items])
+    user_vectors = np.array([u["user_embed"] for u in users])
+    cands, _ = retrieve(user_vectors[:400], item_vectors, sequences[:400], 100)
+    targets = np.array([c[np.argmin(counts[c])] for c in cands])
+    train_q = build_queries(tables, sequences[:300], targets[:300], user_vectors[:300], item_vectors, 100)
+    valid_q = build_queries(tables, sequences[300:400], targets[300:400], user_vectors[300:400], item_vectors, 100)
+    booster = fit(train_q, valid_q, ranking.feature_names(tables.facet_names), RankerConfig(min_child_samples=20))
+    return ranking.save(out_dir, booster, tables, {"version": f"{model_version}-lambdarank",
+                                                   "model_version": model_version, "candidates": 100})

@@ -85,11 +85,22 @@ def run_curl(command: str, url: str) -> tuple[int, dict, object]:
 
 
 @pytest.fixture(scope="module")
-def service(movielens):
+def service(movielens, tmp_path_factory):
+    """The demo's service over the MovieLens pair, with a ranker registered for its model as the
+    demo's publish registers one (in a copy of the models root)."""
     from werkzeug.serving import make_server
 
-    settings, catalog, *_ = movielens
-    httpd = make_server("127.0.0.1", 0, create_app(settings.replace(es_request_timeout_s=5.0), catalog), threaded=True)
+    from catalogs import movielens_ranker
+    from conftest import MOVIELENS_MODEL
+    from facetrec import ranker as ranking
+
+    settings, catalog, items, users = movielens
+    root = tmp_path_factory.mktemp("readme") / "models"
+    shutil.copytree(settings.models_root / MOVIELENS_MODEL, root / MOVIELENS_MODEL)
+    ranking.register(movielens_ranker(items, users, tmp_path_factory.mktemp("ranker"), MOVIELENS_MODEL),
+                     root / MOVIELENS_MODEL)
+    settings = settings.replace(es_request_timeout_s=5.0, models_root=root)
+    httpd = make_server("127.0.0.1", 0, create_app(settings, catalog), threaded=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()

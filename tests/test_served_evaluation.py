@@ -37,6 +37,7 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
     pipeline.step_etl(work)
     pipeline.step_train(work, {"dim": 16, "hidden": 32, "max_len": 20, "layers": 1},
                         {"epochs": 3, "patience": 3, "seed": 3}, progress=False)
+    ranker = pipeline.step_rank(work, log=lambda *_: None)
     pipeline.step_embed(work, progress=False)
     live = pipeline.step_publish(work, settings, pipeline.DATASET_ROWS["synthetic"], progress=False)
     gens = Generations(es, settings)
@@ -49,7 +50,7 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
         monkeypatch.setenv(key, value)
     assert main(["evaluate", "--served", "--work-dir", str(work)]) == 0
     printed = capsys.readouterr().out
-    assert "served (flat, knn)" in printed and "served - offline" in printed
+    assert "served (flat, knn)" in printed and "served - offline" in printed and "served + ranker" in printed
     result = json.loads((work / "eval_served.json").read_text())
 
     # The live pair is exactly where it was; the evaluation pair is a generation of its own aliases.
@@ -66,3 +67,13 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
     assert result["served"]["users"] == 150 and offline["HR@10"] > 0
     assert abs(result["delta"]["HR@10"]) <= 1 / 150 + 1e-9, result   # at most one near-tie apart
     assert abs(result["delta"]["NDCG@10"]) <= 1 / 150 + 1e-9, result
+    # The ranked row, served through the service's ranking code, against the same ranker offline.
+    assert result["ranker"] == ranker["version"] and result["served_ranked"]["users"] == 150
+    assert abs(result["delta_ranked"]["HR@10"]) <= 1 / 150 + 1e-9, result
+    assert abs(result["delta_ranked"]["NDCG@10"]) <= 1 / 150 + 1e-9, result
+    # The publish registered the ranker beside its model's encoder.
+    from facetrec import ranker as ranking
+    from facetrec.user_encoder import model_dir
+
+    model_version = json.loads((work / "ranker" / "ranker.json").read_text())["model_version"]
+    assert all((model_dir(settings.models_root, model_version) / name).is_file() for name in ranking.RANKER_FILES)

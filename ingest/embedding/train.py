@@ -34,6 +34,8 @@ class TrainConfig:
     loss: str = "auto"           # full | sampled | auto (full softmax up to full_softmax_max_items)
     full_softmax_max_items: int = 20_000
     positions: str = "all"       # all: predict the next item after every position; last: only the last
+    ranker_holdout: int = 5      # the last N items of each training sequence are left to the ranker
+                                 # (ingest.embedding.ranker): the towers never fit them; 0: no ranker
 
 
 LOSSES = ("auto", "full", "sampled")
@@ -69,16 +71,24 @@ def _crop(seq: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
     return seq[end - length - 1:end]
 
 
+def tower_sequences(data: TrainingData, cfg: TrainConfig) -> list[np.ndarray]:
+    """What the towers fit: each training sequence without the ranker's holdout (its last items)."""
+    if not cfg.ranker_holdout:
+        return data.train_seqs
+    return [s[:max(len(s) - cfg.ranker_holdout, 1)] for s in data.train_seqs]
+
+
 def train_epoch(model: TwoTower, data: TrainingData, cfg: TrainConfig, optimizer, rng: np.random.Generator,
                 item_probs: torch.Tensor, progress: bool, loss_name: str = "sampled") -> tuple[float, int]:
     model.train()
-    users = np.array([u for u, s in enumerate(data.train_seqs) if len(s) >= 2])
+    sequences = tower_sequences(data, cfg)
+    users = np.array([u for u, s in enumerate(sequences) if len(s) >= 2])
     rng.shuffle(users)
     total, samples = 0.0, 0
     batches = range(0, len(users), cfg.batch_size)
     for start in tqdm(batches, desc="train", leave=False, disable=not progress, file=sys.stderr):
         rows = users[start:start + cfg.batch_size]
-        windows = [_crop(data.train_seqs[u], model.cfg.max_len, rng) for u in rows]
+        windows = [_crop(sequences[u], model.cfg.max_len, rng) for u in rows]
         inputs = torch.from_numpy(left_pad([w[:-1] for w in windows], model.cfg.max_len))
         targets = torch.from_numpy(left_pad([w[1:] for w in windows], model.cfg.max_len))
         feats = torch.from_numpy(data.user_features[rows])
@@ -117,6 +127,8 @@ def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir:
     """Train with early stopping; returns a summary and (with ``out_dir``) writes checkpoint.pt."""
     if cfg.uniform_negatives < 1:
         raise ValueError("uniform_negatives must be at least 1 (mixed negative sampling)")
+    if cfg.ranker_holdout < 0:
+        raise ValueError("ranker_holdout must be 0 (no ranker) or more")
     if cfg.positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, not {cfg.positions!r}")
     loss_name = loss_kind(cfg, data.n_items)
@@ -166,7 +178,9 @@ def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir:
 
 
 def model_version(summary: dict) -> str:
-    return f"two-tower-{summary['data_version']}-s{summary['train_config']['seed']}-e{summary['best_epoch']}"
+    holdout = summary["train_config"].get("ranker_holdout", 0)   # towers that left positions to a ranker differ
+    return (f"two-tower-{summary['data_version']}-s{summary['train_config']['seed']}-e{summary['best_epoch']}"
+            + (f"-h{holdout}" if holdout else ""))
 
 
 def save_checkpoint(model: TwoTower, data: TrainingData, summary: dict, out_dir: Path) -> Path:
