@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import statistics
 import sys
 import time
@@ -64,6 +65,7 @@ def main() -> int:
         app = create_app(settings, catalog)
         timings[name] = app.extensions["facetrec"]["metrics"] = Timings()
         clients[name] = app.test_client()
+        logging.getLogger("facetrec.access").setLevel(logging.WARNING)   # no access line per page on stdout
         for user in users[:100]:
             page = clients[name].get(f"/v1/users/{user}/homepage")
             assert page.status_code == 200, page.get_json()

@@ -1,4 +1,4 @@
-"""`facetrec etl | train | evaluate | embed | pipeline run`: thin wrappers over ingest.pipeline."""
+"""`facetrec etl | train | rank | evaluate | embed | pipeline run`: thin wrappers over ingest.pipeline."""
 
 from __future__ import annotations
 
@@ -56,6 +56,21 @@ def cmd_train(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_rank(args, settings: Settings) -> int:
+    import dataclasses
+
+    from ingest import pipeline
+    from ingest.embedding.ranker import RankerConfig
+
+    overrides = _overrides(args.set)
+    known = {f.name for f in dataclasses.fields(RankerConfig)}
+    if set(overrides) - known:
+        raise SystemExit(f"facetrec: error: unknown --set key(s) {sorted(set(overrides) - known)}; "
+                         f"ranker: {sorted(known)}")
+    print(json.dumps(pipeline.step_rank(args.work_dir, overrides), indent=2, default=str))
+    return 0
+
+
 def cmd_evaluate(args, settings: Settings) -> int:
     from ingest import pipeline
 
@@ -105,6 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model/training setting (repeatable; an unknown key lists the known ones)")
     p.set_defaults(func=cmd_train)
+    p = step("rank", "train the ranking stage (LightGBM LambdaRank) for the trained towers",
+             "Train the ranker that re-sorts ranked rows' candidates, on the training positions the towers left out "
+             "(ranker_holdout); its files go to <work>/ranker and are registered with the model by the publish.")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a ranker setting (repeatable; an unknown key lists the known ones)")
+    p.set_defaults(func=cmd_rank)
     p = step("evaluate", "full-ranking evaluation vs MostPop and Markov baselines",
              "Full-ranking HR@10 / NDCG@10 of the checkpoint beside the MostPop and Markov baselines "
              "(leave-last-out, seen items excluded); the table goes to <work>/eval.json.")
@@ -121,8 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pipe = sub.add_parser("pipeline", help="the nightly pipeline end to end",
                           description="The nightly pipeline, the steps above in order, then a new generation.")
     psub = pipe.add_subparsers(dest="pipeline_command", required=True)
-    p = work(psub.add_parser("run", help="data -> ETL -> train -> evaluate -> embed -> publish (one alias swap)",
-                             description="Data -> ETL -> train -> evaluate -> embed -> publish: a new pair of "
+    p = work(psub.add_parser("run", help="data -> ETL -> train -> rank -> evaluate -> embed -> publish (one alias swap)",
+                             description="Data -> ETL -> train -> rank -> evaluate -> embed -> publish: a new pair of "
                                          "generations, validated, then one alias swap."))
     p.add_argument("--dataset", choices=["movielens-100k", "synthetic"], default="movielens-100k",
                    help="the bundled data set (default: %(default)s)")

@@ -93,7 +93,9 @@ def step_rank(work_dir, ranker_overrides: dict | None = None, log=print) -> dict
         return {"ranker": None}
     summary = train_ranker(model, data, paths(work_dir)["etl"], out, holdout, RankerConfig(**(ranker_overrides or {})),
                            meta["model_version"], log=log)
-    return {k: v for k, v in summary.items() if k not in ("importance_gain", "config")}
+    out = {k: v for k, v in summary.items() if k not in ("importance_gain", "config")}
+    out["top_features"] = sorted(summary["importance_gain"], key=lambda f: -summary["importance_gain"][f])[:5]
+    return out
 
 
 def trained_ranker(work_dir, model_version: str):

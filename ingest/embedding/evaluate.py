@@ -100,10 +100,10 @@ def evaluate(scorer: Scorer, data: TrainingData, split: str, users: np.ndarray |
 
 
 def comparison_table(results: dict[str, dict]) -> str:
-    header = f"{'model':<12} {'HR@10':>7} {'NDCG@10':>8} {'Recall@50':>10} {'coverage@10':>12} {'users':>6}"
+    header = f"{'model':<16} {'HR@10':>7} {'NDCG@10':>8} {'Recall@50':>10} {'coverage@10':>12} {'users':>6}"
     lines = [header, "-" * len(header)]
     for name, m in results.items():
-        lines.append(f"{name:<12} {m['HR@10']:>7.4f} {m['NDCG@10']:>8.4f} {m['Recall@50']:>10.4f} "
+        lines.append(f"{name:<16} {m['HR@10']:>7.4f} {m['NDCG@10']:>8.4f} {m['Recall@50']:>10.4f} "
                      f"{m['coverage@10']:>12.4f} {m['users']:>6}")
     return "\n".join(lines)
 
