@@ -59,6 +59,7 @@ class Settings:
     generations_to_keep: int = 2           # FACETREC_GENERATIONS_TO_KEEP
     bulk_streams: int = 2                  # FACETREC_BULK_STREAMS: bulk requests in flight while loading
     lock_lease_s: float = 60.0             # FACETREC_LOCK_LEASE_S: re-index lock lease (renewed every third)
+    green_timeout_s: float = 300.0         # FACETREC_GREEN_TIMEOUT_S: a new generation must be green within this
     templates_dir: Path = REPO_ROOT / "index_templates"  # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
@@ -97,6 +98,8 @@ class Settings:
             raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
         if self.generations_to_keep < 1:
             raise SettingsError("FACETREC_GENERATIONS_TO_KEEP must be at least 1 (the live generation)")
+        if not 1.0 <= self.green_timeout_s <= 3600.0:
+            raise SettingsError(f"FACETREC_GREEN_TIMEOUT_S={self.green_timeout_s}: expected 1..3600 seconds")
         if not 1.0 <= self.lock_lease_s <= 3600.0:
             raise SettingsError(f"FACETREC_LOCK_LEASE_S={self.lock_lease_s}: expected 1..3600 seconds")
         if self.bulk_streams < 1:
@@ -209,6 +212,7 @@ _ENV_NAMES = {
     "generations_to_keep": "FACETREC_GENERATIONS_TO_KEEP",
     "bulk_streams": "FACETREC_BULK_STREAMS",
     "lock_lease_s": "FACETREC_LOCK_LEASE_S",
+    "green_timeout_s": "FACETREC_GREEN_TIMEOUT_S",
     "templates_dir": "FACETREC_TEMPLATES_DIR",
     "rows_config": "FACETREC_ROWS_CONFIG",
     "retrieval_mode": "FACETREC_RETRIEVAL_MODE",

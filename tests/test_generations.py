@@ -134,6 +134,25 @@ def test_failure_midway_leaves_aliases_and_next_run_succeeds(es, settings, catal
     assert publish(es, settings, catalog, small_data, "20260101-000003")["status"] == "swapped"
 
 
+def test_a_generation_that_cannot_be_green_is_never_swapped(es, settings, catalog, small_data):
+    """One replica per shard on a one-node cluster can never be assigned: the publish waits at most
+    FACETREC_GREEN_TIMEOUT_S, fails naming why, leaves the aliases where they were and deletes the
+    half-made pair; the next publish with replicas the cluster can hold goes live."""
+    from ingest.indexing.generations import NotGreen
+
+    publish(es, settings, catalog, small_data, "20260101-000001")
+    before = live(es, settings)
+    started = time.monotonic()
+    with pytest.raises(NotGreen, match=r"is yellow after 2 s: 1 unassigned .* \(1 replica\(s\) per shard on 1 data "
+                                       r"node\(s\)\); the aliases were not moved"):
+        publish(es, settings.replace(replicas=1, green_timeout_s=2.0), catalog, small_data, "20260101-000002")
+    assert time.monotonic() - started < 60
+    assert live(es, settings) == before
+    assert not es.indices.exists(index=f"{settings.item_alias}-20260101-000002")
+    assert not es.indices.exists(index=f"{settings.user_alias}-20260101-000002")
+    assert publish(es, settings, catalog, small_data, "20260101-000003")["status"] == "swapped"
+
+
 def test_generation_ids_differ_within_one_second_and_sort_in_time_order():
     from datetime import datetime, timedelta, timezone
 

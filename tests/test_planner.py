@@ -244,7 +244,8 @@ def _predicates():
 def layouts(es, es_settings):
     """One small catalog published as two pairs of aliases: ``graph``, a catalog graph beside the
     item_format partitions (values of 300+ items), whose previous pair has no partitions at all;
-    ``partitions``, the partitions alone (they cover the catalog: item_embed is flat)."""
+    ``partitions``, the partitions alone (they cover the catalog: item_embed is flat); ``sharded``, the
+    same in 3 shards (each shard's top-k merged: exact rows must still be the exact top)."""
     import uuid
 
     from ingest.embedding.synthetic import embedding_records
@@ -254,11 +255,11 @@ def layouts(es, es_settings):
     items, users, item_vectors, _ = embedding_records(n_items=6000, n_users=30, dims=64, seed=23)
     catalog = RowCatalog.from_dict(E2E_ROWS)
     out = {}
-    for layout, catalog_graph in (("graph", "on"), ("partitions", "auto")):
+    for layout, catalog_graph, shards in (("graph", "on", 1), ("partitions", "auto", 1), ("sharded", "auto", 3)):
         settings = es_settings.replace(item_alias=f"{prefix}-{layout}-item_index", user_alias=f"{prefix}-{layout}-user_index",
                                        index_type="hnsw", vector_partitions="item_format", partition_min_docs=300,
                                        walk_candidates=150, partition_candidates=100, exact_max_matches=150,
-                                       catalog_graph=catalog_graph)
+                                       catalog_graph=catalog_graph, shards=shards)
         if layout == "graph":
             run_reindex(es, settings.replace(vector_partitions=""), catalog, items=items, users=users, model_version="m",
                         generation="20260101-000001", progress=False, sample_users=3, force_merge=True)
@@ -307,7 +308,7 @@ def test_partitions_hold_only_their_values_items_and_the_pair_records_what_the_p
     assert counted["for_you"]["by"]["language"]["en"] == sum(r["language"] == "en" for r in items)
 
 
-@pytest.mark.parametrize("layout", ["graph", "partitions"])
+@pytest.mark.parametrize("layout", ["graph", "partitions", "sharded"])
 @pytest.mark.parametrize("pin", ["exact", "partition", "post_filter", "filtered_graph", None])
 def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, layouts, layout, pin):
     """Each plan pinned on every row (None: the planner's own choice), asked through the service's
@@ -319,6 +320,9 @@ def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, layouts, 
     from facetrec.homepage import recommend
 
     settings, catalog, items, users, item_vectors = layouts[layout]
+    if layout == "sharded":
+        (index,) = es.indices.get_alias(name=settings.item_alias)
+        assert es.indices.get_settings(index=index)[index]["settings"]["index"]["number_of_shards"] == "3"
     rows = [dc.replace(r, plan=pin) for r in catalog.homepage_rows()]
     target = Target.from_settings(settings, request_timeout_s=30.0, dedupe_across_rows=False,
                                   stats=StatsCache(rows, catalog.user_filters))

@@ -71,6 +71,11 @@ class AlreadyLive(RuntimeError):
     pass
 
 
+class NotGreen(RuntimeError):
+    """A new generation's shards (its replicas included) were not all assigned in time: it is not
+    swapped live (a node down, or more replicas than the cluster has nodes to hold them)."""
+
+
 class NoPairToRollBackTo(RuntimeError):
     pass
 
@@ -187,7 +192,22 @@ class Generations:
         if force_merge:
             self.es.options(request_timeout=3600).indices.forcemerge(index=index, max_num_segments=1)
             self.es.indices.refresh(index=index)
-        self.es.options(request_timeout=600).cluster.health(index=index, wait_for_status="green", timeout="300s")
+        self.wait_green(index)
+
+    def wait_green(self, index: str) -> None:
+        """Wait (at most FACETREC_GREEN_TIMEOUT_S) until every shard of ``index``, replicas
+        included, is assigned; NotGreen says why not."""
+        timeout = self.settings.green_timeout_s
+        health = self.es.options(request_timeout=timeout + 30, ignore_status=408).cluster.health(
+            index=index, wait_for_status="green", timeout=f"{max(1, int(timeout))}s")
+        if health.get("status") == "green" and not health.get("timed_out"):
+            return
+        nodes = health.get("number_of_data_nodes")
+        raise NotGreen(
+            f"{index} is {health.get('status')} after {timeout:g} s: {health.get('unassigned_shards')} unassigned and "
+            f"{health.get('initializing_shards')} initializing shards ({self.settings.replicas} replica(s) per shard "
+            f"on {nodes} data node(s)); the aliases were not moved. Bring the missing nodes back, or publish with "
+            f"FACETREC_REPLICAS below the number of data nodes")
 
     def mark(self, index: str, state: str) -> None:
         self.update_meta(index, state=state)
