@@ -7,7 +7,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from facetrec.catalog_stats import StatsCache
-from facetrec.es import make_client
+from facetrec.es import serving_client
 from facetrec.facets import FacetCache
 from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     app.extensions["facetrec"] = {
         "settings": settings,
         "catalog": catalog,
-        # No client-side retries: a request must answer (or fail with 503) within the timeout.
-        "es": make_client(settings, max_retries=0, retry_on_timeout=False),
+        # A dead node's request goes to the next node; nothing else is retried: a request must answer
+        # (or fail with 503) within the timeout.
+        "es": serving_client(settings),
         "metrics": make_metrics(settings, component="service"),
         # The row planner's per-generation stats: read from each item generation's _meta once.
         "target": Target.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters)),

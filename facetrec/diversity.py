@@ -83,14 +83,16 @@ def _jaccard(a: frozenset, b: frozenset) -> float:
 
 
 def apply(policy: DiversityPolicy, candidates: Sequence[Mapping], size: int,
-          vectors: Mapping[str, Sequence[float]] | None = None) -> tuple[list[Mapping], dict]:
+          vectors: Mapping[str, Sequence[float]] | None = None, by_order: bool = False) -> tuple[list[Mapping], dict]:
     """At most ``size`` of ``candidates`` (best first) under ``policy``, and what it did:
     ``{"policy", "candidates", "reranked", "backfilled"}`` — ``reranked`` counts the returned items
-    that are not where relevance order alone would have put them."""
+    that are not where relevance order alone would have put them. ``by_order``: relevance is the
+    candidates' order, not their scores (a ranked row: its order is the ranker's)."""
     pool = list(candidates)
     cats = [categories(c) for c in pool]
     use_vectors = vectors is not None and all(c["id"] in vectors for c in pool)
-    scores = [float(c.get("score") or 0.0) for c in pool]
+    scores = [float(len(pool) - i) for i in range(len(pool))] if by_order else \
+        [float(c.get("score") or 0.0) for c in pool]
     low, high = min(scores, default=0.0), max(scores, default=0.0)
     relevance = [(s - low) / (high - low) if high > low else 1.0 for s in scores]
 

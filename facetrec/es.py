@@ -1,7 +1,9 @@
 """The one place that turns settings into an Elasticsearch client.
 
 ``ES_URL`` (with ``ES_API_KEY``, or ``ES_USERNAME``+``ES_PASSWORD``, and ``ES_CA_CERT``) points at a
-real cluster. Without ``ES_URL`` the local node recorded by ``facetrec-es start`` is used.
+real cluster: one URL, or every node's, comma-separated (the client spreads requests over them and
+leaves out a node that fails). Without ``ES_URL`` the local node(s) recorded by ``facetrec-es start``
+are used, every node of a local cluster.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import orjson
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
-from facetrec.es_local import local_url
+from facetrec.es_local import local_node_urls
 from facetrec.settings import Settings
 
 # Statuses of an overloaded or unreachable cluster (worth retrying; the service answers 503).
@@ -24,15 +26,23 @@ class NoClusterConfigured(RuntimeError):
     pass
 
 
-def resolve_url(settings: Settings) -> str:
+def resolve_hosts(settings: Settings) -> list[str]:
+    """The cluster's node URLs: ``ES_URL`` split at commas, or every recorded local node."""
     if settings.es_url:
-        return settings.es_url
-    url = local_url(settings.local_es_home)
-    if url is None:
+        hosts = [url.strip() for url in settings.es_url.split(",") if url.strip()]
+        if hosts:
+            return hosts
+    hosts = local_node_urls(settings.local_es_home)
+    if not hosts:
         raise NoClusterConfigured(
             f"ES_URL is not set and no local node is recorded in {settings.local_es_home}: "
             "start one with `facetrec-es start`, or set ES_URL to your cluster")
-    return url
+    return hosts
+
+
+def resolve_url(settings: Settings) -> str:
+    """The node URLs as one ``ES_URL`` value (comma-separated), for a process or executor to pass on."""
+    return ",".join(resolve_hosts(settings))
 
 
 def client_options(settings: Settings) -> dict:
@@ -70,7 +80,15 @@ def make_client(settings: Settings, *, request_timeout: float | None = None, **o
     """A client for the configured cluster. ``request_timeout`` defaults to the serving timeout."""
     timeout = request_timeout if request_timeout is not None else settings.es_request_timeout_s
     options.setdefault("serializers", serializers())
-    return Elasticsearch(resolve_url(settings), request_timeout=timeout, **client_options(settings), **options)
+    return Elasticsearch(resolve_hosts(settings), request_timeout=timeout, **client_options(settings), **options)
+
+
+def serving_client(settings: Settings) -> Elasticsearch:
+    """The service's client: a request that cannot reach a node (refused, reset: a dead node) is
+    sent to the next node at once, each node at most once; a timeout or an overloaded cluster's
+    status is not retried (the request's budget is spent: the caller answers 503)."""
+    hosts = resolve_hosts(settings)
+    return make_client(settings, max_retries=len(hosts) - 1, retry_on_timeout=False, retry_on_status=())
 
 
 _with_timeout: "weakref.WeakKeyDictionary[Elasticsearch, dict[float, Elasticsearch]]" = weakref.WeakKeyDictionary()

@@ -64,6 +64,7 @@ class NodeProcess:
     transport_port: int
     home: str
     log: str
+    command: list[str] | None = None   # how it was started (restart_node starts it again with it)
 
 
 @dataclass
@@ -250,7 +251,7 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=node_home)
-        procs.append(NodeProcess(name, proc.pid, http_port, transport_port, str(node_home), str(log_path)))
+        procs.append(NodeProcess(name, proc.pid, http_port, transport_port, str(node_home), str(log_path), cmd))
         log(f"facetrec-es: started {name} (pid {proc.pid}) http 127.0.0.1:{http_port}, log {log_path}")
 
     state = ClusterState(url=f"http://127.0.0.1:{port}", nodes=procs, started_at=time.time())
@@ -262,6 +263,25 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
         (home / STATE_FILE).unlink(missing_ok=True)
         raise
     return state
+
+
+def restart_node(home: Path, name: str, log=print) -> NodeProcess:
+    """Start a stopped (or killed) node of a recorded local cluster again, as it was started, with
+    its data; it rejoins the cluster. The recorded state names its new process."""
+    home = home.resolve()
+    state = ClusterState.load(home)
+    node = next((n for n in (state.nodes if state else []) if n.name == name), None)
+    if node is None or not node.command:
+        raise LocalNodeError(f"no restartable node {name!r} recorded in {home}")
+    if _pid_alive(node.pid):
+        raise LocalNodeError(f"{name} (pid {node.pid}) is still running")
+    with open(node.log, "ab") as out:
+        proc = subprocess.Popen(node.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=node.home)
+    node.pid = proc.pid
+    state.save(home)
+    log(f"facetrec-es: restarted {name} (pid {proc.pid}) http 127.0.0.1:{node.http_port}")
+    return node
 
 
 def _wait_green(state: ClusterState, nodes: int, timeout: float, log) -> None:
@@ -334,6 +354,15 @@ def status(home: Path | None = None) -> dict:
 def local_url(home: Path) -> str | None:
     state = ClusterState.load(home.resolve())
     return state.url if state else None
+
+
+def local_node_urls(home: Path) -> list[str]:
+    """Every recorded local node's HTTP URL (the first is ``local_url``); empty when none runs."""
+    state = ClusterState.load(home.resolve())
+    if state is None:
+        return []
+    urls = [f"http://127.0.0.1:{node.http_port}" for node in state.nodes]
+    return [state.url, *(u for u in urls if u != state.url)]
 
 
 # --------------------------------------------------------------------------------------------

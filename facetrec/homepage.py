@@ -229,7 +229,8 @@ def recommend(es: Elasticsearch, target: Target, user_id: str, rows: Sequence[Ro
         items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user)
                  for hit in hits]
         if row.diversity:   # after cross-row de-duplication, over the row's over-fetched candidates
-            items, entry["diversity"] = diversity.apply(row.diversity, items, size, _item_vectors(hits, user))
+            items, entry["diversity"] = diversity.apply(row.diversity, items, size, _item_vectors(hits, user),
+                                                        by_order=entry.get("ranked", False))
         if items:   # every hit of a page comes from one item generation (_mixed)
             entry["generation"] = hits[0].get("_source", {}).get("generation")
             generation = generation or entry["generation"]
@@ -251,8 +252,10 @@ def _rank_page(es: Elasticsearch, target: Target, user: UserVector | None, rows:
                mode: str | None, metrics: NoMetrics) -> tuple[str, "ranking.Ranker | None", dict[int, list[int]]]:
     """(status, ranker, {id(response): the hits' positions, best first}) for the page's ranked rows:
     those with ``rank`` in the row config, a user vector and hits. The pair's ranker (that of the
-    user vector's model version) scores every ranked row's candidates in one call. A pair without
-    a ranker, or whose ranker cannot be loaded, serves retrieval order, says so and is counted."""
+    user vector's model version) scores every ranked row's first ``rank.candidates`` hits in one
+    call (the hits beyond them, fetched for de-duplication, follow in retrieval order). A pair
+    without a ranker, or whose ranker cannot be loaded or fails, serves retrieval order, says so and
+    is counted."""
     wanted = [(row, r) for row, r in zip(rows, responses) if row.rank_candidates and "hits" in r and r["hits"]["hits"]]
     if user is None or not wanted or target.rankers is None:
         return ranking.NOT_ASKED, None, {}
@@ -265,14 +268,29 @@ def _rank_page(es: Elasticsearch, target: Target, user: UserVector | None, rows:
         version, status, ranker = None, ranking.UNAVAILABLE, None
     else:
         status, ranker = target.rankers.get(version)
+    if ranker is not None and target.similarity == "cosine" and user.item_vector_scale is None:
+        log.warning("a cosine pair's scores are no dot products: rows keep retrieval order",
+                    extra={"event": "ranker_unavailable", "model_version": version})
+        status, ranker = ranking.UNAVAILABLE, None
     order: dict[int, list[int]] = {}
     if ranker is not None:
         started = time.perf_counter()
-        page = [([h["_id"] for h in r["hits"]["hits"]],
-                 [model_dot(h, row_mode(row, mode, target), target.similarity, user) for h in r["hits"]["hits"]])
-                for row, r in wanted]
-        for (_, response), positions in zip(wanted, ranker.rank_rows(user.seen_item_ids, page)):
-            order[id(response)] = positions.tolist()
+        # What the ranker was trained on: the model's raw dot products (a unit query vector's scaled back).
+        scale = user.norm if target.similarity == "dot_product" and user.item_vector_scale is None else 1.0
+        page = []
+        for row, response in wanted:
+            hits = response["hits"]["hits"][:row.rank_candidates]
+            page.append(([h["_id"] for h in hits],
+                         [scale * model_dot(h, row_mode(row, mode, target), target.similarity, user) for h in hits]))
+        try:
+            ranked = ranker.rank_rows(user.seen_item_ids, page)
+        except Exception as exc:  # noqa: BLE001 - a failing ranker costs the order, never the page
+            log.exception("ranker failed; rows keep retrieval order",
+                          extra={"event": "ranker_failed", "model_version": version, "detail": str(exc)[:500]})
+            status, ranker, ranked = ranking.UNAVAILABLE, None, []
+        for (_, response), positions in zip(wanted, ranked):
+            rest = range(len(positions), len(response["hits"]["hits"]))
+            order[id(response)] = [*positions.tolist(), *rest]
         metrics.timing("homepage.rank", (time.perf_counter() - started) * 1000)
     metrics.increment("homepage.ranker", [f"status:{status}"])
     return status, ranker, order

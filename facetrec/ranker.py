@@ -162,7 +162,7 @@ def features(tables: ItemTables, user: UserContext, candidates: np.ndarray, scor
     n = len(candidates)
     rank = np.empty(n, dtype=np.float32)
     rank[np.argsort(-scores, kind="stable")] = np.arange(n, dtype=np.float32)
-    top = scores.max(initial=0.0) if n else 0.0
+    top = scores.max() if n else 0.0
     spread = float(scores.std()) if n > 1 else 0.0
     columns = [scores, rank, top - scores, (scores - scores.mean()) / spread if spread > 0 else np.zeros(n, np.float32),
                tables.log_popularity[candidates]]
@@ -255,6 +255,7 @@ def register(ranker_dir: str | Path, model_dir: Path) -> bool:
     if not all((src / name).is_file() for name in RANKER_FILES):
         return False
     model_dir.mkdir(parents=True, exist_ok=True)
+    unregister(model_dir)   # the old meta goes first: never a new model file beside an old meta
     for name in (*RANKER_FILES[1:], RANKER_META):
         tmp = model_dir / f".{name}.tmp"
         shutil.copyfile(src / name, tmp)
@@ -273,12 +274,12 @@ class RankerRegistry:
     (status, ranker): APPLIED with the ranker, NO_RANKER where the model version has none, and
     UNAVAILABLE where it declares one that cannot be loaded (a missing or broken file)."""
 
-    RECHECK_S = 30.0   # a model version found without a usable ranker is looked at again after this
+    RECHECK_S = 30.0   # a model version's ranker files are looked at again after this (re-registered, removed)
 
     def __init__(self, models_root: str | Path, keep: int = 2):
         self.models_root = Path(models_root)
         self.keep = keep
-        self._loaded: OrderedDict[str, tuple[tuple[str, Ranker | None], float]] = OrderedDict()
+        self._loaded: OrderedDict[str, tuple[tuple[str, Ranker | None], float, float | None]] = OrderedDict()
         self._versions: OrderedDict[str, str | None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -301,15 +302,21 @@ class RankerRegistry:
         if not model_version:
             return NO_RANKER, None
         with self._lock:
-            if model_version in self._loaded:
-                answer, checked = self._loaded[model_version]
-                if answer[0] == APPLIED or time.monotonic() - checked < self.RECHECK_S:
-                    self._loaded.move_to_end(model_version)
-                    return answer
             try:
                 directory = model_dir(self.models_root, model_version)
             except ValueError:
                 return NO_RANKER, None
+            if model_version in self._loaded:
+                answer, checked, stamp = self._loaded[model_version]
+                now = time.monotonic()
+                fresh = now - checked < self.RECHECK_S
+                if not fresh and answer[0] != UNAVAILABLE and _stamp(directory) == stamp:
+                    fresh, checked = True, now     # its files are as they were: keep it, look again later
+                if fresh:
+                    self._loaded[model_version] = (answer, checked, stamp)
+                    self._loaded.move_to_end(model_version)
+                    return answer
+            stamp = _stamp(directory)
             if not (directory / RANKER_META).is_file():
                 answer: tuple[str, Ranker | None] = (NO_RANKER, None)
             else:
@@ -322,10 +329,18 @@ class RankerRegistry:
                         "ranker unavailable; rows keep retrieval order",
                         extra={"event": "ranker_unavailable", "model_version": model_version, "detail": str(exc)[:500]})
                     answer = (UNAVAILABLE, None)
-            self._loaded[model_version] = (answer, time.monotonic())
+            self._loaded[model_version] = (answer, time.monotonic(), stamp)
             while len(self._loaded) > self.keep:
                 self._loaded.popitem(last=False)
             return answer
+
+
+def _stamp(directory: Path) -> float | None:
+    """When the model version's ranker meta was last written (None: it has none)."""
+    try:
+        return (directory / RANKER_META).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def days_since_epoch(values: Sequence) -> np.ndarray:

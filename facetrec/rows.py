@@ -202,7 +202,8 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
                caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor,
                plan="exact" if exact else plan, diversity=policy,
-               rank_candidates=_rank_candidates(entry["rank"], where, max_size or size) if "rank" in entry else None)
+               rank_candidates=_rank_candidates(entry["rank"], where, max_size or min(2 * size, MAX_ROW_SIZE))
+               if "rank" in entry else None)
 
 
 def _rank_candidates(raw: Any, where: str, size: int) -> int:
@@ -211,7 +212,7 @@ def _rank_candidates(raw: Any, where: str, size: int) -> int:
     value = raw["candidates"]
     if isinstance(value, bool) or not isinstance(value, int) or not size <= value <= MAX_RANK_CANDIDATES:
         raise RowConfigError(f"{where}: rank.candidates must be an integer in {size}..{MAX_RANK_CANDIDATES} "
-                             "(at least the row's largest size)")
+                             "(at least the largest size a caller may ask for: max_size, or twice the size)")
     return value
 
 

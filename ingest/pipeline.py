@@ -59,7 +59,10 @@ def step_train(work_dir, model_overrides: dict | None = None, train_overrides: d
     from ingest.embedding.model import ModelConfig
     from ingest.embedding.train import TrainConfig, train_from_etl
 
+    import shutil
+
     p = paths(work_dir)
+    shutil.rmtree(p["ranker"], ignore_errors=True)   # a ranker belongs to the towers it was trained for
     summary = train_from_etl(p["etl"], p["model"], ModelConfig(**(model_overrides or {})),
                              TrainConfig(**(train_overrides or {})), progress=progress)
     summary.pop("model")
@@ -82,6 +85,7 @@ def step_rank(work_dir, ranker_overrides: dict | None = None, log=print) -> dict
     ranker left from an earlier model is removed, so a ranker only ever ships with its own towers."""
     import shutil
 
+    from facetrec import ranker as ranking
     from ingest.embedding.ranker import RankerConfig, train_ranker
 
     model, meta, data = _load_model(work_dir)
@@ -93,19 +97,28 @@ def step_rank(work_dir, ranker_overrides: dict | None = None, log=print) -> dict
         return {"ranker": None}
     summary = train_ranker(model, data, paths(work_dir)["etl"], out, holdout, RankerConfig(**(ranker_overrides or {})),
                            meta["model_version"], log=log)
+    ranking.save_meta(out, {"checkpoint_sha256": _checkpoint_digest(work_dir)})
     out = {k: v for k, v in summary.items() if k not in ("importance_gain", "config")}
     out["top_features"] = sorted(summary["importance_gain"], key=lambda f: -summary["importance_gain"][f])[:5]
     return out
 
 
+def _checkpoint_digest(work_dir) -> str:
+    import hashlib
+
+    return hashlib.sha256((paths(work_dir)["model"] / "checkpoint.pt").read_bytes()).hexdigest()
+
+
 def trained_ranker(work_dir, model_version: str):
-    """The work directory's ranker if it was trained for ``model_version`` (else None)."""
+    """The work directory's ranker if it was trained for these towers: ``model_version`` and the
+    very checkpoint (else None)."""
     from facetrec import ranker as ranking
 
     directory = paths(work_dir)["ranker"]
     if not all((directory / name).is_file() for name in ranking.RANKER_FILES):
         return None
-    if json.loads((directory / ranking.RANKER_META).read_text()).get("model_version") != model_version:
+    meta = json.loads((directory / ranking.RANKER_META).read_text())
+    if meta.get("model_version") != model_version or meta.get("checkpoint_sha256") != _checkpoint_digest(work_dir):
         return None
     return ranking.Ranker.load(directory)
 

@@ -141,13 +141,21 @@ def evaluate_served(model, data, etl_dir: Path, model_version: str, settings: Se
               "offline": {k: offline[k] for k in (*keys, "users")}, "served": served,
               "delta": {k: served[k] - offline[k] for k in keys}}
     if ranker_dir is not None:
+        # The ranker as the publish registers it, in a models root of the evaluation's own (the
+        # service's root is only ever written by a publish).
+        settings = settings.replace(models_root=Path(tempfile.mkdtemp(prefix="facetrec-served-eval-models-")))
         ranking.register(ranker_dir, user_encoder.model_dir(settings.models_root, model_version))
         ranker = ranking.Ranker.load(ranker_dir)
         scorer = ranked_scorer(model, data, ranker)
         scores = np.concatenate([scorer([seqs[r] for r in part], part) for part in np.array_split(rows, max(1, len(rows) // 256))])
         offline_ranked = ranking_metrics(scores, targets[rows], [seqs[r] for r in rows], data.n_items)
-        ranked_rows = served_rankings(settings, [data.user_ids[r] for r in rows], progress,
-                                      rank_candidates=ranker.candidates)
+        try:
+            ranked_rows = served_rankings(settings, [data.user_ids[r] for r in rows], progress,
+                                          rank_candidates=ranker.candidates)
+        finally:
+            import shutil
+
+            shutil.rmtree(settings.models_root, ignore_errors=True)
         served_ranked = served_metrics(ranked_rows, [data.item_ids[targets[r]] for r in rows])
         result.update({"ranker": ranker.version, "offline_ranked": {k: offline_ranked[k] for k in (*keys, "users")},
                        "served_ranked": served_ranked,

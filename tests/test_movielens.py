@@ -49,6 +49,5 @@ def test_short_movielens_training_beats_most_popular_and_markov_on_validation(sp
     ranker = train_ranker(summary["model"], data, tmp_path / "etl", tmp_path / "ranker", 5, log=print)
     assert ranker["valid"]["retrieval"]["HR@10"] == pytest.approx(valid["two-tower"]["HR@10"], abs=1e-9)
     ranked = evaluate(ranked_scorer(summary["model"], data, Ranker.load(tmp_path / "ranker")), data, "valid")
-    assert ranked["HR@10"] == pytest.approx(ranker["valid"]["ranked"]["HR@10"], abs=1e-9)
     assert ranked["NDCG@10"] > valid["two-tower"]["NDCG@10"] + 0.005, (ranked, valid)
     assert ranked["HR@10"] > valid["two-tower"]["HR@10"], (ranked, valid)

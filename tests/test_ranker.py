@@ -114,18 +114,36 @@ def test_registry_answers_applied_no_ranker_and_unavailable(tmp_path):
     assert not ranking.register(tmp_path / "nothing", root / "m2")
     assert ranking.register(tmp_path / "trained", root / "m3")
     (root / "m3" / "ranker.txt").unlink()         # the ranker file of a published model went missing
-    registry = ranking.RankerRegistry(root)
+    registry = ranking.RankerRegistry(root, keep=4)
     assert registry.get("m1")[0] == ranking.APPLIED and registry.get("m1")[1].version == "planted-lambdarank"
     assert registry.get("m2") == (ranking.NO_RANKER, None)
     assert registry.get("m3") == (ranking.UNAVAILABLE, None)
     assert registry.get(None) == (ranking.NO_RANKER, None) and registry.get("../x") == (ranking.NO_RANKER, None)
     ranking.unregister(root / "m1")
     assert not (root / "m1" / ranking.RANKER_META).exists()
-    assert ranking.RankerRegistry(root).get("m1") == (ranking.NO_RANKER, None)
+    assert registry.get("m1")[0] == ranking.APPLIED           # until it looks again...
+    registry.RECHECK_S = 0.0
+    assert registry.get("m1") == (ranking.NO_RANKER, None)    # ...and sees the files gone
+    assert ranking.register(tmp_path / "trained", root / "m1")
+    assert registry.get("m1")[0] == ranking.APPLIED           # re-registered: loaded again
+
+
+def test_a_work_ranker_is_published_only_with_the_towers_it_was_trained_for(tmp_path):
+    from ingest import pipeline
+
+    work = tmp_path / "work"
+    _planted_ranker(pipeline.paths(work)["ranker"])
+    (work / "model").mkdir(parents=True)
+    (work / "model" / "checkpoint.pt").write_bytes(b"towers one")
+    ranking.save_meta(pipeline.paths(work)["ranker"], {"checkpoint_sha256": pipeline._checkpoint_digest(work)})
+    assert pipeline.trained_ranker(work, "m").version == "planted-lambdarank"
+    assert pipeline.trained_ranker(work, "another model") is None
+    (work / "model" / "checkpoint.pt").write_bytes(b"towers two, same model version")
+    assert pipeline.trained_ranker(work, "m") is None
 
 
 @pytest.mark.parametrize("rank, message", [
-    ({"candidates": 5}, "rank.candidates must be an integer in 10..500"),
+    ({"candidates": 15}, "rank.candidates must be an integer in 20..500"),
     ({"candidates": 501}, "rank.candidates"),
     ({"candidates": True}, "rank.candidates"),
     ({"top": 100}, "rank must be a mapping {candidates: N}"),
@@ -215,3 +233,27 @@ def test_a_ranked_row_is_the_ranker_order_of_the_exact_candidates_and_rollbacks_
     # rows without `rank` never ask for a ranker
     page = recommend(es, target, user["user_id"], [Row(id="plain", title="plain", size=10)])
     assert page["ranker"] == {"status": "not_asked", "version": None}
+
+
+def test_a_new_pair_without_a_ranker_and_the_rollback_to_the_ranked_one(es, ranked_pair, movielens):
+    """The model version is the pair's: a publish of a model without a ranker serves retrieval order
+    at once, a rollback serves the rolled-back pair's own ranker again."""
+    from facetrec.homepage import Target, recommend
+    from facetrec.rows import Row
+    from ingest.indexing.generations import Generations
+    from ingest.indexing.reindex import run_reindex
+
+    settings, users, *_ = ranked_pair
+    _, catalog, items, _ = movielens
+    target = Target.from_settings(settings, request_timeout_s=10.0)
+    row = Row(id="for_you", title="for you", size=10, rank_candidates=100)
+    user = users[0]["user_id"]
+    assert recommend(es, target, user, [row])["ranker"]["status"] == "applied"
+    run_reindex(es, settings, catalog, items=items, users=users[:50], model_version="ml-svd-unranked",
+                generation="20260101-000002", progress=False, sample_users=3)
+    page = recommend(es, target, user, [row])
+    assert page["user_generation"] == "20260101-000002" and page["ranker"] == {"status": "no_ranker", "version": None}
+    Generations(es, settings).rollback()
+    page = recommend(es, target, user, [row])
+    assert page["user_generation"] == "20260101-000001"
+    assert page["ranker"] == {"status": "applied", "version": "ml-svd-lambdarank"} and page["rows"][0]["ranked"]

@@ -266,7 +266,7 @@ def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, i
                     item_vector_scale: float | None = None, exact_copy: bool = False,
                     partitions: dict | None = None) -> Iterator[dict]:
     """Runs on a Spark executor: one client per partition, the same bulk code."""
-    es = Elasticsearch(es_url, serializers=serializers(), **client_options)
+    es = Elasticsearch([url.strip() for url in es_url.split(",")], serializers=serializers(), **client_options)
     try:
         report = bulk_load(es, index, kind, (row.asDict(recursive=True) for row in rows), generation=generation,
                            dims=dims, require_unit=require_unit, progress=False, doc_fields=doc_fields,
