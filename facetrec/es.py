@@ -86,7 +86,10 @@ def make_client(settings: Settings, *, request_timeout: float | None = None, **o
 def serving_client(settings: Settings) -> Elasticsearch:
     """The service's client: a request that cannot reach a node (refused, reset: a dead node) is
     sent to the next node at once, each node at most once; a timeout or an overloaded cluster's
-    status is not retried (the request's budget is spent: the caller answers 503)."""
+    status is not retried (the caller answers 503). The timeout is per try: a node that drops a
+    connection mid-request can make one request take up to (nodes x timeout). A node that fails is
+    left out of the pool for 1 s, doubling to 30 s while it keeps failing (elastic_transport's
+    dead-node backoff), so its share of the traffic goes to the others meanwhile."""
     hosts = resolve_hosts(settings)
     return make_client(settings, max_retries=len(hosts) - 1, retry_on_timeout=False, retry_on_status=())
 

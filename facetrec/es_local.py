@@ -346,7 +346,8 @@ def status(home: Path | None = None) -> dict:
         return {"running": False, "home": str(home)}
     nodes = [{"name": n.name, "pid": n.pid, "alive": _pid_alive(n.pid), "http_port": n.http_port, "log": n.log}
              for n in state.nodes]
-    health = cluster_health(state.url)
+    health = next((h for h in (cluster_health(f"http://127.0.0.1:{n['http_port']}") for n in nodes if n["alive"]) if h),
+                  None)   # any live node answers for the cluster
     return {"running": any(n["alive"] for n in nodes), "home": str(home), "url": state.url,
             "health": health.get("status") if health else None, "nodes": nodes}
 
@@ -418,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise LocalNodeError(f"--setting expects KEY=VALUE, got {pair!r}")
                 node_settings[key] = value
             state = start(args.nodes, args.port, args.data, args.heap, args.timeout, node_settings=node_settings)
-            print(f"ES_URL={state.url}")
+            urls = [state.url, *(f"http://127.0.0.1:{n.http_port}" for n in state.nodes[1:])]
+            print("ES_URL=" + ",".join(urls))   # every node: what facetrec reads when ES_URL is unset
         elif args.command == "stop":
             stop(args.data)
         else:

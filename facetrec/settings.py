@@ -98,6 +98,15 @@ class Settings:
             raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
         if self.generations_to_keep < 1:
             raise SettingsError("FACETREC_GENERATIONS_TO_KEEP must be at least 1 (the live generation)")
+        if self.es_url is not None:
+            hosts = [h.strip() for h in self.es_url.split(",")]
+            bad = [h for h in hosts if not h.startswith(("http://", "https://"))]
+            if bad or len(set(hosts)) != len(hosts):
+                raise SettingsError(f"ES_URL={self.es_url!r}: expected one or more distinct comma-separated "
+                                    f"http(s):// node URLs{f', not {bad[0]!r}' if bad else ''}")
+        if self.shards < 1 or self.replicas < 0:
+            raise SettingsError(f"FACETREC_SHARDS={self.shards} / FACETREC_REPLICAS={self.replicas}: expected "
+                                "at least 1 shard and 0 or more replicas")
         if not 1.0 <= self.green_timeout_s <= 3600.0:
             raise SettingsError(f"FACETREC_GREEN_TIMEOUT_S={self.green_timeout_s}: expected 1..3600 seconds")
         if not 1.0 <= self.lock_lease_s <= 3600.0:

@@ -16,7 +16,7 @@ import pytest
 from facetrec import es_local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WINDOW_S = 5.0   # after the kill, pages may fail this long (the dead node's requests time out once)
+WINDOW_S = 5.0   # after the kill, pages may fail this long (shards fail over to their replicas)
 
 
 @pytest.mark.cluster
@@ -61,7 +61,7 @@ def test_homepages_and_events_are_served_through_a_node_failure(es_settings, tmp
         level = access.level
         access.setLevel(logging.WARNING)   # a line per request is noise here (restored below)
         pages: list[tuple[float, int]] = []
-        events: list[tuple[str, str, int]] = []      # (user, batch, status)
+        events: list[tuple[str, str, str, int]] = []      # (user, batch, item, status)
         stop = threading.Event()
 
         def read_pages():
@@ -95,6 +95,7 @@ def test_homepages_and_events_are_served_through_a_node_failure(es_settings, tmp
         stop.set()
         for t in threads:
             t.join(timeout=30)
+            assert not t.is_alive()
 
         before = [s for at, s in pages if at < killed_at]
         during = [s for at, s in pages if killed_at <= at < killed_at + WINDOW_S]

@@ -245,7 +245,8 @@ def layouts(es, es_settings):
     """One small catalog published as two pairs of aliases: ``graph``, a catalog graph beside the
     item_format partitions (values of 300+ items), whose previous pair has no partitions at all;
     ``partitions``, the partitions alone (they cover the catalog: item_embed is flat); ``sharded``, the
-    same in 3 shards (each shard's top-k merged: exact rows must still be the exact top)."""
+    ``graph`` layout in 3 shards (each shard walks its own graphs and the top k of each are merged:
+    exact rows must still be the exact top, the walks meet the same floor)."""
     import uuid
 
     from ingest.embedding.synthetic import embedding_records
@@ -255,7 +256,7 @@ def layouts(es, es_settings):
     items, users, item_vectors, _ = embedding_records(n_items=6000, n_users=30, dims=64, seed=23)
     catalog = RowCatalog.from_dict(E2E_ROWS)
     out = {}
-    for layout, catalog_graph, shards in (("graph", "on", 1), ("partitions", "auto", 1), ("sharded", "auto", 3)):
+    for layout, catalog_graph, shards in (("graph", "on", 1), ("partitions", "auto", 1), ("sharded", "on", 3)):
         settings = es_settings.replace(item_alias=f"{prefix}-{layout}-item_index", user_alias=f"{prefix}-{layout}-user_index",
                                        index_type="hnsw", vector_partitions="item_format", partition_min_docs=300,
                                        walk_candidates=150, partition_candidates=100, exact_max_matches=150,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from datetime import datetime, timezone
 
 from elasticsearch import Elasticsearch
@@ -197,11 +198,23 @@ class Generations:
     def wait_green(self, index: str) -> None:
         """Wait (at most FACETREC_GREEN_TIMEOUT_S) until every shard of ``index``, replicas
         included, is assigned; NotGreen says why not."""
+        from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout
+
         timeout = self.settings.green_timeout_s
-        health = self.es.options(request_timeout=timeout + 30, ignore_status=408).cluster.health(
-            index=index, wait_for_status="green", timeout=f"{max(1, int(timeout))}s")
-        if health.get("status") == "green" and not health.get("timed_out"):
-            return
+        deadline = time.monotonic() + timeout
+        health: dict = {}
+        while True:   # a failing health call (a master being elected) is "not green yet"
+            left = deadline - time.monotonic()
+            try:
+                health = dict(self.es.options(request_timeout=max(left, 1.0) + 30, ignore_status=408).cluster.health(
+                    index=index, wait_for_status="green", timeout=f"{max(1, int(left * 1000))}ms"))
+                if health.get("status") == "green" and not health.get("timed_out"):
+                    return
+            except (ApiError, ESConnectionError, ConnectionTimeout) as exc:
+                health = {**health, "status": health.get("status", f"unknown ({type(exc).__name__})")}
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         nodes = health.get("number_of_data_nodes")
         raise NotGreen(
             f"{index} is {health.get('status')} after {timeout:g} s: {health.get('unassigned_shards')} unassigned and "
