@@ -19,12 +19,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW_S = 5.0   # after the kill, pages may fail this long (shards fail over to their replicas)
 
 
+@pytest.fixture
+def cluster(es_settings, tmp_path):
+    """(home, the started state, every node's URL, settings for it: 3 shards, 1 replica, flat);
+    the nodes are stopped afterwards, whatever the test killed or restarted."""
+    if os.environ.get("ES_URL"):
+        pytest.skip("ES_URL points at an external cluster; this test starts and kills its own local nodes")
+    home = tmp_path / "cluster"
+    state = es_local.start(nodes=3, port=es_local.find_free_base_port(nodes=3), home=home, heap="512m",
+                           timeout=150, log=lambda *_: None)
+    urls = [f"http://127.0.0.1:{n.http_port}" for n in state.nodes]
+    try:
+        yield home, state, urls, es_settings.replace(es_url=",".join(urls), shards=3, replicas=1, index_type="flat")
+    finally:
+        es_local.stop(home, log=lambda *_: None)
+
+
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_homepages_and_events_are_served_through_a_node_failure(es_settings, tmp_path):
-    if os.environ.get("ES_URL"):
-        pytest.skip("ES_URL points at an external cluster; this test starts and kills its own local nodes")
+def test_homepages_and_events_are_served_through_a_node_failure(cluster, tmp_path):
     import logging
 
     from app import create_app
@@ -36,14 +50,10 @@ def test_homepages_and_events_are_served_through_a_node_failure(es_settings, tmp
     from ingest.indexing.generations import Generations
     from ingest.indexing.reindex import run_reindex
 
-    home = tmp_path / "cluster"
-    state = es_local.start(nodes=3, port=es_local.find_free_base_port(nodes=3), home=home, heap="512m",
-                           timeout=150, log=lambda *_: None)
+    home, state, urls, settings = cluster
     try:
-        urls = [f"http://127.0.0.1:{n.http_port}" for n in state.nodes]
-        settings = es_settings.replace(es_url=",".join(urls), shards=3, replicas=1, index_type="flat",
-                                       models_root=tmp_path / "models", es_request_timeout_s=2.0,
-                                       recall_sample_rate=0.0, green_timeout_s=120.0)
+        settings = settings.replace(models_root=tmp_path / "models", es_request_timeout_s=2.0, recall_sample_rate=0.0,
+                                    green_timeout_s=120.0)
         items, users, item_vectors, _ = embedding_records(n_items=1500, n_users=60, dims=64, seed=31)
         model = SeededUserModel(np.asarray(item_vectors, np.float32), [i["item_id"] for i in items])
         users = [{**u, "user_embed": model.user_vector(u["seen_item_ids"])} for u in users]
@@ -136,88 +146,78 @@ def test_homepages_and_events_are_served_through_a_node_failure(es_settings, tmp
     finally:
         if "access" in locals():
             access.setLevel(level)
-        es_local.stop(home, log=lambda *_: None)
 
 
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_a_publish_during_which_a_node_dies_goes_live_whole_or_not_at_all(es_settings, tmp_path):
+def test_a_publish_during_which_a_node_dies_goes_live_whole_or_not_at_all(cluster):
     """Chaos on the publish: a node SIGKILLed while a pair loads (twice, at different moments). Each
     publish either goes live with every document, or fails and leaves the aliases on the last live
     pair; after the node is back, a publish goes live."""
-    if os.environ.get("ES_URL"):
-        pytest.skip("ES_URL points at an external cluster; this test starts and kills its own local nodes")
     from facetrec.es import make_client
     from facetrec.rows import RowCatalog
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.generations import Generations
     from ingest.indexing.reindex import run_reindex
 
-    home = tmp_path / "cluster"
-    state = es_local.start(nodes=3, port=es_local.find_free_base_port(nodes=3), home=home, heap="512m",
-                           timeout=150, log=lambda *_: None)
-    try:
-        urls = [f"http://127.0.0.1:{n.http_port}" for n in state.nodes]
-        settings = es_settings.replace(es_url=",".join(urls), shards=3, replicas=1, index_type="flat",
-                                       green_timeout_s=60.0, lock_lease_s=10.0)
-        items, users, _, _ = embedding_records(n_items=3000, n_users=300, dims=64, seed=41)
-        catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
-        es = make_client(settings, request_timeout=60)
+    home, state, urls, settings = cluster
+    settings = settings.replace(green_timeout_s=60.0, lock_lease_s=10.0)
+    items, users, _, _ = embedding_records(n_items=3000, n_users=300, dims=64, seed=41)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    es = make_client(settings, request_timeout=60)
 
-        def publish(generation):
-            from ingest.indexing.lock import LockHeld
+    def publish(generation):
+        from ingest.indexing.lock import LockHeld
 
-            deadline = time.monotonic() + 4 * settings.lock_lease_s
-            while True:   # as a retried task would: a killed run's lease runs out
-                try:
-                    return run_reindex(es, settings, catalog, items=items, users=users, model_version="m-chaos",
-                                       generation=generation, progress=False, sample_users=3)
-                except LockHeld:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
+        deadline = time.monotonic() + 4 * settings.lock_lease_s
+        while True:   # as a retried task would: a killed run's lease runs out
+            try:
+                return run_reindex(es, settings, catalog, items=items, users=users, model_version="m-chaos",
+                                   generation=generation, progress=False, sample_users=3)
+            except LockHeld:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
-        publish("20260101-000001")
-        outcomes = []
-        for round_, delay in enumerate((1.0, 3.0), start=2):
-            gens = Generations(es, settings)
-            before = (gens.live_index("item"), gens.live_index("user"))
-            generation = f"20260101-00000{round_}"
-            result: dict = {}
+    publish("20260101-000001")
+    outcomes = []
+    for round_, delay in enumerate((1.0, 3.0), start=2):
+        gens = Generations(es, settings)
+        before = (gens.live_index("item"), gens.live_index("user"))
+        generation = f"20260101-00000{round_}"
+        result: dict = {}
 
-            def run():
-                try:
-                    result["ok"] = publish(generation)
-                except Exception as exc:  # noqa: BLE001 - the outcome under test
-                    result["error"] = exc
+        def run():
+            try:
+                result["ok"] = publish(generation)
+            except Exception as exc:  # noqa: BLE001 - the outcome under test
+                result["error"] = exc
 
-            thread = threading.Thread(target=run)
-            thread.start()
-            time.sleep(delay)
-            state = es_local.ClusterState.load(home.resolve())   # a restarted node has a new process
-            victim = random.Random(round_).choice(state.nodes)
-            os.kill(victim.pid, signal.SIGKILL)
-            thread.join(timeout=300)
-            assert not thread.is_alive()
-            alive = [u for u, n in zip(urls, state.nodes) if n is not victim]
-            survivor = make_client(settings.replace(es_url=",".join(alive)), request_timeout=60)
-            gens = Generations(survivor, settings)
-            live = (gens.live_index("item"), gens.live_index("user"))
-            if "ok" in result and result["ok"]["status"] == "swapped":
-                outcomes.append("live")
-                assert live == (f"{settings.item_alias}-{generation}", f"{settings.user_alias}-{generation}")
-                survivor.indices.refresh(index=",".join(live))
-                assert survivor.count(index=live[0])["count"] == len(items)
-                assert survivor.count(index=live[1])["count"] == len(users)
-            else:
-                outcomes.append(f"failed: {type(result.get('error')).__name__}")
-                assert live == before, (live, before, result)
-            es_local.restart_node(home, victim.name, log=lambda *_: None)
-            health = survivor.cluster.health(wait_for_nodes="3", wait_for_status="green", timeout="120s")
-            assert health["status"] == "green", health
-        print("publishes with a node killed:", outcomes)
-        assert publish("20260101-000009")["status"] == "swapped"
-        assert Generations(es, settings).live_index("item").endswith("20260101-000009")
-    finally:
-        es_local.stop(home, log=lambda *_: None)
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(delay)
+        state = es_local.ClusterState.load(home.resolve())   # a restarted node has a new process
+        victim = random.Random(round_).choice(state.nodes)
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+        alive = [u for u, n in zip(urls, state.nodes) if n is not victim]
+        survivor = make_client(settings.replace(es_url=",".join(alive)), request_timeout=60)
+        gens = Generations(survivor, settings)
+        live = (gens.live_index("item"), gens.live_index("user"))
+        if "ok" in result and result["ok"]["status"] == "swapped":
+            outcomes.append("live")
+            assert live == (f"{settings.item_alias}-{generation}", f"{settings.user_alias}-{generation}")
+            survivor.indices.refresh(index=",".join(live))
+            assert survivor.count(index=live[0])["count"] == len(items)
+            assert survivor.count(index=live[1])["count"] == len(users)
+        else:
+            outcomes.append(f"failed: {type(result.get('error')).__name__}")
+            assert live == before, (live, before, result)
+        es_local.restart_node(home, victim.name, log=lambda *_: None)
+        health = survivor.cluster.health(wait_for_nodes="3", wait_for_status="green", timeout="120s")
+        assert health["status"] == "green", health
+    print("publishes with a node killed:", outcomes)
+    assert publish("20260101-000009")["status"] == "swapped"
+    assert Generations(es, settings).live_index("item").endswith("20260101-000009")
