@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 import threading
@@ -38,6 +39,7 @@ RANKER_META = "ranker.json"
 RANKER_FILES = (RANKER_META, "ranker.txt", "ranker_items.npz")
 FORMAT = 1
 RECENT = 3      # the user's latest items whose followers are features
+log = logging.getLogger("facetrec.ranker")
 # What the response says about the ranking stage (``ranker.status``) and the metric counts.
 APPLIED, NOT_ASKED, NO_RANKER, UNAVAILABLE = "applied", "not_asked", "no_ranker", "unavailable"
 
@@ -323,9 +325,7 @@ class RankerRegistry:
                 try:
                     answer = (APPLIED, Ranker.load(directory))
                 except Exception as exc:  # noqa: BLE001 - a broken ranker serves retrieval order, said so
-                    import logging
-
-                    logging.getLogger("facetrec.ranker").warning(
+                    log.warning(
                         "ranker unavailable; rows keep retrieval order",
                         extra={"event": "ranker_unavailable", "model_version": model_version, "detail": str(exc)[:500]})
                     answer = (UNAVAILABLE, None)

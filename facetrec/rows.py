@@ -107,7 +107,7 @@ class Row:
 
     @property
     def size_limit(self) -> int:
-        return self.max_size or min(2 * self.size, MAX_ROW_SIZE)
+        return size_limit(self.size, self.max_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +202,13 @@ def _parse_row(entry: Any, facets: dict[str, str], source: str, default_caller_m
                filter=clauses["filter"], must_not=clauses["must_not"], retrieval=retrieval,
                caller_modes=caller_modes, max_size=max_size, num_candidates_factor=factor,
                plan="exact" if exact else plan, diversity=policy,
-               rank_candidates=_rank_candidates(entry["rank"], where, max_size or min(2 * size, MAX_ROW_SIZE))
+               rank_candidates=_rank_candidates(entry["rank"], where, size_limit(size, max_size))
                if "rank" in entry else None)
+
+
+def size_limit(size: int, max_size: int | None) -> int:
+    """The largest size a caller may ask of a row: its max_size, or twice its size (at most MAX_ROW_SIZE)."""
+    return max_size or min(2 * size, MAX_ROW_SIZE)
 
 
 def _rank_candidates(raw: Any, where: str, size: int) -> int:

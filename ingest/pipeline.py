@@ -109,9 +109,9 @@ def _checkpoint_digest(work_dir) -> str:
     return hashlib.sha256((paths(work_dir)["model"] / "checkpoint.pt").read_bytes()).hexdigest()
 
 
-def trained_ranker(work_dir, model_version: str):
-    """The work directory's ranker if it was trained for these towers: ``model_version`` and the
-    very checkpoint (else None)."""
+def trained_ranker(work_dir, model_version: str) -> Path | None:
+    """The work directory's ranker (its folder) if it was trained for these towers: ``model_version``
+    and the very checkpoint (else None). Checked from its meta file; nothing is loaded."""
     from facetrec import ranker as ranking
 
     directory = paths(work_dir)["ranker"]
@@ -120,18 +120,19 @@ def trained_ranker(work_dir, model_version: str):
     meta = json.loads((directory / ranking.RANKER_META).read_text())
     if meta.get("model_version") != model_version or meta.get("checkpoint_sha256") != _checkpoint_digest(work_dir):
         return None
-    return ranking.Ranker.load(directory)
+    return directory
 
 
 def step_evaluate(work_dir, split: str = "test") -> dict:
+    from facetrec.ranker import Ranker
     from ingest.embedding.evaluate import comparison_table, evaluate, evaluate_all, write_results
     from ingest.embedding.ranker import ranked_scorer
 
     model, meta, data = _load_model(work_dir)
     results = evaluate_all(model, data, split)
-    ranker = trained_ranker(work_dir, meta["model_version"])
-    if ranker is not None:
-        results["two-tower+ranker"] = evaluate(ranked_scorer(model, data, ranker), data, split)
+    ranker_dir = trained_ranker(work_dir, meta["model_version"])
+    if ranker_dir is not None:
+        results["two-tower+ranker"] = evaluate(ranked_scorer(model, data, Ranker.load(ranker_dir)), data, split)
     write_results({"split": split, "model_version": meta["model_version"], "results": results}, paths(work_dir)["eval"])
     print(comparison_table(results))
     return results
@@ -144,7 +145,7 @@ def step_evaluate_served(work_dir, settings: Settings, split: str = "test", user
     from ingest.served_evaluation import evaluate_served, parity_table
 
     model, meta, data = _load_model(work_dir)
-    ranker_dir = paths(work_dir)["ranker"] if trained_ranker(work_dir, meta["model_version"]) else None
+    ranker_dir = trained_ranker(work_dir, meta["model_version"])
     result = evaluate_served(model, data, paths(work_dir)["etl"], meta["model_version"], settings, split, users,
                              progress, ranker_dir=ranker_dir)
     result["model_version"] = meta["model_version"]

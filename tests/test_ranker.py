@@ -72,16 +72,14 @@ def _planted_ranker(tmp_path, n_items=60, seed=0):
     names = ranking.feature_names(tables.facet_names)
 
     def queries(n):
-        feats, labels, cands = [], [], []
+        feats, labels = [], []
         for _ in range(n):
             cand = rng.choice(np.arange(1, n_items + 1), 20, replace=False)
             scores = np.sort(rng.normal(size=20)).astype(np.float32)[::-1].copy()
             user = ranking.user_context(tables, rng.integers(1, n_items + 1, 5))
             feats.append(ranking.features(tables, user, cand, scores))
             labels.append((counts[cand] == counts[cand].max()).astype(np.float32))
-            cands.append(cand)
-        return Queries(np.concatenate(feats), np.concatenate(labels), np.full(n, 20), cands,
-                       np.array([c[0] for c in cands]), n)
+        return Queries(np.concatenate(feats), np.concatenate(labels), np.full(n, 20), n)
 
     from ingest.embedding.ranker import RankerConfig
 
@@ -136,7 +134,7 @@ def test_a_work_ranker_is_published_only_with_the_towers_it_was_trained_for(tmp_
     (work / "model").mkdir(parents=True)
     (work / "model" / "checkpoint.pt").write_bytes(b"towers one")
     ranking.save_meta(pipeline.paths(work)["ranker"], {"checkpoint_sha256": pipeline._checkpoint_digest(work)})
-    assert pipeline.trained_ranker(work, "m").version == "planted-lambdarank"
+    assert ranking.Ranker.load(pipeline.trained_ranker(work, "m")).version == "planted-lambdarank"
     assert pipeline.trained_ranker(work, "another model") is None
     (work / "model" / "checkpoint.pt").write_bytes(b"towers two, same model version")
     assert pipeline.trained_ranker(work, "m") is None

@@ -43,8 +43,6 @@ class Queries:
     features: np.ndarray     # (rows, F)
     labels: np.ndarray       # (rows,)
     groups: np.ndarray       # (queries,) candidates per query
-    candidates: list[np.ndarray]   # per query: item indices in retrieval order
-    targets: np.ndarray      # per query: the item taken next
     covered: int             # queries whose target is among the candidates
 
 
@@ -55,7 +53,9 @@ def item_tables(data: TrainingData, etl_dir, holdout: int = 0) -> served.ItemTab
     items = pd.read_parquet(Path(etl_dir) / "items.parquet").sort_values("item_idx")
     published = np.concatenate([[np.nan], served.days_since_epoch(items["published_at"]) if "published_at" in items
                                 else np.full(len(items), np.nan)])
-    seqs = [s[:max(len(s) - holdout, 1)] for s in data.train_seqs] if holdout else data.train_seqs
+    from ingest.embedding.train import tower_sequences
+
+    seqs = tower_sequences(data, holdout)
     counts = np.zeros(data.n_items + 1)
     for seq in seqs:
         np.add.at(counts, seq, 1.0)
@@ -86,12 +86,13 @@ def build_queries(tables: served.ItemTables, histories: list[np.ndarray], target
         covered += int(label.any())
         labels.append(label)
         groups.append(len(cand))
-    return Queries(np.concatenate(feats), np.concatenate(labels), np.array(groups), cands, np.asarray(targets), covered)
+    return Queries(np.concatenate(feats), np.concatenate(labels), np.array(groups), covered)
 
 
-def holdout_queries(model, data: TrainingData, tables: served.ItemTables, holdout: int, n: int) -> Queries:
+def holdout_queries(model, data: TrainingData, tables: served.ItemTables, holdout: int, n: int,
+                    item_vecs: np.ndarray) -> Queries:
     """The training queries: every held-out position of every user's training sequence."""
-    from ingest.embedding.embed import item_matrix, user_vectors
+    from ingest.embedding.embed import user_vectors
 
     histories, targets, rows = [], [], []
     for u, seq in enumerate(data.train_seqs):
@@ -100,23 +101,23 @@ def holdout_queries(model, data: TrainingData, tables: served.ItemTables, holdou
             targets.append(seq[p])
             rows.append(u)
     vecs = user_vectors(model, histories, data.user_features[np.array(rows, dtype=np.int64)], batch=256)
-    return build_queries(tables, histories, np.array(targets), vecs, item_matrix(model, data.n_items), n)
+    return build_queries(tables, histories, np.array(targets), vecs, item_vecs, n)
 
 
-def split_queries(model, data: TrainingData, tables: served.ItemTables, split: str, n: int) -> Queries:
-    from ingest.embedding.embed import item_matrix, user_vectors
+def split_queries(model, data: TrainingData, tables: served.ItemTables, split: str, n: int,
+                  item_vecs: np.ndarray) -> Queries:
+    from ingest.embedding.embed import user_vectors
     from ingest.embedding.evaluate import split_inputs
 
     seqs, targets = split_inputs(data, split)
     vecs = user_vectors(model, seqs, data.user_features, batch=256)
-    return build_queries(tables, seqs, targets, vecs, item_matrix(model, data.n_items), n)
+    return build_queries(tables, seqs, targets, vecs, item_vecs, n)
 
 
 def _positives_only(q: Queries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LambdaRank learns nothing from a query without a positive: drop those."""
-    keep = np.repeat([lab.any() for lab in np.split(q.labels, np.cumsum(q.groups)[:-1])], q.groups)
-    groups = np.array([g for g, lab in zip(q.groups, np.split(q.labels, np.cumsum(q.groups)[:-1])) if lab.any()])
-    return q.features[keep], q.labels[keep], groups
+    positive = np.array([lab.any() for lab in np.split(q.labels, np.cumsum(q.groups)[:-1])], dtype=bool)
+    return q.features[np.repeat(positive, q.groups)], q.labels[np.repeat(positive, q.groups)], q.groups[positive]
 
 
 def fit(train_q: Queries, valid_q: Queries, names: list[str], cfg: RankerConfig):
@@ -181,8 +182,11 @@ def train_ranker(model, data: TrainingData, etl_dir, out_dir, holdout: int, cfg:
     started = time.perf_counter()
     train_tables = item_tables(data, etl_dir, holdout)
     serve_tables = item_tables(data, etl_dir)
-    train_q = holdout_queries(model, data, train_tables, holdout, cfg.candidates)
-    valid_q = split_queries(model, data, serve_tables, "valid", cfg.candidates)
+    from ingest.embedding.embed import item_matrix
+
+    item_vecs = item_matrix(model, data.n_items)   # once for both sets of queries
+    train_q = holdout_queries(model, data, train_tables, holdout, cfg.candidates, item_vecs)
+    valid_q = split_queries(model, data, serve_tables, "valid", cfg.candidates, item_vecs)
     names = served.feature_names(serve_tables.facet_names)
     booster = fit(train_q, valid_q, names, cfg)
     importance = dict(zip(names, booster.feature_importance("gain").round(1).tolist()))

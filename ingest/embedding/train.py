@@ -71,17 +71,17 @@ def _crop(seq: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
     return seq[end - length - 1:end]
 
 
-def tower_sequences(data: TrainingData, cfg: TrainConfig) -> list[np.ndarray]:
+def tower_sequences(data: TrainingData, holdout: int) -> list[np.ndarray]:
     """What the towers fit: each training sequence without the ranker's holdout (its last items)."""
-    if not cfg.ranker_holdout:
+    if not holdout:
         return data.train_seqs
-    return [s[:max(len(s) - cfg.ranker_holdout, 1)] for s in data.train_seqs]
+    return [s[:max(len(s) - holdout, 1)] for s in data.train_seqs]
 
 
 def train_epoch(model: TwoTower, data: TrainingData, cfg: TrainConfig, optimizer, rng: np.random.Generator,
                 item_probs: torch.Tensor, progress: bool, loss_name: str = "sampled") -> tuple[float, int]:
     model.train()
-    sequences = tower_sequences(data, cfg)
+    sequences = tower_sequences(data, cfg.ranker_holdout)
     users = np.array([u for u, s in enumerate(sequences) if len(s) >= 2])
     rng.shuffle(users)
     total, samples = 0.0, 0
