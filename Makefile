@@ -61,4 +61,4 @@ stop:
 	$(VENV)/bin/facetrec-es stop
 
 clean:
-	rm -rf .facetrec elasticsearch_local/target
+	rm -rf .facetrec

@@ -1,4 +1,4 @@
-"""The facetrec homepage service (Flask; gunicorn in production: `gunicorn -c gunicorn.conf.py app.wsgi`)."""
+"""The facetrec homepage service (Flask; gunicorn in production: `gunicorn -c python:app.gunicorn_conf app.wsgi`)."""
 
 from __future__ import annotations
 

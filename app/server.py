@@ -9,20 +9,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from facetrec.settings import REPO_ROOT
 
 
 def start_gunicorn(env_overrides: dict[str, str], bind: str, log_path: Path | None = None,
                    ready_timeout_s: float = 60.0) -> subprocess.Popen:
-    """Start `gunicorn -c gunicorn.conf.py app.wsgi:application` in its own session and wait until
+    """Start `gunicorn -c python:app.gunicorn_conf app.wsgi:application` in its own session and wait until
     /readyz answers 200. Raises RuntimeError (naming the log) if it exits or never gets ready."""
     env = {**os.environ, **env_overrides, "FACETREC_BIND": bind}
-    gunicorn = Path(sys.executable).with_name("gunicorn")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen([str(gunicorn), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "app.wsgi:application"],
-                                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app.wsgi:application"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     finally:
         if log_path:
             out.close()

@@ -1,4 +1,4 @@
-"""WSGI entry point for gunicorn: `gunicorn -c gunicorn.conf.py app.wsgi:application`."""
+"""WSGI entry point for gunicorn: `gunicorn -c python:app.gunicorn_conf app.wsgi:application`."""
 
 from app import create_app
 

@@ -42,7 +42,7 @@ from app.server import start_gunicorn
 from facetrec.es import make_client, resolve_url
 from facetrec.es_local import port_is_free
 from facetrec.rows import RowCatalog
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
 from facetrec.user_encoder import EncoderRegistry, ExportedUserEncoder, register
 from facetrec.user_events import UserEvents
 from ingest.embedding.seeded_encoder import SeededUserModel

@@ -29,7 +29,7 @@ from elasticsearch import helpers
 from facetrec import mips
 from facetrec.es import make_client
 from facetrec.rows import RowCatalog, num_candidates, row_filter
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from serving_bench import USER_CLAUSES, ExactRows
 

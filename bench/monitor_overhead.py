@@ -22,7 +22,7 @@ from facetrec.homepage import Target, recommend
 from facetrec.metrics import NoMetrics
 from facetrec.recall_monitor import RecallMonitor
 from facetrec.rows import RowCatalog
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
 from serving_bench import USER_CLAUSES, pct  # the serving benchmark's user filters

@@ -41,7 +41,7 @@ from facetrec.es import make_client, script_lang
 from facetrec.homepage import Target, build_searches, fetch_user
 from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, RowCatalog
 from facetrec.rows import num_candidates as row_num_candidates
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
 from serving_bench import USER_CLAUSES, ExactRows, pct  # the serving benchmark's user filters and exact answers

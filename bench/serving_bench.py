@@ -62,7 +62,7 @@ from facetrec.es_local import port_is_free  # noqa: E402
 from facetrec.homepage import Target, fetch_user, pair_stats, recommend  # noqa: E402
 from facetrec.page_search import build_page_search  # noqa: E402
 from facetrec.rows import RowCatalog  # noqa: E402
-from facetrec.settings import REPO_ROOT, RETRIEVAL_MODES, Settings  # noqa: E402
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, RETRIEVAL_MODES, Settings  # noqa: E402
 from ingest.embedding.synthetic import embedding_records  # noqa: E402
 from ingest.indexing.reindex import run_reindex  # noqa: E402
 

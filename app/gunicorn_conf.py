@@ -1,4 +1,4 @@
-"""gunicorn settings, from the environment. `gunicorn -c gunicorn.conf.py app.wsgi:application`
+"""gunicorn settings, from the environment. `gunicorn -c python:app.gunicorn_conf app.wsgi:application`
 
 Each worker imports app.wsgi itself (no preload), so each has its own Elasticsearch client.
 """
