@@ -34,7 +34,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from facetrec.process import pid_exists
+from facetrec.process import process_alive
 from facetrec.settings import PACKAGE_DIR, STATE_ROOT, Settings
 
 LAUNCHER_DIR = PACKAGE_DIR / "elasticsearch_local"   # the sources (read only)
@@ -188,17 +188,6 @@ def cluster_health(url: str, timeout: float = 2.0) -> dict | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    if not pid_exists(pid):
-        return False
-    # A zombie child of ours still "exists"; reap it if it is ours.
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-
-
 def _failure_line(log_path: Path) -> str:
     """The most telling line of a node log: the last exception or 'failed' line."""
     try:
@@ -224,7 +213,7 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
     home = (home or Settings.from_env().local_es_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     existing = ClusterState.load(home)
-    if existing and any(_pid_alive(n.pid) for n in existing.nodes):
+    if existing and any(process_alive(n.pid) for n in existing.nodes):
         raise LocalNodeError(f"a local cluster from {home} is already running at {existing.url}: "
                              f"run `facetrec-es stop --data {home}` first")
     java = find_java(Settings.from_env())
@@ -277,7 +266,7 @@ def restart_node(home: Path, name: str, log=print) -> NodeProcess:
     node = next((n for n in (state.nodes if state else []) if n.name == name), None)
     if node is None or not node.command:
         raise LocalNodeError(f"no restartable node {name!r} recorded in {home}")
-    if _pid_alive(node.pid):
+    if process_alive(node.pid):
         raise LocalNodeError(f"{name} (pid {node.pid}) is still running")
     with open(node.log, "ab") as out:
         proc = subprocess.Popen(node.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -293,7 +282,7 @@ def _wait_green(state: ClusterState, nodes: int, timeout: float, log) -> None:
     last_report = 0.0
     while True:
         for node in state.nodes:
-            if not _pid_alive(node.pid):
+            if not process_alive(node.pid):
                 raise LocalNodeError(f"{node.name} exited before the cluster became healthy: "
                                      f"{_failure_line(Path(node.log))} (full log: {node.log})")
         health = cluster_health(state.url)
@@ -313,16 +302,16 @@ def _wait_green(state: ClusterState, nodes: int, timeout: float, log) -> None:
 
 def _terminate(nodes: list[NodeProcess], grace: float = 30.0) -> None:
     for node in nodes:
-        if _pid_alive(node.pid):
+        if process_alive(node.pid):
             try:
                 os.kill(node.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_pid_alive(n.pid) for n in nodes):
+    while time.monotonic() < deadline and any(process_alive(n.pid) for n in nodes):
         time.sleep(0.2)
     for node in nodes:
-        if _pid_alive(node.pid):
+        if process_alive(node.pid):
             try:
                 os.kill(node.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -336,7 +325,7 @@ def stop(home: Path | None = None, log=print) -> bool:
     if state is None:
         log(f"facetrec-es: no local cluster recorded in {home}; nothing to stop")
         return False
-    running = [n for n in state.nodes if _pid_alive(n.pid)]
+    running = [n for n in state.nodes if process_alive(n.pid)]
     _terminate(running)
     (home / STATE_FILE).unlink(missing_ok=True)
     log(f"facetrec-es: stopped {len(running)} node(s) of {state.url}")
@@ -348,7 +337,7 @@ def status(home: Path | None = None) -> dict:
     state = ClusterState.load(home)
     if state is None:
         return {"running": False, "home": str(home)}
-    nodes = [{"name": n.name, "pid": n.pid, "alive": _pid_alive(n.pid), "http_port": n.http_port, "log": n.log}
+    nodes = [{"name": n.name, "pid": n.pid, "alive": process_alive(n.pid), "http_port": n.http_port, "log": n.log}
              for n in state.nodes]
     health = next((h for h in (cluster_health(f"http://127.0.0.1:{n['http_port']}") for n in nodes if n["alive"]) if h),
                   None)   # any live node answers for the cluster

@@ -1,4 +1,4 @@
-"""Process helpers shared by the local-node launcher and the re-index lock."""
+"""Process helpers shared by the local-node and Spark cluster launchers and the re-index lock."""
 
 from __future__ import annotations
 
@@ -16,3 +16,14 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_alive(pid: int) -> bool:
+    """Like ``pid_exists``, but a child of ours that has exited (a zombie) is reaped and counts as gone."""
+    if not pid_exists(pid):
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:   # not our child: it exists
+        return True

@@ -5,6 +5,7 @@
     facetrec pipeline run --dataset movielens-100k|synthetic                  (facetrec_cli/pipeline.py)
     facetrec demo [stop] [--catalog movielens|synthetic]                      (facetrec_cli/demo.py)
     facetrec events replay --since T                                          (facetrec_cli/events.py)
+    facetrec spark start | status | stop                                      (facetrec_cli/spark.py)
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
 The local node has its own small program, `facetrec-es start|stop|status|build-classpath`
@@ -20,7 +21,7 @@ from facetrec.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facetrec_cli import demo, events, index, pipeline
+    from facetrec_cli import demo, events, index, pipeline, spark
 
     parser = argparse.ArgumentParser(prog="facetrec", description="The facetrec command line: index generations, "
                                      "the nightly pipeline and its steps, the demo, and the events log. "
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.register(sub)
     demo.register(sub)
     events.register(sub)
+    spark.register(sub)
     return parser
 
 

@@ -14,13 +14,15 @@ demo run exactly the same code, and any step can be rerun on its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
 from facetrec.settings import PACKAGE_ROOT, Settings
 
-DATASET_ROWS = {"movielens-100k": PACKAGE_ROOT / "app" / "rows-movielens.yaml", "synthetic": PACKAGE_ROOT / "app" / "rows.yaml"}
+DATASET_ROWS = {"movielens-100k": PACKAGE_ROOT / "app" / "rows-movielens.yaml",
+                "synthetic": PACKAGE_ROOT / "app" / "rows.yaml"}
 
 
 def paths(work_dir) -> dict[str, Path]:
@@ -196,12 +198,35 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
         recall_sample = (np.array(users["user_embed"], dtype=np.float32), items["item_id"],
                          np.array(items["item_embed"], dtype=np.float32))
     catalog = RowCatalog.load(rows_config or settings.rows_config)
-    return run_reindex(make_client(settings, request_timeout=300), settings, catalog,
-                       items=None if users_only else parquet_records(items_path), users=parquet_records(users_path),
-                       expected_items=None if users_only else parquet_count(items_path),
-                       expected_users=parquet_count(users_path), model_version=model_version,
-                       generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress,
-                       events_since=datetime.fromtimestamp(events_until, timezone.utc) if events_until else None)
+    with _spark_for_loading() as spark:
+        # On a Spark cluster the executors load the pair, partition by partition (fenced by the
+        # driver's lock before and after); otherwise the driver streams the parquet itself.
+        read = (lambda path: spark.read.parquet(str(path))) if spark is not None else parquet_records
+        return run_reindex(make_client(settings, request_timeout=300), settings, catalog,
+                           items=None if users_only else read(items_path), users=read(users_path),
+                           expected_items=None if users_only else parquet_count(items_path),
+                           expected_users=parquet_count(users_path), model_version=model_version,
+                           generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress,
+                           events_since=datetime.fromtimestamp(events_until, timezone.utc) if events_until else None)
+
+
+@contextlib.contextmanager
+def _spark_for_loading():
+    """A SparkSession when SPARK_MASTER names a cluster (the active one if a caller owns it), else None."""
+    from ingest.embedding.spark import make_spark_session, on_cluster
+
+    if not on_cluster():
+        yield None
+        return
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()
+    spark = existing or make_spark_session("facetrec-publish")
+    try:
+        yield spark
+    finally:
+        if existing is None:
+            spark.stop()
 
 
 def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,

@@ -4,9 +4,9 @@ embedding parquet and serves homepages, the API document and the page, reading n
 checkout (index templates, the launcher's sources, row configs and the page are package data; its
 state goes under ``~/.local/share/facetrec``).
 
-The fresh environment gets its third-party dependencies (PyTorch, Spark, ...) from the suite's own
-environment through a ``.pth`` path line instead of downloading them again; that line does not run
-the suite's editable install of facetrec, so every facetrec module it imports is the wheel's.
+The fresh environment (``tests/venvs.py``) gets its third-party dependencies from the suite's own
+environment instead of downloading them again, and cannot see the suite's editable install: every
+facetrec module it imports is the wheel's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from facetrec.es_local import find_free_base_port
+from venvs import bare_venv
 
 REPO = Path(__file__).resolve().parents[1]
 COPY_IGNORE = shutil.ignore_patterns(".git", ".facetrec", "artifacts", "build", "data", "*.egg-info", "__pycache__",
@@ -53,12 +53,8 @@ def installed(tmp_path_factory):
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root / "dist",
           source], env=os.environ, cwd=root)
     (wheel,) = (root / "dist").glob("facetrec-*.whl")
-    venv = root / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv], env=os.environ, cwd=root)
-    python = venv / "bin" / "python"
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     env=os.environ, cwd=root).strip())
-    (site / "facetrec-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = bare_venv(root / "venv")
+    venv = python.parents[1]
     _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel], env=os.environ, cwd=root)
     run_dir = root / "run"
     run_dir.mkdir()
