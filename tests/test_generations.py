@@ -435,6 +435,31 @@ def test_spark_partitions_load_with_the_same_bulk_code(es, settings, spark, smal
     assert doc["categories"] == items[42]["categories"] and len(doc["item_embed"]) == 64
 
 
+def test_a_spark_load_checks_the_lease_before_and_after_its_job(es, settings, spark, small_data):
+    """Executors cannot see the driver's lock: the driver checks it around the job, and a lease lost
+    meanwhile fails the load after the job (the swap never comes)."""
+    from ingest.indexing.bulk_load import spark_load
+    from ingest.indexing.generations import Generations
+    from ingest.indexing.lock import LockLost
+
+    items, _ = small_data
+    df = spark.createDataFrame([{**r, "item_embed": [float(x) for x in r["item_embed"]]} for r in items[:200]])
+    templates.apply(es, settings, "m1")
+    index = Generations(es, settings).create("item", "20260101-000001", "m1")
+    seen = []
+
+    def check(what):
+        es.indices.refresh(index=index)
+        seen.append(es.count(index=index)["count"])
+        if len(seen) == 2:
+            raise LockLost(f"lease taken over while {what}")
+
+    with pytest.raises(LockLost, match="while loading"):
+        spark_load(df, es_url=settings.es_url, index=index, kind="item", generation="20260101-000001", dims=64,
+                   check=check)
+    assert seen == [0, 200]   # once before the executors wrote anything, once after they wrote it all
+
+
 def test_spark_executors_get_the_same_auth_options_as_the_driver(es_settings):
     from facetrec.es import client_options
 

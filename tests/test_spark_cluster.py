@@ -1,5 +1,5 @@
 """The nightly pipeline's Spark steps on a real Spark standalone cluster: a master and two workers on
-loopback, started from the installed pyspark's own launcher classes (``ingest.spark_cluster``).
+loopback, started from the installed pyspark's own launcher classes (``ingest.embedding.spark_cluster``).
 
 The executors run a Python that does not have facetrec (``tests/venvs.py``): they import the
 project from the code archive the driver ships with the job, as on a real cluster. The cluster
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 @pytest.fixture(scope="module")
 def spark_cluster(tmp_path_factory):
-    from ingest import spark_cluster
+    from ingest.embedding import spark_cluster
 
     home = tmp_path_factory.mktemp("spark-cluster")
     cluster = spark_cluster.start(workers=2, cores=1, memory="1g", home=home)

@@ -56,7 +56,7 @@ def make_spark_session(app_name: str = "facetrec", master: str | None = None):
     # handlers (pytest's capture, Airflow's task log) may already be closed: a "Logging error"
     # traceback at the end of every run. Its warnings and errors still come through.
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ["PYSPARK_PYTHON"] = os.environ.get("PYSPARK_PYTHON") or sys.executable   # the executors' Python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (SparkSession.builder.appName(app_name)
                .master(spark_master(master))
