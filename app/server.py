@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from facetrec.settings import PACKAGE_ROOT   # gunicorn imports the app from here first (a checkout or site-packages)
+
 
 
 def start_gunicorn(env_overrides: dict[str, str], bind: str, log_path: Path | None = None,
@@ -19,7 +21,7 @@ def start_gunicorn(env_overrides: dict[str, str], bind: str, log_path: Path | No
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app.wsgi:application"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=PACKAGE_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     finally:
         if log_path:
