@@ -6,8 +6,10 @@ import orjson
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
+from app.arms import Arms
 from facetrec.catalog_stats import StatsCache
 from facetrec.es import serving_client
+from facetrec.experiments import CONTROL, ExperimentCache
 from facetrec.facets import FacetCache
 from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
@@ -60,9 +62,16 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     }
     ctx = app.extensions["facetrec"]
     ctx["facets"] = FacetCache(ctx["es"], settings.item_alias, ctx["catalog"])
-    ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1))
-    ctx["recall_monitor"] = RecallMonitor(ctx["es"], ctx["target"], ctx["metrics"], settings.recall_sample_rate,
-                                          settings.index_type)
+    # Experiment arms: each user's arm, and each arm's target, metrics and recall monitor (app.arms).
+    ctx["arms"] = Arms(settings, ExperimentCache(ctx["es"], settings, settings.experiment_refresh_s,
+                                                 timeout_s=settings.es_request_timeout_s),
+                       ctx["target"], ctx["metrics"],
+                       lambda target, metrics: RecallMonitor(ctx["es"], target, metrics, settings.recall_sample_rate,
+                                                             settings.index_type))
+    ctx["recall_monitor"] = ctx["arms"].serving(CONTROL).monitor
+    # Fresh events go to the live user index of control and of every other arm of the experiment.
+    ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1),
+                               arm_user_aliases=ctx["arms"].user_aliases)
     logs.init_app(app)
     auth.init_app(app, settings.api_token_list)
     errors.init_app(app)

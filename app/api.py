@@ -18,6 +18,7 @@ from facetrec.rows import BadRequest
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("facetrec.service")
+impressions = logging.getLogger("facetrec.impressions")   # one line per page served during an experiment
 
 
 def _ctx() -> dict:
@@ -45,10 +46,20 @@ def facet_values_if_readable() -> FacetSummary | None:
 def _serve(query):
     ctx = _ctx()
     request.environ["facetrec.user_id"] = query.user_id
-    page = recommend(ctx["es"], ctx["target"], query.user_id, query.rows, query.user_filters, mode=query.mode,
-                     sizes=query.sizes, metrics=ctx["metrics"], request_id=g.get("request_id"),
-                     observe=ctx["recall_monitor"].observe)
-    return jsonify(page)
+    arm, experiment = ctx["arms"].choose(query.user_id, query.arm)
+    request.environ["facetrec.arm"] = arm.name
+    page = recommend(ctx["es"], arm.target, query.user_id, query.rows, query.user_filters, mode=query.mode,
+                     sizes=query.sizes, metrics=arm.metrics, request_id=g.get("request_id"),
+                     observe=arm.monitor.observe)
+    source = page["rows"][0]["source"] if page["rows"] else "popular"
+    arm.metrics.increment("homepage.pages", [f"source:{source}"])
+    if experiment is not None:   # the experiment readout's input (facetrec experiment report)
+        impressions.info("impression", extra={
+            "event": "impression", "experiment": experiment.id, "arm": arm.name, "pinned": query.arm is not None,
+            "user_id": query.user_id, "generation": page["generation"], "request_id": g.get("request_id"),
+            "items": [i["id"] for row in page["rows"] for i in row["items"]]})
+    return jsonify({"user_id": page["user_id"], "arm": arm.name, "experiment": experiment.id if experiment else None,
+                    **{k: v for k, v in page.items() if k != "user_id"}})
 
 
 @bp.get("/v1/users/<path:user_id>/homepage")

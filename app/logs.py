@@ -47,10 +47,12 @@ def init_app(app: Flask) -> None:
         elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         endpoint = request.endpoint or "unmatched"
         metrics = app.extensions["facetrec"]["metrics"]
-        metrics.timing("request.latency", elapsed_ms, tags=[f"endpoint:{endpoint}", f"status:{response.status_code}"])
+        arm = request.environ.get("facetrec.arm")
+        metrics.timing("request.latency", elapsed_ms, tags=[f"endpoint:{endpoint}", f"status:{response.status_code}",
+                                                            *([f"arm:{arm}"] if arm else [])])
         access.info("request", extra={"event": "access", "request_id": g.get("request_id"), "method": request.method,
                                       "path": request.path, "endpoint": endpoint, "status": response.status_code,
                                       "duration_ms": round(elapsed_ms, 2),
-                                      "user_id": request.environ.get("facetrec.user_id")})
+                                      "user_id": request.environ.get("facetrec.user_id"), "arm": arm})
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
+from facetrec.experiments import ExperimentError, check_arm_name
 from facetrec.facets import FacetSummary, check_spelling
 from facetrec.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
 from facetrec.settings import RETRIEVAL_MODES
@@ -19,7 +20,7 @@ from facetrec.user_events import (EPOCH_UNITS, MAX_EVENTS_PER_BATCH, MIN_UNITLES
                                   check_item_id, check_user_id, parse_event_time)
 
 MAX_ROWS = 20
-QUERY_PARAMS = {"rows", "size", "mode"}
+QUERY_PARAMS = {"rows", "size", "mode", "arm"}
 MAX_SAMPLE_USERS = 100
 CONFIGURED_ROW_FIELDS = ("id", "size", "ad_hoc")   # ad_hoc: false, or left out
 AD_HOC_ROW_FIELDS = ("id", "ad_hoc", "title", "size", "filter", "must_not")
@@ -61,6 +62,17 @@ class HomepageQuery:
     user_filters: list[dict]
     sizes: dict[str, int]
     mode: str | None
+    arm: str | None = None     # an experiment arm pinned by the caller (debugging); None: the user's own
+
+
+def _arm(raw: Any) -> str | None:
+    """A pinned arm's name (whether it is live is the view's to say: it knows the experiment)."""
+    if raw is None:
+        return None
+    try:
+        return check_arm_name(raw)
+    except ExperimentError as exc:
+        raise BadRequest("arm", str(exc)) from None
 
 
 def _size(raw: Any, field: str) -> int:
@@ -139,7 +151,7 @@ def parse_homepage_args(user_id: str, args: Any, catalog: RowCatalog, default_mo
     sizes = {r.id: _size(args["size"], "size") for r in rows} if "size" in args else {}
     filters = {k: v for k, v in args.items() if k in catalog.user_filters}
     return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", facets), sizes,
-                                  _mode(args.get("mode"))), catalog, default_mode, "size", "mode")
+                                  _mode(args.get("mode")), _arm(args.get("arm"))), catalog, default_mode, "size", "mode")
 
 
 def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: str = "knn",
@@ -153,9 +165,9 @@ def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: 
     user_id = check_user_id(user_id)
     if not isinstance(body, dict):
         raise BadRequest("body", "must be a JSON object")
-    unknown = set(body) - {"rows", "filters", "mode"}
+    unknown = set(body) - {"rows", "filters", "mode", "arm"}
     if unknown:
-        raise BadRequest(sorted(unknown)[0], "unknown field; allowed: rows, filters, mode")
+        raise BadRequest(sorted(unknown)[0], "unknown field; allowed: rows, filters, mode, arm")
     raw_rows = body.get("rows")
     if raw_rows is None:
         raw_rows = list(catalog.homepage)
@@ -174,7 +186,7 @@ def parse_rows_body(user_id: str, body: Any, catalog: RowCatalog, default_mode: 
     if not isinstance(filters, dict):
         raise BadRequest("filters", "must be an object of user filters")
     return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", summary), sizes,
-                                  _mode(body.get("mode"))), catalog, default_mode, "rows", "mode")
+                                  _mode(body.get("mode")), _arm(body.get("arm"))), catalog, default_mode, "rows", "mode")
 
 
 def _checked(query: HomepageQuery, catalog: RowCatalog, default_mode: str, size_field: str,

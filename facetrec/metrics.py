@@ -51,3 +51,22 @@ def make_metrics(settings: Settings, component: str) -> NoMetrics:
         return NoMetrics()
     return StatsdMetrics(settings.statsd_host, settings.statsd_port, settings.metrics_namespace,
                          constant_tags=[f"component:{component}"])
+
+
+class TaggedMetrics(NoMetrics):
+    """Another metrics object with ``tags`` added to everything sent through it (an experiment arm's)."""
+
+    def __init__(self, inner: NoMetrics, tags: Sequence[str]):
+        self.inner, self.tags = inner, list(tags)
+
+    def timing(self, name, value_ms, tags=()):
+        self.inner.timing(name, value_ms, [*tags, *self.tags])
+
+    def increment(self, name, tags=(), value=1):
+        self.inner.increment(name, [*tags, *self.tags], value)
+
+    def gauge(self, name, value, tags=()):
+        self.inner.gauge(name, value, [*tags, *self.tags])
+
+    def distribution(self, name, value, tags=()):
+        self.inner.distribution(name, value, [*tags, *self.tags])

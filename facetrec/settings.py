@@ -85,6 +85,7 @@ class Settings:
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
     recall_sample_rate: float = 0.01       # FACETREC_RECALL_SAMPLE_RATE: pages re-asked exactly off the request path
+    experiment_refresh_s: float = 5.0      # FACETREC_EXPERIMENT_REFRESH_S: the service re-reads the running experiment this often
     models_root: Path = STATE_ROOT / "models"  # FACETREC_MODELS_ROOT: <model_version>/user_encoder.{pt,json}
 
     # --- Metrics -------------------------------------------------------------------------------
@@ -130,6 +131,8 @@ class Settings:
             raise SettingsError(f"FACETREC_RESCORE_OVERSAMPLE={self.rescore_oversample}: expected 0 (off) or 1..10")
         if not 0.0 <= self.recall_sample_rate <= 1.0:
             raise SettingsError(f"FACETREC_RECALL_SAMPLE_RATE={self.recall_sample_rate}: expected 0 (off) .. 1 (every page)")
+        if not 0.1 <= self.experiment_refresh_s <= 300.0:
+            raise SettingsError(f"FACETREC_EXPERIMENT_REFRESH_S={self.experiment_refresh_s}: expected 0.1..300 seconds")
         if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
             raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
         if self.exact_max_matches < 0:
@@ -245,6 +248,7 @@ _ENV_NAMES = {
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "api_tokens": "FACETREC_API_TOKENS",
     "recall_sample_rate": "FACETREC_RECALL_SAMPLE_RATE",
+    "experiment_refresh_s": "FACETREC_EXPERIMENT_REFRESH_S",
     "models_root": "FACETREC_MODELS_ROOT",
     "statsd_host": "DD_AGENT_HOST",
     "statsd_port": "DD_DOGSTATSD_PORT",

@@ -122,6 +122,7 @@ class Applied:
     unknown_to_model: int = 0     # items the model has no vector for: excluded from rows, not in the vector
     new_user: bool = False
     attempts: int = 1
+    arms: dict = dataclasses.field(default_factory=dict)   # {experiment arm: its status} (besides control)
 
 
 def event_log_index(settings: Settings) -> str:
@@ -151,7 +152,8 @@ class UserEvents:
     """Applies event batches to user documents. One per process (the service keeps one; thread-safe)."""
 
     def __init__(self, es: Elasticsearch, settings: Settings, encoders: EncoderRegistry | None = None,
-                 timeout_s: float | None = None, clock: Callable[[], datetime] | None = None):
+                 timeout_s: float | None = None, clock: Callable[[], datetime] | None = None,
+                 arm_user_aliases: Callable[[], dict[str, str]] | None = None):
         self.es = es if timeout_s is None else es.options(request_timeout=timeout_s)
         self.settings = settings
         self.encoders = encoders or EncoderRegistry(settings.models_root)
@@ -159,6 +161,8 @@ class UserEvents:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._info: dict[str, _IndexInfo] = {}
         self._lock = threading.Lock()
+        # {arm: user alias} of the experiment arms besides control, asked per batch (facetrec.experiments)
+        self.arm_user_aliases = arm_user_aliases or dict
 
     # ---- the two steps of one batch -------------------------------------------------------------
     def record(self, batch: EventBatch) -> bool:
@@ -282,7 +286,11 @@ class UserEvents:
             logged = self.es.get(index=self.log_index, id=f"{batch.user_id}/{batch.batch_id}")["_source"]
             if not batch.same_events(logged):
                 raise BatchIdReused(batch)
-        return self.apply(batch)
+        applied = self.apply(batch)
+        # Every live arm's pair gets the batch too, each vector made by its own model's encoder. The
+        # batch is logged first: a failure here is a 503 and the client's retry applies what is missing.
+        arms = {arm: self.apply(batch, user_index=alias).status for arm, alias in self.arm_user_aliases().items()}
+        return dataclasses.replace(applied, arms=arms) if arms else applied
 
     # ---- after an alias swap ---------------------------------------------------------------------
     def replay(self, user_index: str, since: datetime, received_after: datetime | None = None,

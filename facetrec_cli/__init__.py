@@ -6,6 +6,7 @@
     facetrec demo [stop] [--catalog movielens|synthetic]                      (facetrec_cli/demo.py)
     facetrec events replay --since T                                          (facetrec_cli/events.py)
     facetrec spark start | status | stop                                      (facetrec_cli/spark.py)
+    facetrec experiment start | status | promote | stop | report              (facetrec_cli/experiment.py)
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
 The local node has its own small program, `facetrec-es start|stop|status|build-classpath`
@@ -21,7 +22,7 @@ from facetrec.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facetrec_cli import demo, events, index, pipeline, spark
+    from facetrec_cli import demo, events, experiment, index, pipeline, spark
 
     parser = argparse.ArgumentParser(prog="facetrec", description="The facetrec command line: index generations, "
                                      "the nightly pipeline and its steps, the demo, and the events log. "
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     events.register(sub)
     spark.register(sub)
+    experiment.register(sub)
     return parser
 
 

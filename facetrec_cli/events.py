@@ -50,7 +50,12 @@ def cmd_events_stream(args, settings: Settings) -> int:
     def say(message: str) -> None:
         print(f"facetrec: {message}", file=sys.stderr, flush=True)
 
-    events = UserEvents(make_client(settings, request_timeout=120), settings, EncoderRegistry(settings.models_root))
+    from facetrec.experiments import ExperimentCache
+
+    es = make_client(settings, request_timeout=120)
+    experiments = ExperimentCache(es, settings, settings.experiment_refresh_s)
+    events = UserEvents(es, settings, EncoderRegistry(settings.models_root),
+                        arm_user_aliases=experiments.arm_user_aliases)
     spark = make_spark_session("facetrec-user-events-stream")
     query, writer = start_user_events_stream(
         spark, args.source, args.checkpoint, events, available_now=args.available_now, interval_s=args.interval_s,

@@ -166,7 +166,9 @@ def step_embed(work_dir, progress: bool = True) -> dict:
 
 
 def step_publish(work_dir, settings: Settings, rows_config=None, generation: str | None = None,
-                 users_only: bool = False, metrics=None, progress: bool = True) -> dict:
+                 users_only: bool = False, metrics=None, progress: bool = True, arm: str | None = None) -> dict:
+    """Publish the work directory's embeddings as a new pair (behind an experiment arm's aliases
+    with ``arm``), after registering its user encoder and ranker under the models root."""
     from datetime import datetime, timezone
 
     import numpy as np
@@ -207,7 +209,8 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
                            expected_items=None if users_only else parquet_count(items_path),
                            expected_users=parquet_count(users_path), model_version=model_version,
                            generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress,
-                           events_since=datetime.fromtimestamp(events_until, timezone.utc) if events_until else None)
+                           events_since=datetime.fromtimestamp(events_until, timezone.utc) if events_until else None,
+                           arm=arm)
 
 
 @contextlib.contextmanager

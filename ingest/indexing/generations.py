@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from elasticsearch import Elasticsearch
 
 from facetrec.es import alias_index
+from facetrec.experiments import arm_aliases
 from facetrec.settings import Settings
 
 FAMILIES = ("item", "user")
@@ -86,28 +87,39 @@ class ModelMismatch(RuntimeError):
 
 
 class Generations:
-    def __init__(self, es: Elasticsearch, settings: Settings):
-        self.es, self.settings = es, settings
+    """The generations of the item and user families, seen through the aliases of one arm: the
+    control aliases (``arm=None``) or an experiment arm's (``facetrec.experiments``). Every arm's
+    generations share the family's index names (``<item alias>-<generation>``); only the aliases
+    that are live, swapped and rolled back differ."""
 
-    def alias(self, family: str) -> str:
+    def __init__(self, es: Elasticsearch, settings: Settings, arm: str | None = None):
+        self.es, self.settings, self.arm = es, settings, arm
+
+    def family_prefix(self, family: str) -> str:
         return {"item": self.settings.item_alias, "user": self.settings.user_alias}[family]
 
+    def alias(self, family: str) -> str:
+        if self.arm is None:
+            return self.family_prefix(family)
+        item, user = arm_aliases(self.settings, self.arm)
+        return {"item": item, "user": user}[family]
+
     def index_name(self, family: str, generation: str) -> str:
-        return f"{self.alias(family)}-{generation}"
+        return f"{self.family_prefix(family)}-{generation}"
 
     # ---- inspection ---------------------------------------------------------------------------
     def live_index(self, family: str) -> str | None:
         return alias_index(self.es, self.alias(family))
 
     def list(self, family: str) -> list[GenerationInfo]:
-        pattern = f"{self.alias(family)}-*"
+        pattern = f"{self.family_prefix(family)}-*"
         mappings = self.es.options(ignore_status=404).indices.get_mapping(index=pattern, allow_no_indices=True)
         if not mappings or "error" in mappings:
             return []
         counts = {row["index"]: int(row["docs.count"] or 0)
                   for row in self.es.cat.indices(index=pattern, format="json", h="index,docs.count")}
         live = self.live_index(family)
-        prefix = f"{self.alias(family)}-"
+        prefix = f"{self.family_prefix(family)}-"
         out = []
         for index, body in mappings.items():
             meta = body.get("mappings", {}).get("_meta", {})

@@ -115,7 +115,7 @@ def _pair_items(gens: Generations, model_version: str) -> tuple[str, str]:
             f"items ({item_index}) are model {meta.get('model_version')!r}; a user vector may only be scored "
             "against items of its own model. Refresh with the live model's exported encoder, or run the full "
             "nightly (items and users). The aliases were not touched.")
-    return item_index, meta.get("generation") or item_index[len(gens.alias("item")) + 1:]
+    return item_index, meta.get("generation") or item_index[len(gens.family_prefix("item")) + 1:]
 
 
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
@@ -123,7 +123,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
                 recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
                 progress: bool = True, metrics: NoMetrics | None = None, events_since: datetime | None = None,
-                encoders: EncoderRegistry | None = None) -> dict:
+                encoders: EncoderRegistry | None = None, arm: str | None = None) -> dict:
     """Publish a new generation. ``items=None`` refreshes users only (items stay as they are).
     ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
     ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading.
@@ -131,9 +131,12 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     Event batches logged through the events API with an event newer than ``events_since`` (the
     newest event the batch input saw; default: when this run started) are re-applied to the new
     user index: once before the swap (a failure fails the publish) and once after it for the
-    batches that arrived meanwhile (``facetrec.user_events``)."""
+    batches that arrived meanwhile (``facetrec.user_events``).
+
+    ``arm``: publish the pair behind an experiment arm's aliases instead of the control aliases
+    (``facetrec.experiments``; the same lock, validation and swap, the control aliases untouched)."""
     metrics = metrics or NoMetrics()
-    gens = Generations(es, settings)
+    gens = Generations(es, settings, arm=arm)
     generation = generation or new_generation_id()
     families = ("item", "user") if items is not None else ("user",)
     started = time.perf_counter()

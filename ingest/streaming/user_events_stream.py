@@ -120,6 +120,8 @@ class MicroBatchWriter:
             self.events.record_many(chunk)
             for result in self.events.apply_many(chunk):
                 counts[result.status] += 1
+            for alias in self.events.arm_user_aliases().values():   # every experiment arm's pair too
+                self.events.apply_many(chunk, user_index=alias)
         seconds = time.perf_counter() - started
         counts["seconds"] = seconds
         self.micro_batches.append(counts)

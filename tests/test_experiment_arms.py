@@ -1,0 +1,244 @@
+"""Experiment arms on the real node, through the service: two models live at once, each user served
+by its arm's pair, fresh events in every arm's pair, a promote under homepage traffic with no
+failed and no mixed page, a stop, and the readout from the service's own impression lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from app import create_app
+from app.logs import JsonFormatter
+from facetrec import user_encoder
+from facetrec.es import alias_index
+from facetrec.experiments import CONTROL, arm_aliases, read_experiment
+from facetrec.rows import RowCatalog
+from facetrec.user_events import event_log_index
+from ingest.embedding.seeded_encoder import SeededUserModel
+from ingest.embedding.synthetic import embedding_records
+from ingest.indexing import experiments
+from ingest.indexing.experiment_report import impression_lines, report
+from ingest.indexing.reindex import run_reindex
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFRESH_S = 1.0
+pytestmark = pytest.mark.slow
+
+
+def _model(root, name: str, seed: int):
+    """A pair's records and its exported, registered user encoder (model ``name``)."""
+    items, users, item_vectors, _ = embedding_records(n_items=600, n_users=40, dims=64, seed=seed)
+    model = SeededUserModel(np.asarray(item_vectors, np.float32), [i["item_id"] for i in items])
+    users = [{**u, "user_embed": model.user_vector(u["seen_item_ids"])} for u in users]
+    model.export(root / name)
+    return items, users
+
+
+@pytest.fixture(scope="module")
+def world(es, es_settings, tmp_path_factory):
+    root = tmp_path_factory.mktemp("arms")
+    prefix = f"ar-{uuid.uuid4().hex[:8]}"
+    settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
+                                   index_type="flat", models_root=root / "models", experiment_refresh_s=REFRESH_S,
+                                   lock_lease_s=20.0)
+    models = {name: _model(root, name, seed) for name, seed in (("m-a", 31), ("m-b", 32), ("m-c", 33))}
+    for name in models:
+        user_encoder.register(root / name, settings.models_root, name)
+    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    yield settings, catalog, models
+    es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+    for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
+        es.indices.delete_index_template(name=template["name"])
+
+
+def _publish(es, settings, catalog, models, model: str, generation: str, arm: str | None = None) -> dict:
+    items, users = models[model]
+    return run_reindex(es, settings, catalog, items=items, users=users, model_version=model, generation=generation,
+                       progress=False, sample_users=3, arm=arm)
+
+
+def _start(es, settings, catalog, models, experiment: str, arm: str, model: str, generation: str, weight=0.5):
+    return experiments.start(es, settings, experiment_id=experiment, arm=arm, weight=weight,
+                             publish=lambda a: _publish(es, settings, catalog, models, model, generation, arm=a))
+
+
+class Impressions(logging.Handler):
+    """The service's impression lines, as its JSON log writes them, into a file."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.setFormatter(JsonFormatter())
+        self._file = open(path, "a")
+
+    def emit(self, record):
+        self._file.write(self.format(record) + "\n")
+        self._file.flush()
+
+
+@pytest.fixture
+def impressions(tmp_path):
+    handler = Impressions(tmp_path / "service.log")
+    logger = logging.getLogger("facetrec.impressions")
+    logger.addHandler(handler)
+    yield handler.path
+    logger.removeHandler(handler)
+
+
+def _events_in(es, index: str, user_id: str) -> list[str]:
+    return es.get(index=index, id=user_id, source_includes=["event_batch_ids"])["_source"].get("event_batch_ids", [])
+
+
+def test_arms_serve_their_own_pair_events_reach_both_and_the_readout_tells_the_arms_apart(es, world, impressions):
+    settings, catalog, models = world
+    _publish(es, settings, catalog, models, "m-a", "20260101-000001")
+    client = create_app(settings, catalog).test_client()
+    users = [u["user_id"] for u in models["m-a"][1]]
+    page = client.get(f"/v1/users/{users[0]}/homepage").get_json()
+    assert page["arm"] == CONTROL and page["experiment"] is None
+
+    started = _start(es, settings, catalog, models, "exp-1", "cand", "m-b", "20260101-000002")
+    assert started["publish"]["status"] == "swapped"
+    assert alias_index(es, settings.item_alias).endswith("20260101-000001"), "control untouched"
+    assert alias_index(es, arm_aliases(settings, "cand")[0]).endswith("20260101-000002")
+    experiment = read_experiment(es, settings)
+    assert experiment.arm_names == [CONTROL, "cand"] and experiment.arm("cand").model_version == "m-b"
+
+    served = {}
+    for user_id in users:
+        pages = [client.get(f"/v1/users/{user_id}/homepage").get_json() for _ in range(2)]
+        assert pages[0]["arm"] == pages[1]["arm"] == experiment.assign(user_id), "stable, as the hash says"
+        assert all(p["experiment"] == "exp-1" for p in pages)
+        want = "20260101-000002" if pages[0]["arm"] == "cand" else "20260101-000001"
+        assert all(p["generation"] == p["user_generation"] == want for p in pages), "only the arm's own pair"
+        served[user_id] = pages[0]
+    assert {p["arm"] for p in served.values()} == {CONTROL, "cand"}
+
+    pinned = client.get(f"/v1/users/{users[0]}/homepage?arm=cand").get_json()
+    assert pinned["arm"] == "cand" and pinned["generation"] == "20260101-000002"
+    for bad, why in (("nope", "not a live arm"), ("Bad!", "arm name")):
+        refused = client.get(f"/v1/users/{users[0]}/homepage?arm={bad}")
+        error = refused.get_json()["error"]
+        assert refused.status_code == 400 and error["field"] == "arm" and why in error["message"]
+
+    # A fresh batch goes to both pairs, each vector made by that pair's own model.
+    body = {"batch_id": "arms-1", "events": [{"item_id": "i7", "ts": datetime.now(timezone.utc).isoformat()}]}
+    applied = client.post(f"/v1/users/{users[1]}/events", json=body).get_json()
+    assert applied["status"] == "applied" and applied["arms"] == {"cand": "applied"}
+    for index in (alias_index(es, settings.user_alias), alias_index(es, arm_aliases(settings, "cand")[1])):
+        assert "arms-1" in _events_in(es, index, users[1])
+
+    # The readout: users of the candidate act on what they were shown, control users on something else.
+    now = datetime.now(timezone.utc)
+    for n, (user_id, page) in enumerate(served.items()):
+        shown = [i["id"] for row in page["rows"] for i in row["items"]]
+        item = shown[0] if page["arm"] == "cand" else next(i["item_id"] for i in models["m-a"][0]
+                                                           if i["item_id"] not in shown)
+        body = {"batch_id": f"read-{n}", "events": [{"item_id": item, "ts": (now + timedelta(seconds=1)).isoformat()}]}
+        assert client.post(f"/v1/users/{user_id}/events", json=body).status_code == 200
+    result = report(es, event_log_index(settings), impression_lines([impressions]), timedelta(hours=1), "exp-1")
+    arms = result["arms"]
+    assert arms["cand"]["hits"] == arms["cand"]["pages"] == 2 * sum(p["arm"] == "cand" for p in served.values())
+    assert arms[CONTROL]["hits"] == 0 and arms[CONTROL]["pages"] > 0
+    assert arms["cand"]["vs_control"]["significant"]
+    assert arms["cand"]["pages"] + arms[CONTROL]["pages"] == 2 * len(users), "pinned pages left out"
+
+    stopped = experiments.stop(es, settings, "cand")
+    assert stopped["stopped"] == ["cand"] and read_experiment(es, settings) is None
+    assert alias_index(es, arm_aliases(settings, "cand")[1]) is None
+    assert es.indices.exists(index=f"{settings.user_alias}-20260101-000002"), "its pair is left to retention"
+    time.sleep(REFRESH_S + 0.5)
+    assert client.get(f"/v1/users/{users[0]}/homepage").get_json()["arm"] == CONTROL
+
+
+def test_a_promote_under_homepage_and_event_traffic_fails_no_page_mixes_none_and_loses_no_event(es, world):
+    settings, catalog, models = world
+    _publish(es, settings, catalog, models, "m-a", "20260102-000001")
+    app = create_app(settings, catalog)
+    users = [u["user_id"] for u in models["m-a"][1]]
+    control_generation, arm_generation = "20260102-000001", "20260102-000002"
+    stop = threading.Event()
+    failed: list[str] = []
+    mixed: list[str] = []
+    posted: list[tuple[str, str, float]] = []   # (user, batch id, when accepted)
+
+    def reader(offset: int):
+        client = app.test_client()
+        moved = set()   # users whose control page already came from the promoted pair
+        n = offset
+        while not stop.is_set():
+            user_id = users[n % len(users)]
+            n += 1
+            response = client.get(f"/v1/users/{user_id}/homepage")
+            if response.status_code != 200:
+                failed.append(f"{user_id}: {response.status_code} {response.get_data(as_text=True)[:200]}")
+                continue
+            page = response.get_json()
+            generation = page["generation"]
+            if page["user_generation"] != generation or any(
+                    i.get("generation", generation) != generation for row in page["rows"] for i in row["items"]):
+                mixed.append(f"{user_id}: {page['user_generation']} vs {generation}")
+            elif page["arm"] == "cand" and generation != arm_generation:
+                mixed.append(f"{user_id}: arm cand served {generation}")
+            elif page["arm"] == CONTROL:
+                if generation == arm_generation:
+                    moved.add(user_id)
+                elif generation != control_generation or user_id in moved:
+                    mixed.append(f"{user_id}: control served {generation} after the promoted pair")
+
+    def writer():
+        client = app.test_client()
+        n = 0
+        while not stop.is_set():
+            user_id = users[n % len(users)]
+            batch = f"traffic-{n}"
+            n += 1
+            body = {"batch_id": batch, "events": [{"item_id": f"i{n % 600}", "ts": datetime.now(timezone.utc).isoformat()}]}
+            response = client.post(f"/v1/users/{user_id}/events", json=body)
+            if response.status_code == 200:
+                posted.append((user_id, batch, time.monotonic()))
+            else:
+                failed.append(f"event {batch}: {response.status_code}")
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=reader, args=(k * 7,)) for k in range(2)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        _start(es, settings, catalog, models, "exp-2", "cand", "m-c", arm_generation)   # events flow meanwhile
+        time.sleep(1.0)
+        promote_began = time.monotonic()
+        promoted = experiments.promote(es, settings, "cand")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert promoted["control"]["user"].endswith(arm_generation)
+    assert not failed, failed[:5]
+    assert not mixed, mixed[:5]
+    assert read_experiment(es, settings) is None
+    assert alias_index(es, settings.user_alias).endswith(arm_generation)
+    assert alias_index(es, arm_aliases(settings, "cand")[1]) is None
+
+    # Every accepted batch is in the promoted pair (it was an arm, then the control), and every batch
+    # accepted before the promote began is in the old control pair too: no arm lost one.
+    promoted_users = f"{settings.user_alias}-{arm_generation}"
+    old_users = f"{settings.user_alias}-{control_generation}"
+    es.indices.refresh(index=[promoted_users, old_users])
+    assert len(posted) > 20
+    by_user: dict[tuple[str, str], list[str]] = {}
+    for user_id, batch, at in posted:
+        for index in (promoted_users, *((old_users,) if at < promote_began else ())):
+            remembered = by_user.setdefault((index, user_id), _events_in(es, index, user_id))
+            assert batch in remembered[-64:] or len(remembered) == 64, f"{batch} of {user_id} missing from {index}"
+    page = app.test_client().get(f"/v1/users/{users[0]}/homepage").get_json()
+    assert page["arm"] == CONTROL and page["generation"] == arm_generation and page["experiment"] is None
