@@ -158,6 +158,26 @@ def test_arms_serve_their_own_pair_events_reach_both_and_the_readout_tells_the_a
     assert client.get(f"/v1/users/{users[0]}/homepage").get_json()["arm"] == CONTROL
 
 
+def test_a_candidate_that_fails_validation_starts_no_arm_and_touches_no_alias(es, world):
+    from ingest.indexing.validate import ValidationFailed
+
+    settings, catalog, models = world
+    _publish(es, settings, catalog, models, "m-a", "20260103-000001")
+    control = (alias_index(es, settings.item_alias), alias_index(es, settings.user_alias))
+    items, users = models["m-b"]
+
+    def bad_publish(arm):
+        return run_reindex(es, settings, catalog, items=items, users=users, model_version="m-b",
+                           generation="20260103-000002", expected_users=len(users) + 1, progress=False,
+                           sample_users=3, arm=arm)
+
+    with pytest.raises(ValidationFailed, match="count"):
+        experiments.start(es, settings, experiment_id="exp-bad", arm="cand", weight=0.5, publish=bad_publish)
+    assert (alias_index(es, settings.item_alias), alias_index(es, settings.user_alias)) == control
+    assert alias_index(es, arm_aliases(settings, "cand")[0]) is None and read_experiment(es, settings) is None
+    assert not es.indices.exists(index=f"{settings.user_alias}-20260103-000002"), "the half-made pair is gone"
+
+
 def test_a_promote_under_homepage_and_event_traffic_fails_no_page_mixes_none_and_loses_no_event(es, world):
     settings, catalog, models = world
     _publish(es, settings, catalog, models, "m-a", "20260102-000001")

@@ -273,7 +273,8 @@ def test_metrics_arrive_over_real_udp(published):
                 lines += listener.recv(65536).decode().splitlines()
             except socket.timeout:
                 break
-            if any("homepage.row.fallback" in line for line in lines) and any("request.latency" in line for line in lines):
+            if all(any(part in line for line in lines)
+                   for part in ("homepage.row.fallback", "request.latency", "source:popular")):
                 break
     text = "\n".join(lines)
     assert "facetrec.request.latency:" in text and "|ms" in text
@@ -281,6 +282,10 @@ def test_metrics_arrive_over_real_udp(published):
     assert "facetrec.es.took:" in text and "row:podcasts" in text and "mode:knn" in text
     assert "facetrec.homepage.row.fallback:1|c" in text and "mode:popular" in text
     assert "component:service" in text
+    # Every page's metrics carry its experiment arm (control: no experiment runs).
+    assert all("arm:control" in line for line in lines if "request.latency" in line and "api.homepage" in line)
+    assert "facetrec.homepage.pages:1|c|#source:personalized,arm:control" in text
+    assert "facetrec.homepage.pages:1|c|#source:popular,arm:control" in text
 
 
 def test_knn_filter_is_the_same_for_every_user_and_seen_items_are_removed_outside_it():
