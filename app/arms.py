@@ -61,8 +61,5 @@ class Arms:
                 self._serving[name] = ArmServing(name, target, metrics, self.monitor_for(target, metrics))
             return self._serving[name]
 
-    def monitors(self) -> list[RecallMonitor]:
-        return [s.monitor for s in self._serving.values()]
-
     def user_aliases(self) -> dict[str, str]:
         return self.experiments.arm_user_aliases()

@@ -35,6 +35,7 @@ import numpy as np
 from elasticsearch import ApiError, ConflictError, Elasticsearch, NotFoundError, helpers
 
 from facetrec.es import alias_index
+from facetrec.experiments import ExperimentUnknown
 from facetrec.homepage import pairing_fields
 from facetrec.rows import MAX_SEEN_ITEMS, BadRequest
 from facetrec.settings import Settings
@@ -122,7 +123,7 @@ class Applied:
     unknown_to_model: int = 0     # items the model has no vector for: excluded from rows, not in the vector
     new_user: bool = False
     attempts: int = 1
-    arms: dict = dataclasses.field(default_factory=dict)   # {experiment arm: its status} (besides control)
+    arms: dict[str, str] = dataclasses.field(default_factory=dict)   # {experiment arm: its status} (besides control)
 
 
 def event_log_index(settings: Settings) -> str:
@@ -289,7 +290,11 @@ class UserEvents:
         applied = self.apply(batch)
         # Every live arm's pair gets the batch too, each vector made by its own model's encoder. The
         # batch is logged first: a failure here is a 503 and the client's retry applies what is missing.
-        arms = {arm: self.apply(batch, user_index=alias).status for arm, alias in self.arm_user_aliases().items()}
+        try:
+            aliases = self.arm_user_aliases()
+        except ExperimentUnknown as exc:
+            raise UserIndexUnavailable(f"{exc}; the batch is logged and applied to control") from exc
+        arms = {arm: self.apply(batch, user_index=alias).status for arm, alias in aliases.items()}
         return dataclasses.replace(applied, arms=arms) if arms else applied
 
     # ---- after an alias swap ---------------------------------------------------------------------

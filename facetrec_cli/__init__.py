@@ -6,7 +6,7 @@
     facetrec demo [stop] [--catalog movielens|synthetic]                      (facetrec_cli/demo.py)
     facetrec events replay --since T                                          (facetrec_cli/events.py)
     facetrec spark start | status | stop                                      (facetrec_cli/spark.py)
-    facetrec experiment start | status | promote | stop | report              (facetrec_cli/experiment.py)
+    facetrec experiment start | status | weight | promote | stop | report     (facetrec_cli/experiment.py)
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
 The local node has its own small program, `facetrec-es start|stop|status|build-classpath`

@@ -1,4 +1,4 @@
-"""`facetrec experiment start|status|promote|stop|report`: experiment arms over generation pairs
+"""`facetrec experiment start|status|weight|promote|stop|report`: experiment arms over generation pairs
 (thin wrappers over ingest/indexing/experiments.py and ingest/indexing/experiment_report.py)."""
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def cmd_status(args, settings: Settings) -> int:
     from ingest.indexing import experiments
 
     print(json.dumps(experiments.status(_client(settings), settings), indent=2))
+    return 0
+
+
+def cmd_weight(args, settings: Settings) -> int:
+    from ingest.indexing import experiments
+
+    print(json.dumps(experiments.set_weight(_client(settings), settings, args.arm, args.weight), indent=2))
     return 0
 
 
@@ -80,6 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub.add_parser("status", help="the running experiment's arms, weights and pairs",
                     description="Print the running experiment: each arm's weight, model version and the "
                                 "indices behind its aliases.").set_defaults(func=cmd_status)
+    weight = esub.add_parser("weight", help="give an arm another share of users (only its users and control's move)",
+                             description="Change a candidate arm's weight: it takes hash buckets from control or "
+                                         "gives its own back; no other arm's user changes arm.")
+    weight.add_argument("--arm", required=True, help="the candidate arm")
+    weight.add_argument("--weight", type=float, required=True, help="its new share of users, 0..1")
+    weight.set_defaults(func=cmd_weight)
     promote = esub.add_parser("promote", help="make an arm's pair the control pair (one _aliases call)",
                               description="Point the item and user aliases at the arm's pair in one _aliases call; "
                                           "the arm leaves the experiment and its own aliases are removed.")

@@ -143,12 +143,14 @@ def test_arms_serve_their_own_pair_events_reach_both_and_the_readout_tells_the_a
                                                            if i["item_id"] not in shown)
         body = {"batch_id": f"read-{n}", "events": [{"item_id": item, "ts": (now + timedelta(seconds=1)).isoformat()}]}
         assert client.post(f"/v1/users/{user_id}/events", json=body).status_code == 200
-    result = report(es, event_log_index(settings), impression_lines([impressions]), timedelta(hours=1), "exp-1")
+    result = report(es, event_log_index(settings), impression_lines([impressions]), timedelta(hours=1), "exp-1",
+                    as_of=now + timedelta(hours=2))   # read once every page's window has closed
     arms = result["arms"]
-    assert arms["cand"]["hits"] == arms["cand"]["pages"] == 2 * sum(p["arm"] == "cand" for p in served.values())
-    assert arms[CONTROL]["hits"] == 0 and arms[CONTROL]["pages"] > 0
+    assert arms["cand"]["hits"] == arms["cand"]["users"] == sum(p["arm"] == "cand" for p in served.values())
+    assert arms[CONTROL]["hits"] == 0 and arms[CONTROL]["users"] == len(users) - arms["cand"]["users"]
     assert arms["cand"]["vs_control"]["significant"]
     assert arms["cand"]["pages"] + arms[CONTROL]["pages"] == 2 * len(users), "pinned pages left out"
+    assert arms["cand"]["generations"] == ["20260101-000002"] and arms[CONTROL]["generations"] == ["20260101-000001"]
 
     stopped = experiments.stop(es, settings, "cand")
     assert stopped["stopped"] == ["cand"] and read_experiment(es, settings) is None
@@ -176,6 +178,27 @@ def test_a_candidate_that_fails_validation_starts_no_arm_and_touches_no_alias(es
     assert (alias_index(es, settings.item_alias), alias_index(es, settings.user_alias)) == control
     assert alias_index(es, arm_aliases(settings, "cand")[0]) is None and read_experiment(es, settings) is None
     assert not es.indices.exists(index=f"{settings.user_alias}-20260103-000002"), "the half-made pair is gone"
+
+
+def test_an_arms_pair_never_costs_control_its_rollback_pair_and_a_rollback_never_lands_on_an_arm(es, world):
+    from ingest.indexing.generations import Generations
+
+    settings, catalog, models = world
+    gens = Generations(es, settings)
+    for generation in ("20260104-000001", "20260104-000002"):
+        _publish(es, settings, catalog, models, "m-a", generation)
+    _start(es, settings, catalog, models, "exp-keep", "cand", "m-b", "20260104-000003", weight=0.3)
+    _publish(es, settings, catalog, models, "m-a", "20260104-000004")          # the nightly job, meanwhile
+    kept = {p.generation for p in gens.pairs()}
+    assert {"20260104-000001", "20260104-000002", "20260104-000003", "20260104-000004"} <= kept, \
+        "the arm's pair did not count against control's two kept pairs"
+    rolled = gens.rollback()
+    assert rolled["user"].endswith("20260104-000002"), "control rolls back along its own pairs, not onto the arm's"
+    assert alias_index(es, arm_aliases(settings, "cand")[1]).endswith("20260104-000003")
+    with pytest.raises(Exception, match="is live behind"):
+        gens.create("user", "20260104-000003", "m-a")   # an arm's live index is never replaced
+    experiments.stop(es, settings, "cand")
+    assert not next(p for p in gens.pairs() if p.generation == "20260104-000003").usable, "retired: no rollback target"
 
 
 def test_a_promote_under_homepage_and_event_traffic_fails_no_page_mixes_none_and_loses_no_event(es, world):
@@ -259,6 +282,6 @@ def test_a_promote_under_homepage_and_event_traffic_fails_no_page_mixes_none_and
     for user_id, batch, at in posted:
         for index in (promoted_users, *((old_users,) if at < promote_began else ())):
             remembered = by_user.setdefault((index, user_id), _events_in(es, index, user_id))
-            assert batch in remembered[-64:] or len(remembered) == 64, f"{batch} of {user_id} missing from {index}"
+            assert batch in remembered, f"{batch} of {user_id} missing from {index}"
     page = app.test_client().get(f"/v1/users/{users[0]}/homepage").get_json()
     assert page["arm"] == CONTROL and page["generation"] == arm_generation and page["experiment"] is None

@@ -8,53 +8,59 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from facetrec.experiments import CONTROL, Arm, Experiment, ExperimentError, assign, check_arm_name
+from facetrec.experiments import CONTROL, Arm, Experiment, ExperimentError, check_arm_name
 from ingest.indexing.experiment_report import Impression, difference, read_impressions, readout, wilson
-from ingest.indexing.experiments import _with_weights
 
 USERS = [f"user-{n}" for n in range(10_000)]
 
 
-def _shares(experiment_id: str, weights: list[tuple[str, float]]) -> dict[str, int]:
-    counts = {name: 0 for name, _ in weights}
-    for user in USERS:
-        counts[assign(experiment_id, user, weights)] += 1
-    return counts
-
-
-@pytest.mark.parametrize("weights", [[(CONTROL, 0.9), ("b", 0.1)], [(CONTROL, 0.5), ("b", 0.3), ("c", 0.2)],
-                                     [(CONTROL, 0.0), ("b", 1.0)]])
-def test_arms_get_their_weights_share_of_10000_users_within_sampling_error(weights):
-    counts = _shares("exp-1", weights)
-    total = sum(w for _, w in weights)
+def _experiment(*weights: tuple[str, float], experiment_id: str = "exp-1") -> Experiment:
+    experiment = Experiment(experiment_id)
     for name, weight in weights:
-        p = weight / total
+        experiment = experiment.with_weight(name, weight)
+    return experiment
+
+
+def _arms(experiment: Experiment) -> dict[str, str]:
+    return {u: experiment.assign(u) for u in USERS}
+
+
+@pytest.mark.parametrize("weights", [[("b", 0.1)], [("b", 0.3), ("c", 0.2)], [("b", 1.0)], [("b", 0.0)]])
+def test_arms_get_their_weights_share_of_10000_users_within_sampling_error(weights):
+    experiment = _experiment(*weights)
+    counts = {name: 0 for name in experiment.arm_names}
+    for arm in _arms(experiment).values():
+        counts[arm] += 1
+    for name in experiment.arm_names:
+        p = experiment.weight(name)
         sigma = math.sqrt(len(USERS) * p * (1 - p))
         assert abs(counts[name] - len(USERS) * p) <= 4 * sigma + 1e-9, (name, counts)
+    assert experiment.weight(CONTROL) == pytest.approx(1 - sum(w for _, w in weights))
 
 
-def test_a_users_arm_is_the_same_on_every_call_and_depends_on_the_experiment():
-    weights = [(CONTROL, 0.5), ("b", 0.5)]
-    first = [assign("exp-1", u, weights) for u in USERS[:2000]]
-    assert first == [assign("exp-1", u, weights) for u in USERS[:2000]]
-    experiment = Experiment("exp-1", (Arm(CONTROL, 0.5), Arm("b", 0.5)))
-    assert first == [experiment.assign(u) for u in USERS[:2000]]
-    other = [assign("exp-2", u, weights) for u in USERS[:2000]]
-    moved = sum(a != b for a, b in zip(first, other))
+def test_a_users_arm_is_the_same_on_every_call_and_process_and_depends_on_the_experiment():
+    experiment = _experiment(("b", 0.5))
+    first = [experiment.assign(u) for u in USERS[:2000]]
+    again = Experiment.from_document(experiment.to_document())   # as another process reads it
+    assert first == [again.assign(u) for u in USERS[:2000]]
+    other = _experiment(("b", 0.5), experiment_id="exp-2")
+    moved = sum(a != other.assign(u) for a, u in zip(first, USERS[:2000]))
     assert 800 < moved < 1200, "a new experiment draws users afresh (about half move at 50/50)"
 
 
-def test_changing_one_weight_moves_only_users_into_or_out_of_that_arm():
-    before = {u: assign("exp-1", u, [(CONTROL, 0.5), ("b", 0.3), ("c", 0.2)]) for u in USERS}
-    after = {u: assign("exp-1", u, [(CONTROL, 0.5), ("b", 0.3), ("c", 0.4)]) for u in USERS}
-    moves = {(before[u], after[u]) for u in USERS if before[u] != after[u]}
-    assert moves and all(to == "c" for _, to in moves), moves        # only into c, from either arm
-    shrunk = {u: assign("exp-1", u, [(CONTROL, 0.5), ("b", 0.1), ("c", 0.2)]) for u in USERS}
-    moves = {(before[u], shrunk[u]) for u in USERS if before[u] != shrunk[u]}
-    assert moves and all(frm == "b" for frm, _ in moves), moves      # only out of b
-    # The share that moves is what the weights say: b goes from 0.3/1.0 to 0.1/0.8 of the users.
-    moved = sum(before[u] != shrunk[u] for u in USERS) / len(USERS)
-    assert moved == pytest.approx(0.3 - 0.1 / 0.8, abs=0.02)
+def test_starting_reweighting_or_stopping_an_arm_moves_users_only_between_it_and_control():
+    before = _experiment(("b", 0.3), ("c", 0.2))
+    was = _arms(before)
+    for changed, name in ((before.with_weight("d", 0.2), "d"), (before.with_weight("c", 0.4), "c"),
+                          (before.with_weight("b", 0.1), "b"), (before.without("b"), "b")):
+        now = _arms(changed)
+        moves = {(was[u], now[u]) for u in USERS if was[u] != now[u]}
+        assert moves and all({frm, to} == {name, CONTROL} for frm, to in moves), (name, moves)
+    # The share that moves is what the weights say (b: 0.3 -> 0.1 of the users).
+    shrunk = _arms(before.with_weight("b", 0.1))
+    assert sum(was[u] != shrunk[u] for u in USERS) / len(USERS) == pytest.approx(0.2, abs=0.02)
+    # Back to the old weight: the same users as before (the arm takes back the buckets it gave).
+    assert _arms(before.with_weight("b", 0.1).with_weight("b", 0.3)) == was
 
 
 def test_arm_names_weights_and_experiments_are_checked():
@@ -62,21 +68,23 @@ def test_arm_names_weights_and_experiments_are_checked():
         with pytest.raises(ExperimentError):
             check_arm_name(bad)
     assert check_arm_name("new-model_2") == "new-model_2"
-    with pytest.raises(ExperimentError, match="weight"):
-        Arm("b", 1.5)
-    with pytest.raises(ExperimentError, match="weight"):
-        Arm("b", float("nan"))
+    for bad in (1.5, float("nan"), -0.1, True, "0.5"):
+        with pytest.raises(ExperimentError, match="weight"):
+            Experiment("e").with_weight("b", bad)
     with pytest.raises(ExperimentError, match="start with 'control'"):
-        Experiment("e", (Arm("b", 0.5), Arm(CONTROL, 0.5)))
+        Experiment("e", (Arm("b"), Arm(CONTROL)))
     with pytest.raises(ExperimentError, match="distinct"):
-        Experiment("e", (Arm(CONTROL, 0.5), Arm("b", 0.2), Arm("b", 0.3)))
+        Experiment("e", (Arm(CONTROL), Arm("b", (1,)), Arm("b", (2,))))
+    with pytest.raises(ExperimentError, match="same bucket"):
+        Experiment("e", (Arm(CONTROL), Arm("b", (1, 2)), Arm("c", (2,))))
     with pytest.raises(ExperimentError, match="experiment id"):
-        Experiment("bad id!", (Arm(CONTROL, 1.0),))
-    assert _with_weights("e", "", [Arm("b", 0.25), Arm("c", 0.25)]).arms[0] == Arm(CONTROL, 0.5)
-    with pytest.raises(ExperimentError, match="add up to 1.2"):
-        _with_weights("e", "", [Arm("b", 0.7), Arm("c", 0.5)])
-    experiment = Experiment("e", (Arm(CONTROL, 0.5), Arm("b", 0.5, "m-b", "g1")), "2026-12-01T00:00:00+00:00")
-    assert Experiment.from_document(experiment.to_document()) == experiment
+        Experiment("bad id!")
+    with pytest.raises(ExperimentError, match="does not fit"):
+        _experiment(("b", 0.7), ("c", 0.5))
+    with pytest.raises(ExperimentError, match="weight the other arms leave"):
+        Experiment("e").with_weight(CONTROL, 0.5)
+    experiment = _experiment(("b", 0.25)).with_weight("b", 0.25, model_version="m-b", generation="g1")
+    assert Experiment.from_document(experiment.to_document()) == experiment and experiment.weight(CONTROL) == 0.75
 
 
 def test_wilson_and_difference_intervals_match_the_textbook_values():
@@ -87,20 +95,26 @@ def test_wilson_and_difference_intervals_match_the_textbook_values():
     assert delta == pytest.approx(0.1) and (low, high) == pytest.approx((0.1 - 0.1371, 0.1 + 0.1371), abs=1e-4)
 
 
-def test_the_readout_counts_a_page_as_a_hit_only_for_a_later_event_on_one_of_its_items_within_the_window():
+def test_the_readout_counts_a_user_as_a_hit_only_for_a_later_event_on_an_item_of_their_pages_within_the_window():
     t0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
     impressions = [Impression("e", CONTROL, "u1", t0, frozenset({"a", "b"})),       # hit: b later
+                   Impression("e", CONTROL, "u1", t0, frozenset({"b"})),            # the same user: one unit
                    Impression("e", CONTROL, "u2", t0, frozenset({"a"})),            # miss: a event came before
                    Impression("e", "new", "u3", t0, frozenset({"c"})),              # miss: c too late
                    Impression("e", "new", "u4", t0, frozenset({"d"})),              # miss: another item
-                   Impression("e", "new", "u5", t0, frozenset({"e"}))]              # hit
+                   Impression("e", "new", "u5", t0, frozenset({"e"})),              # hit
+                   Impression("e", "new", "u6", t0, frozenset({"f"})),              # in two arms: left out
+                   Impression("e", CONTROL, "u6", t0, frozenset({"f"})),
+                   Impression("e", "new", "u7", t0 + timedelta(hours=2), frozenset({"g"}))]   # window still open
     events = {"u1": [(t0 + timedelta(minutes=5), "b")], "u2": [(t0 - timedelta(minutes=1), "a")],
               "u3": [(t0 + timedelta(hours=25), "c")], "u4": [(t0 + timedelta(minutes=1), "x")],
-              "u5": [(t0 + timedelta(hours=23), "e")]}
-    result = readout(impressions, events, timedelta(hours=24))
+              "u5": [(t0 + timedelta(hours=23), "e")], "u6": [(t0 + timedelta(minutes=1), "f")],
+              "u7": [(t0 + timedelta(hours=2, minutes=1), "g")]}
+    result = readout(impressions, events, timedelta(hours=24), as_of=t0 + timedelta(hours=25))
     assert list(result["arms"]) == [CONTROL, "new"]
-    assert result["arms"][CONTROL]["pages"] == 2 and result["arms"][CONTROL]["hits"] == 1
-    assert result["arms"]["new"]["pages"] == 3 and result["arms"]["new"]["hits"] == 1
+    assert result["pages_still_open"] == 1 and result["users_in_several_arms"] == 1
+    assert (result["arms"][CONTROL]["users"], result["arms"][CONTROL]["hits"], result["arms"][CONTROL]["pages"]) == (2, 1, 3)
+    assert (result["arms"]["new"]["users"], result["arms"]["new"]["hits"]) == (3, 1)
     assert result["arms"]["new"]["vs_control"]["difference"] == pytest.approx(1 / 3 - 1 / 2)
     assert not result["arms"]["new"]["vs_control"]["significant"]
 

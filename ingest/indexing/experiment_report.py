@@ -3,10 +3,12 @@ pages were followed by an event on one of their items, with a 95% confidence int
 
 Input: the service's impression lines (``"event": "impression"`` in its JSON log: experiment, arm,
 user, time, the item ids the page showed) and the event log (``<user alias>_events``: each batch's
-user, items and event times). A page is a hit when the user has an event on one of its items after
-the page was served and within ``window``. Pinned pages (``?arm=``, debugging) are left out. Per arm:
-the hit rate with Wilson's interval; per candidate arm, the difference to control with a normal
-(Wald) interval of the difference of two proportions.
+user, items and event times). The unit is the user: a user is a hit when they have an event on an
+item of one of their pages within ``window`` after that page. Pinned pages (``?arm=``, debugging),
+pages whose window is still open and users seen in several arms are left out. Per arm: the hit rate
+with Wilson's interval and the generations its pages came from (control changes with a nightly
+publish or a promote); per candidate arm, the difference to control with a normal (Wald) interval
+of the difference of two proportions.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -33,6 +35,7 @@ class Impression:
     user_id: str
     at: datetime
     items: frozenset[str]
+    generation: str | None = None
 
 
 def read_impressions(lines: Iterable[str], experiment: str | None = None) -> list[Impression]:
@@ -50,7 +53,7 @@ def read_impressions(lines: Iterable[str], experiment: str | None = None) -> lis
             continue
         at = datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
         found.append(Impression(record["experiment"], record["arm"], str(record["user_id"]), at,
-                                frozenset(record.get("items") or ())))
+                                frozenset(record.get("items") or ()), record.get("generation")))
     experiments = {i.experiment for i in found}
     if experiment is None:
         if len(experiments) > 1:
@@ -104,48 +107,69 @@ def difference(hits_a: int, n_a: int, hits_b: int, n_b: int, z: float = Z95) -> 
     return pa - pb, pa - pb - half, pa - pb + half
 
 
-def readout(impressions: list[Impression], events: dict[str, list[tuple[datetime, str]]],
-            window: timedelta) -> dict:
-    """Per arm: pages, hits, hit rate and its interval; per candidate arm its difference to control."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for impression in impressions:
+def readout(impressions: list[Impression], events: dict[str, list[tuple[datetime, str]]], window: timedelta,
+            as_of: datetime | None = None) -> dict:
+    """Per arm, over users (the unit: a user's pages are not independent of each other): users,
+    users with a hit on any of their pages, the rate and Wilson's interval; per candidate arm the
+    difference to control. Pages younger than ``window`` at ``as_of`` (default now) are left out (their
+    window is still open), and so are users seen in more than one arm (a weight change moved them)."""
+    as_of = as_of or datetime.now(timezone.utc)
+    closed = [i for i in impressions if i.at + window <= as_of]
+    arms_of: dict[str, set[str]] = defaultdict(set)
+    for impression in closed:
+        arms_of[impression.user_id].add(impression.arm)
+    per_user: dict[str, bool] = {}
+    pages: dict[str, int] = defaultdict(int)
+    generations: dict[str, set[str]] = defaultdict(set)
+    for impression in closed:
+        if len(arms_of[impression.user_id]) > 1:
+            continue
         later = events.get(impression.user_id, ())
         hit = any(impression.at < at <= impression.at + window and item in impression.items for at, item in later)
-        counts[impression.arm][0] += 1
-        counts[impression.arm][1] += int(hit)
+        per_user[impression.user_id] = per_user.get(impression.user_id, False) or hit
+        pages[impression.arm] += 1
+        if impression.generation:
+            generations[impression.arm].add(impression.generation)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for user_id, hit in per_user.items():
+        (arm,) = arms_of[user_id]
+        counts[arm][0] += 1
+        counts[arm][1] += int(hit)
     arms = {}
-    for arm, (pages, hits) in sorted(counts.items(), key=lambda kv: (kv[0] != CONTROL, kv[0])):
-        low, high = wilson(hits, pages)
-        arms[arm] = {"pages": pages, "hits": hits, "hit_rate": hits / pages if pages else 0.0,
-                     "ci95": [low, high]}
+    for arm, (users, hits) in sorted(counts.items(), key=lambda kv: (kv[0] != CONTROL, kv[0])):
+        low, high = wilson(hits, users)
+        arms[arm] = {"users": users, "hits": hits, "hit_rate": hits / users if users else 0.0, "ci95": [low, high],
+                     "pages": pages[arm], "generations": sorted(generations[arm])}
     control = counts.get(CONTROL)
     for arm, entry in arms.items():
         if arm != CONTROL and control:
-            delta, low, high = difference(entry["hits"], entry["pages"], control[1], control[0])
-            entry["vs_control"] = {"difference": delta, "ci95": [low, high],
-                                   "significant": low > 0 or high < 0}
-    return {"experiment": impressions[0].experiment if impressions else None,
-            "window_s": window.total_seconds(), "arms": arms}
+            delta, low, high = difference(entry["hits"], entry["users"], control[1], control[0])
+            entry["vs_control"] = {"difference": delta, "ci95": [low, high], "significant": low > 0 or high < 0}
+    return {"experiment": impressions[0].experiment if impressions else None, "window_s": window.total_seconds(),
+            "pages_still_open": len(impressions) - len(closed),
+            "users_in_several_arms": sum(1 for arms_seen in arms_of.values() if len(arms_seen) > 1), "arms": arms}
 
 
 def report(es: Elasticsearch, log_index: str, lines: Iterable[str], window: timedelta,
-           experiment: str | None = None) -> dict:
+           experiment: str | None = None, as_of: datetime | None = None) -> dict:
     impressions = read_impressions(lines, experiment)
     if not impressions:
-        return readout([], {}, window)
+        return readout([], {}, window, as_of)
     since = min(i.at for i in impressions)
     until = max(i.at for i in impressions) + window
-    return readout(impressions, user_events(es, log_index, {i.user_id for i in impressions}, since, until), window)
+    return readout(impressions, user_events(es, log_index, {i.user_id for i in impressions}, since, until),
+                   window, as_of)
 
 
 def table(result: dict) -> str:
-    lines = [f"experiment {result['experiment']}: a page is a hit when the user acts on one of its items within "
-             f"{result['window_s'] / 3600:g} h",
-             f"{'arm':<16}{'pages':>8}{'hits':>8}{'hit rate':>10}  {'95% CI':<17}{'vs control (95% CI)':<30}"]
+    lines = [f"experiment {result['experiment']}: a user is a hit when they act on an item of one of their pages "
+             f"within {result['window_s'] / 3600:g} h of it ({result['pages_still_open']} pages still in their "
+             f"window and {result['users_in_several_arms']} users seen in several arms left out)",
+             f"{'arm':<16}{'users':>8}{'hits':>8}{'hit rate':>10}  {'95% CI':<17}{'vs control (95% CI)':<30}"]
     for arm, e in result["arms"].items():
         vs = e.get("vs_control")
         against = (f"{vs['difference']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]"
                    + (" *" if vs["significant"] else "")) if vs else ""
-        lines.append(f"{arm:<16}{e['pages']:>8}{e['hits']:>8}{e['hit_rate']:>10.4f}  "
+        lines.append(f"{arm:<16}{e['users']:>8}{e['hits']:>8}{e['hit_rate']:>10.4f}  "
                      f"[{e['ci95'][0]:.4f}, {e['ci95'][1]:.4f}]  {against}")
     return "\n".join(lines)

@@ -63,6 +63,7 @@ class Pair:
     user_docs: int
     item_docs: int
     live: bool
+    aliased: bool = False          # some alias names one of its indices (control's or an experiment arm's)
 
     @property
     def usable(self) -> bool:
@@ -151,6 +152,10 @@ class Generations:
                             live=user.live and bool(item and item.live)))
         return out
 
+    def _marked_aliased(self, pairs: list[Pair]) -> list[Pair]:
+        aliased = self.aliased_indices()
+        return [dataclasses.replace(p, aliased=p.user_index in aliased or p.item_index in aliased) for p in pairs]
+
     def live_pair(self) -> Pair | None:
         return next((p for p in self.pairs() if p.live), None)
 
@@ -175,6 +180,9 @@ class Generations:
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
+        named = self._aliases_of([index]).get(index)
+        if named:   # another arm's live index (or control's, for an arm): never replaced
+            raise AlreadyLive(f"{index} is live behind {', '.join(sorted(named))}: pick another generation id")
         meta = {"state": LOADING, "model_version": model_version, "generation": generation}
         if family == "user":
             meta["item_generation"] = item_generation or generation
@@ -192,6 +200,18 @@ class Generations:
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0, **LOADING_SETTINGS},
                                mappings={"_meta": meta, **({"properties": properties} if properties else {})})
         return index
+
+    def _aliases_of(self, indices: list[str]) -> dict[str, set[str]]:
+        """{index: the aliases naming it} for those of ``indices`` that exist (any arm's or control's)."""
+        found = self.es.options(ignore_status=404).indices.get_alias(index=indices, ignore_unavailable=True,
+                                                                       allow_no_indices=True)
+        return {i: set((body or {}).get("aliases") or ()) for i, body in found.items()
+                if isinstance(body, dict) and "aliases" in body}
+
+    def aliased_indices(self) -> set[str]:
+        """Every generation index some alias names: control's live pair and each experiment arm's."""
+        pattern = [f"{self.family_prefix(f)}-*" for f in FAMILIES]
+        return {i for i, names in self._aliases_of(pattern).items() if names}
 
     def meta(self, index: str) -> dict:
         return self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
@@ -270,7 +290,8 @@ class Generations:
     @staticmethod
     def _rollback_target(pairs: list[Pair], live: Pair | None) -> Pair:
         """The newest usable pair older than the live one (rolled-back and broken pairs are skipped)."""
-        older = [p for p in pairs if p.usable and not p.live and (live is None or p.generation < live.generation)]
+        older = [p for p in pairs if p.usable and not p.live and not p.aliased
+                 and (live is None or p.generation < live.generation)]
         if not older:
             raise NoPairToRollBackTo("no earlier validated pair of item and user generations to roll back to "
                                      "(see `facetrec index status`)")
@@ -279,7 +300,7 @@ class Generations:
     def rollback(self, fence=lambda step: None) -> dict[str, str]:
         """Move both aliases to the previous consistent pair in ONE _aliases call and mark the pair
         it left as rolled back, so a second rollback goes further back instead of returning to it."""
-        pairs = self.pairs()
+        pairs = self._marked_aliased(self.pairs())   # another arm's live pair is never a rollback target
         live = next((p for p in pairs if p.live), None)
         target = self._rollback_target(pairs, live)
         targets = {"item": target.item_index, "user": target.user_index}
@@ -295,8 +316,10 @@ class Generations:
         is ``cleanup_partial``'s, under the lock)."""
         keep = keep or self.settings.generations_to_keep
         items, users = self.list("item"), self.list("user")
-        pairs, listed = self._pair_up(items, users), [*items, *users]
-        kept = [p for p in pairs if p.live] + [p for p in pairs if p.usable][-keep:]
+        pairs, listed = self._marked_aliased(self._pair_up(items, users)), [*items, *users]
+        # Pairs live behind any alias (control's, each experiment arm's) are kept and do not count
+        # against ``keep``: an arm's pair never pushes out control's rollback pairs.
+        kept = [p for p in pairs if p.live or p.aliased] + [p for p in pairs if p.usable and not p.aliased][-keep:]
         keep_indices = {p.user_index for p in kept} | {p.item_index for p in kept} | {g.index for g in listed if g.live}
         doomed = [g.index for g in listed if g.index not in keep_indices and g.state in (VALIDATED, ROLLED_BACK)]
         return delete_unless_aliased(self.es, doomed)
