@@ -188,10 +188,11 @@ def test_an_arms_pair_never_costs_control_its_rollback_pair_and_a_rollback_never
     for generation in ("20260104-000001", "20260104-000002"):
         _publish(es, settings, catalog, models, "m-a", generation)
     _start(es, settings, catalog, models, "exp-keep", "cand", "m-b", "20260104-000003", weight=0.3)
+    assert {"20260104-000001", "20260104-000002"} <= {p.generation for p in gens.pairs()}, \
+        "publishing the arm kept control's live pair and the one before it"
     _publish(es, settings, catalog, models, "m-a", "20260104-000004")          # the nightly job, meanwhile
-    kept = {p.generation for p in gens.pairs()}
-    assert {"20260104-000001", "20260104-000002", "20260104-000003", "20260104-000004"} <= kept, \
-        "the arm's pair did not count against control's two kept pairs"
+    assert {"20260104-000002", "20260104-000003", "20260104-000004"} <= {p.generation for p in gens.pairs()}, \
+        "the arm's pair did not count against control's kept pairs (its live one and the one before)"
     rolled = gens.rollback()
     assert rolled["user"].endswith("20260104-000002"), "control rolls back along its own pairs, not onto the arm's"
     assert alias_index(es, arm_aliases(settings, "cand")[1]).endswith("20260104-000003")

@@ -63,7 +63,7 @@ class Pair:
     user_docs: int
     item_docs: int
     live: bool
-    aliased: bool = False          # some alias names one of its indices (control's or an experiment arm's)
+    aliased: bool = False          # some alias names its user index (control's or an experiment arm's)
 
     @property
     def usable(self) -> bool:
@@ -154,7 +154,8 @@ class Generations:
 
     def _marked_aliased(self, pairs: list[Pair]) -> list[Pair]:
         aliased = self.aliased_indices()
-        return [dataclasses.replace(p, aliased=p.user_index in aliased or p.item_index in aliased) for p in pairs]
+        # By its user index: the pairs of a users-only refresh share their item index with the live one.
+        return [dataclasses.replace(p, aliased=p.user_index in aliased) for p in pairs]
 
     def live_pair(self) -> Pair | None:
         return next((p for p in self.pairs() if p.live), None)
@@ -317,9 +318,10 @@ class Generations:
         keep = keep or self.settings.generations_to_keep
         items, users = self.list("item"), self.list("user")
         pairs, listed = self._marked_aliased(self._pair_up(items, users)), [*items, *users]
-        # Pairs live behind any alias (control's, each experiment arm's) are kept and do not count
-        # against ``keep``: an arm's pair never pushes out control's rollback pairs.
-        kept = [p for p in pairs if p.live or p.aliased] + [p for p in pairs if p.usable and not p.aliased][-keep:]
+        # Pairs live behind another alias (control's for an arm, each experiment arm's for control) are
+        # kept and do not count against ``keep``: an arm's pair never pushes out control's rollback pairs.
+        kept = [p for p in pairs if p.live or p.aliased] + \
+            [p for p in pairs if p.usable and (p.live or not p.aliased)][-keep:]
         keep_indices = {p.user_index for p in kept} | {p.item_index for p in kept} | {g.index for g in listed if g.live}
         doomed = [g.index for g in listed if g.index not in keep_indices and g.state in (VALIDATED, ROLLED_BACK)]
         return delete_unless_aliased(self.es, doomed)
