@@ -63,15 +63,15 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     ctx = app.extensions["facetrec"]
     ctx["facets"] = FacetCache(ctx["es"], settings.item_alias, ctx["catalog"])
     # Experiment arms: each user's arm, and each arm's target, metrics and recall monitor (app.arms).
-    ctx["arms"] = Arms(settings, ExperimentCache(ctx["es"], settings, settings.experiment_refresh_s,
-                                                 timeout_s=settings.es_request_timeout_s),
-                       ctx["target"], ctx["metrics"],
+    experiments = ExperimentCache(ctx["es"], settings, settings.experiment_refresh_s,
+                                  timeout_s=settings.es_request_timeout_s)
+    ctx["arms"] = Arms(settings, experiments, ctx["target"], ctx["metrics"],
                        lambda target, metrics: RecallMonitor(ctx["es"], target, metrics, settings.recall_sample_rate,
                                                              settings.index_type))
     ctx["recall_monitor"] = ctx["arms"].serving(CONTROL).monitor
     # Fresh events go to the live user index of control and of every other arm of the experiment.
     ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1),
-                               arm_user_aliases=ctx["arms"].user_aliases)
+                               arm_user_aliases=experiments.arm_user_aliases)
     logs.init_app(app)
     auth.init_app(app, settings.api_token_list)
     errors.init_app(app)

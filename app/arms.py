@@ -60,6 +60,3 @@ class Arms:
                     target = dataclasses.replace(self._control, item_index=item_alias, user_index=user_alias)
                 self._serving[name] = ArmServing(name, target, metrics, self.monitor_for(target, metrics))
             return self._serving[name]
-
-    def user_aliases(self) -> dict[str, str]:
-        return self.experiments.arm_user_aliases()

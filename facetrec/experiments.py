@@ -185,14 +185,22 @@ class Experiment:
                    arms=tuple(Arm(**{**arm, "buckets": tuple(arm.get("buckets") or ())}) for arm in src["arms"]))
 
 
-def read_experiment(es: Elasticsearch, settings: Settings, timeout_s: float | None = None) -> Experiment | None:
-    """The running experiment, or None (no experiment index, no document)."""
+def read_experiment_versioned(es: Elasticsearch, settings: Settings,
+                              timeout_s: float | None = None) -> tuple[Experiment | None, dict]:
+    """The running experiment (None: no experiment index, no document) and the concurrency fields of
+    its document (``if_seq_no`` / ``if_primary_term``; empty when there is none) for a write after it."""
     client = es if timeout_s is None else es.options(request_timeout=timeout_s)
     try:
         doc = client.get(index=experiment_index(settings), id=EXPERIMENT_DOC_ID)
     except NotFoundError:
-        return None
-    return Experiment.from_document(doc["_source"])
+        return None, {}
+    return Experiment.from_document(doc["_source"]), {"if_seq_no": doc["_seq_no"],
+                                                      "if_primary_term": doc["_primary_term"]}
+
+
+def read_experiment(es: Elasticsearch, settings: Settings, timeout_s: float | None = None) -> Experiment | None:
+    """The running experiment, or None (no experiment index, no document)."""
+    return read_experiment_versioned(es, settings, timeout_s)[0]
 
 
 class ExperimentCache:

@@ -40,20 +40,13 @@ def step_prepare_data(dataset: str, work_dir, **dataset_kwargs) -> dict:
 
 def step_etl(work_dir, now_ts: int | None = None, tie_break: str = "hash") -> dict:
     from ingest.embedding.etl import run_etl
-    from ingest.embedding.spark import make_spark_session
-
-    from pyspark.sql import SparkSession
+    from ingest.embedding.spark import spark_session
 
     p = paths(work_dir)
-    existing = SparkSession.getActiveSession()
-    spark = existing or make_spark_session("facetrec-etl")
-    try:
+    with spark_session("facetrec-etl") as spark:
         users = p["raw"] / "users.parquet"
         return run_etl(spark, p["raw"] / "events.parquet", p["raw"] / "catalog.parquet", p["etl"],
                        users_path=users if users.exists() else None, now_ts=now_ts, tie_break=tie_break)
-    finally:
-        if existing is None:  # never stop a session someone else owns
-            spark.stop()
 
 
 def step_train(work_dir, model_overrides: dict | None = None, train_overrides: dict | None = None,
@@ -216,20 +209,13 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
 @contextlib.contextmanager
 def _spark_for_loading():
     """A SparkSession when SPARK_MASTER names a cluster (the active one if a caller owns it), else None."""
-    from ingest.embedding.spark import make_spark_session, on_cluster
+    from ingest.embedding.spark import on_cluster, spark_session
 
     if not on_cluster():
         yield None
         return
-    from pyspark.sql import SparkSession
-
-    existing = SparkSession.getActiveSession()
-    spark = existing or make_spark_session("facetrec-publish")
-    try:
+    with spark_session("facetrec-publish") as spark:
         yield spark
-    finally:
-        if existing is None:
-            spark.stop()
 
 
 def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,

@@ -9,6 +9,7 @@ come from their own Python (``PYSPARK_PYTHON``, default: the driver's interprete
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -47,6 +48,20 @@ def code_archive(dest: Path | None = None) -> Path:
                 zf.write(path, str(path.relative_to(PACKAGE_ROOT)))
         tmp.replace(archive)
     return archive
+
+
+@contextlib.contextmanager
+def spark_session(app_name: str):
+    """The active SparkSession if a caller owns one (it is left running), else a new one, stopped after."""
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()
+    spark = existing or make_spark_session(app_name)
+    try:
+        yield spark
+    finally:
+        if existing is None:  # never stop a session someone else owns
+            spark.stop()
 
 
 def make_spark_session(app_name: str = "facetrec", master: str | None = None):

@@ -74,11 +74,11 @@ def _free_port() -> int:
 
 
 def _launch(home: Path, name: str, args: list[str]) -> tuple[int, str]:
-    log = home / f"{name}.log"
-    env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
+    log, spark = home / f"{name}.log", spark_home()
+    env = {**os.environ, "SPARK_HOME": str(spark), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(home), "SPARK_NO_DAEMONIZE": "1"}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], env=env, stdout=out,
+        proc = subprocess.Popen([str(spark / "bin" / "spark-class"), *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=home)
     return proc.pid, str(log)

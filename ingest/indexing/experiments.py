@@ -24,11 +24,12 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from elasticsearch import ConflictError, Elasticsearch, NotFoundError
+from elasticsearch import ConflictError, Elasticsearch
 
 from facetrec.es import alias_index
 from facetrec.experiments import (CONTROL, EXPERIMENT_DOC_ID, Experiment, ExperimentError, arm_aliases,
-                                  check_arm_name, check_experiment_id, check_weight, describe, experiment_index)
+                                  check_arm_name, check_experiment_id, check_weight, describe, experiment_index,
+                                  read_experiment_versioned)
 from facetrec.settings import Settings
 from facetrec.user_events import UserEvents
 from ingest.indexing.generations import ROLLED_BACK, Generations
@@ -44,16 +45,6 @@ def _say(message: str) -> None:
 
 def _lock(es: Elasticsearch, settings: Settings) -> ReindexLock:
     return ReindexLock(es, name=f"reindex-{settings.item_alias}", lease_s=settings.lock_lease_s)
-
-
-def _read(es: Elasticsearch, settings: Settings) -> tuple[Experiment | None, dict]:
-    """The experiment and the concurrency fields of its document (empty when there is none)."""
-    try:
-        doc = es.get(index=experiment_index(settings), id=EXPERIMENT_DOC_ID)
-    except NotFoundError:
-        return None, {}
-    return Experiment.from_document(doc["_source"]), {"if_seq_no": doc["_seq_no"],
-                                                      "if_primary_term": doc["_primary_term"]}
 
 
 def _write(es: Elasticsearch, settings: Settings, experiment: Experiment | None, concurrency: dict) -> None:
@@ -124,7 +115,7 @@ def start(es: Elasticsearch, settings: Settings, *, experiment_id: str, arm: str
             raise ExperimentError(f"arm {arm!r} is already live in experiment {experiment_id!r}: stop it first")
         return (running or Experiment(experiment_id)).with_weight(arm, check_weight(arm, weight))
 
-    planned(_read(es, settings)[0])   # the names and weights fit, before anything is published
+    planned(read_experiment_versioned(es, settings)[0])   # the names and weights fit, before anything is published
     if _arm_indices(es, settings, arm):
         raise ExperimentError(f"{', '.join(arm_aliases(settings, arm))} name a pair already; "
                               f"`facetrec experiment stop --arm {arm}` removes them")
@@ -138,7 +129,7 @@ def start(es: Elasticsearch, settings: Settings, *, experiment_id: str, arm: str
         raise ExperimentError(f"arm {arm!r}: the publish did not go live behind its aliases ({published.get('status')})")
     try:
         with _lock(es, settings) as lock:
-            running, concurrency = _read(es, settings)
+            running, concurrency = read_experiment_versioned(es, settings)
             experiment = planned(running)
             experiment = experiment.with_weight(arm, weight, model_version=published.get("model_version"),
                                                 generation=published.get("generation"))
@@ -170,7 +161,7 @@ def start(es: Elasticsearch, settings: Settings, *, experiment_id: str, arm: str
 def set_weight(es: Elasticsearch, settings: Settings, arm: str, weight: float) -> dict:
     """Give ``arm`` another weight: it takes free buckets from control or gives its own back."""
     with _lock(es, settings) as lock:
-        running, concurrency = _read(es, settings)
+        running, concurrency = read_experiment_versioned(es, settings)
         experiment = _candidate(running, arm).with_weight(arm, weight)
         lock.fence("experiment weight")
         _write(es, settings, experiment, concurrency)
@@ -179,9 +170,9 @@ def set_weight(es: Elasticsearch, settings: Settings, arm: str, weight: float) -
 
 def promote(es: Elasticsearch, settings: Settings, arm: str, wait: Callable[[float], None] = time.sleep) -> dict:
     """Make ``arm``'s pair the control pair in one ``_aliases`` call; the arm leaves the experiment."""
-    _candidate(_read(es, settings)[0], arm)
+    _candidate(read_experiment_versioned(es, settings)[0], arm)
     with _lock(es, settings) as lock:
-        running, concurrency = _read(es, settings)
+        running, concurrency = read_experiment_versioned(es, settings)
         _candidate(running, arm)   # still a candidate now that the lock is held
         recorded = _arm_indices(es, settings, arm)
         item_alias, user_alias = arm_aliases(settings, arm)
@@ -197,7 +188,7 @@ def promote(es: Elasticsearch, settings: Settings, arm: str, wait: Callable[[flo
     _wait_seen(settings, wait)
     removed = _remove_aliases(es, recorded)
     return {"promoted": arm, "control": targets, "previous_control": before, "removed_aliases": removed,
-            **describe(_read(es, settings)[0])}
+            **describe(read_experiment_versioned(es, settings)[0])}
 
 
 def stop(es: Elasticsearch, settings: Settings, arm: str | None = None,
@@ -206,7 +197,7 @@ def stop(es: Elasticsearch, settings: Settings, arm: str | None = None,
     and its pair is marked retired (never a rollback target), left to retention. Also clears the
     aliases of an arm the document does not name (a start that failed half way)."""
     with _lock(es, settings) as lock:
-        running, concurrency = _read(es, settings)
+        running, concurrency = read_experiment_versioned(es, settings)
         if arm is None:
             if running is None:
                 raise ExperimentError("no experiment is running")
@@ -224,15 +215,16 @@ def stop(es: Elasticsearch, settings: Settings, arm: str | None = None,
     _wait_seen(settings, wait)
     removed = _remove_aliases(es, recorded)
     gens = Generations(es, settings)
+    still_aliased = gens.aliased_indices()
     for index in recorded.values():
-        if index.startswith(f"{settings.user_alias}-") and not gens.aliased_indices() & {index}:
+        if index.startswith(f"{settings.user_alias}-") and index not in still_aliased:
             gens.mark(index, ROLLED_BACK)
-    return {"stopped": names, "removed_aliases": removed, **describe(_read(es, settings)[0])}
+    return {"stopped": names, "removed_aliases": removed, **describe(read_experiment_versioned(es, settings)[0])}
 
 
 def status(es: Elasticsearch, settings: Settings) -> dict:
     """The running experiment's arms, with the pair behind each arm's aliases."""
-    experiment, _ = _read(es, settings)
+    experiment, _ = read_experiment_versioned(es, settings)
     out = describe(experiment)
     for entry in out["arms"]:
         item_alias, user_alias = arm_aliases(settings, entry["name"])

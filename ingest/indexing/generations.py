@@ -181,7 +181,7 @@ class Generations:
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
-        named = self._aliases_of([index]).get(index)
+        named = index_aliases(self.es, [index]).get(index)
         if named:   # another arm's live index (or control's, for an arm): never replaced
             raise AlreadyLive(f"{index} is live behind {', '.join(sorted(named))}: pick another generation id")
         meta = {"state": LOADING, "model_version": model_version, "generation": generation}
@@ -202,17 +202,10 @@ class Generations:
                                mappings={"_meta": meta, **({"properties": properties} if properties else {})})
         return index
 
-    def _aliases_of(self, indices: list[str]) -> dict[str, set[str]]:
-        """{index: the aliases naming it} for those of ``indices`` that exist (any arm's or control's)."""
-        found = self.es.options(ignore_status=404).indices.get_alias(index=indices, ignore_unavailable=True,
-                                                                       allow_no_indices=True)
-        return {i: set((body or {}).get("aliases") or ()) for i, body in found.items()
-                if isinstance(body, dict) and "aliases" in body}
-
     def aliased_indices(self) -> set[str]:
         """Every generation index some alias names: control's live pair and each experiment arm's."""
         pattern = [f"{self.family_prefix(f)}-*" for f in FAMILIES]
-        return {i for i, names in self._aliases_of(pattern).items() if names}
+        return {i for i, names in index_aliases(self.es, pattern).items() if names}
 
     def meta(self, index: str) -> dict:
         return self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
@@ -327,18 +320,25 @@ class Generations:
         return delete_unless_aliased(self.es, doomed)
 
 
+def index_aliases(es: Elasticsearch, indices: list[str]) -> dict[str, set[str]]:
+    """{index: the aliases naming it} for those of ``indices`` (names or patterns) that exist. A
+    failure to read them raises: a caller deciding what to delete or replace must not guess."""
+    found = es.indices.get_alias(index=indices, ignore_unavailable=True, allow_no_indices=True)
+    return {i: set((body or {}).get("aliases") or ()) for i, body in found.items()}
+
+
 def delete_unless_aliased(es: Elasticsearch, indices: list[str]) -> list[str]:
     """Delete those of ``indices`` that no alias points at, read from the cluster now. If the aliases
     cannot be read, delete nothing: a later run's cleanup decides with the cluster in view."""
     if not indices:
         return []
     try:
-        aliases = es.indices.get_alias(index=indices, ignore_unavailable=True)
+        aliases = index_aliases(es, indices)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, deleting blind is worse
         print(f"facetrec: could not read the aliases ({type(exc).__name__}); left {', '.join(indices)} for the "
               "next run to clean up", file=sys.stderr)
         return []
-    doomed = [i for i in indices if not (aliases.get(i) or {}).get("aliases")]
+    doomed = [i for i in indices if not aliases.get(i)]
     for index in doomed:
         es.options(ignore_status=404).indices.delete(index=index)
     return doomed
