@@ -33,14 +33,21 @@ def test_row_recall_counts_the_exact_top_found_at_the_rows_size():
 def degraded(es, es_settings):
     """A deliberately degraded graph: m=2, ef_construction=2, raw inner products (no reduction) and the
     fewest candidates (num_candidates_factor 1, short walks), every row planned onto the graph (no
-    exact scans however few the matches), so unfiltered rows miss most of the exact top."""
+    exact scans however few the matches), so the unfiltered row misses most of its exact top.
+
+    Two things keep it deterministic. The item index is force-merged to one segment: a bulk load
+    spread over several write threads leaves several segments, each walked with its own candidates,
+    and how many is up to the scheduler (a run with more found the whole top of a row it should
+    miss). Filters go inside the walk (post_filter_min_share 1): a walk of this graph filtered
+    afterwards can come back empty, which the publish's validation rightly refuses."""
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.reindex import run_reindex
 
     prefix = f"rm-{uuid.uuid4().hex[:8]}"
     settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
                                    index_type="hnsw", hnsw_m=2, hnsw_ef_construction=2, mips_reduction=False,
-                                   num_candidates_factor=1, exact_max_matches=0, walk_candidates=10)
+                                   num_candidates_factor=1, exact_max_matches=0, walk_candidates=10,
+                                   post_filter_min_share=1.0)
     items, users, *_ = embedding_records(n_items=3000, n_users=30, dims=64, seed=5)
     # The shipped rows, every one on the graph at the setting's candidates (no exact scans, no
     # pinned plans, no per-row factors).
@@ -51,7 +58,8 @@ def degraded(es, es_settings):
         row.pop("plan", None)
         row.pop("num_candidates_factor", None)
     catalog = RowCatalog.from_dict(raw)
-    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False, sample_users=2)
+    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False, sample_users=2,
+                force_merge=True)
     yield settings, catalog, users
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):
