@@ -30,7 +30,7 @@ $(DEPS_STAMP):
 # Always (re)point the editable install at this checkout: cheap, offline, no dependency resolution.
 deps: $(DEPS_STAMP)
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/editable.log 2>&1 || { cat $(VENV)/editable.log; exit 1; }
-	@$(PY) -m facetrec.es_local build-classpath
+	@$(PY) -m facetrec_cli.es build-classpath
 
 # make demo: MovieLens-100k; make demo CATALOG=synthetic: the synthetic catalog (app/rows.yaml, user filters)
 CATALOG ?= movielens

@@ -7,17 +7,17 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from app.arms import Arms
-from facetrec.catalog_stats import StatsCache
+from facetrec.catalog.counts import StatsCache
+from facetrec.catalog.facets import FacetCache
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import serving_client
+from facetrec.events.apply import UserEvents
 from facetrec.experiments import CONTROL, ExperimentCache
-from facetrec.facets import FacetCache
-from facetrec.homepage import Target
 from facetrec.metrics import make_metrics
-from facetrec.recall_monitor import RecallMonitor
-from facetrec.rows import RowCatalog
+from facetrec.model.user_encoder import EncoderRegistry
+from facetrec.serving.homepage import SearchConfig
+from facetrec.serving.recall_monitor import RecallMonitor
 from facetrec.settings import Settings
-from facetrec.user_encoder import EncoderRegistry
-from facetrec.user_events import UserEvents
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -43,35 +43,31 @@ MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is re
 
 def create_app(settings: Settings | None = None, catalog: RowCatalog | None = None) -> Flask:
     """Application factory: one Elasticsearch client per process (per gunicorn worker), created here."""
-    from app import api, auth, docs, errors, logs, page
+    from app import api, auth, docs, errors, logs, page, state
 
     settings = settings or Settings.from_env()
     catalog = catalog or RowCatalog.load(settings.rows_config)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.extensions["facetrec"] = {
-        "settings": settings,
-        "catalog": catalog,
-        # A dead node's request goes to the next node; nothing else is retried: a request must answer
-        # (or fail with 503) within the timeout.
-        "es": serving_client(settings),
-        "metrics": make_metrics(settings, component="service"),
-        # The row planner's per-generation stats: read from each item generation's _meta once.
-        "target": Target.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters)),
-    }
-    ctx = app.extensions["facetrec"]
-    ctx["facets"] = FacetCache(ctx["es"], settings.item_alias, ctx["catalog"])
-    # Experiment arms: each user's arm, and each arm's target, metrics and recall monitor (app.arms).
-    experiments = ExperimentCache(ctx["es"], settings, settings.experiment_refresh_s,
-                                  timeout_s=settings.es_request_timeout_s)
-    ctx["arms"] = Arms(settings, experiments, ctx["target"], ctx["metrics"],
-                       lambda target, metrics: RecallMonitor(ctx["es"], target, metrics, settings.recall_sample_rate,
-                                                             settings.index_type))
-    ctx["recall_monitor"] = ctx["arms"].serving(CONTROL).monitor
-    # Fresh events go to the live user index of control and of every other arm of the experiment.
-    ctx["events"] = UserEvents(ctx["es"], settings, EncoderRegistry(settings.models_root, threads=1),
-                               arm_user_aliases=experiments.arm_user_aliases)
+    # A dead node's request goes to the next node; nothing else is retried: a request must answer
+    # (or fail with 503) within the timeout.
+    es = serving_client(settings)
+    metrics = make_metrics(settings, component="service")
+    # The row planner's per-generation stats: read from each item generation's _meta once.
+    search = SearchConfig.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
+    # Experiment arms: each user's arm, and each arm's search config, metrics and recall monitor (app.arms).
+    experiments = ExperimentCache(es, settings, settings.experiment_refresh_s, timeout_s=settings.es_request_timeout_s)
+    arms = Arms(settings, experiments, search, metrics,
+                lambda target, arm_metrics: RecallMonitor(es, target, arm_metrics, settings.recall_sample_rate,
+                                                          settings.index_type))
+    state.init_app(app, state.Service(
+        settings=settings, catalog=catalog, es=es, metrics=metrics, search=search,
+        facets=FacetCache(es, settings.item_alias, catalog), arms=arms,
+        recall_monitor=arms.serving(CONTROL).monitor,
+        # Fresh events go to the live user index of control and of every other arm of the experiment.
+        events=UserEvents(es, settings, EncoderRegistry(settings.models_root, threads=1),
+                          arm_user_aliases=experiments.arm_user_aliases)))
     logs.init_app(app)
     auth.init_app(app, settings.api_token_list)
     errors.init_app(app)

@@ -1,4 +1,4 @@
-"""JSON endpoints. Thin: parse (app.requests), call facetrec.homepage.recommend, return."""
+"""JSON endpoints. Thin: parse (app.requests), call facetrec.serving.homepage.recommend, return."""
 
 from __future__ import annotations
 
@@ -7,28 +7,25 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from app.requests import parse_events_body, parse_homepage_args, parse_rows_body, query_args
-from facetrec.es import alias_index
-from facetrec.facets import MATCHING, FacetSummary
-from facetrec.homepage import ClusterUnavailable, cluster_errors_as_unavailable, recommend
-from facetrec.row_info import describe_catalog
-from facetrec.rows import BadRequest
+from app.state import service_of
+from facetrec.catalog.facets import MATCHING, FacetSummary
+from facetrec.catalog.row_info import describe_catalog
+from facetrec.errors import BadRequest, ClusterUnavailable
+from facetrec.es import alias_index, cluster_errors_as_unavailable
+from facetrec.serving.homepage import recommend
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("facetrec.service")
 impressions = logging.getLogger("facetrec.impressions")   # one line per page served during an experiment
 
 
-def _ctx() -> dict:
-    return current_app.extensions["facetrec"]
-
-
 def facet_summary() -> FacetSummary:
     """The live generation's facet values (cached per generation); ClusterUnavailable when unreadable."""
     try:
-        return _ctx()["facets"].get()
+        return service_of().facets.get()
     except Exception as exc:  # noqa: BLE001 - any failure to read them is the cluster's
         raise ClusterUnavailable(f"facet values: {exc}") from exc
 
@@ -44,11 +41,11 @@ def facet_values_if_readable() -> FacetSummary | None:
 
 
 def _serve(query):
-    ctx = _ctx()
+    ctx = service_of()
     request.environ["facetrec.user_id"] = query.user_id
-    arm, experiment = ctx["arms"].choose(query.user_id, query.arm)
+    arm, experiment = ctx.arms.choose(query.user_id, query.arm)
     request.environ["facetrec.arm"] = arm.name
-    page = recommend(ctx["es"], arm.target, query.user_id, query.rows, query.user_filters, mode=query.mode,
+    page = recommend(ctx.es, arm.target, query.user_id, query.rows, query.user_filters, mode=query.mode,
                      sizes=query.sizes, metrics=arm.metrics, request_id=g.get("request_id"),
                      observe=arm.monitor.observe)
     source = page["rows"][0]["source"] if page["rows"] else "popular"
@@ -64,8 +61,8 @@ def _serve(query):
 
 @bp.get("/v1/users/<path:user_id>/homepage")
 def homepage(user_id: str):
-    ctx = _ctx()
-    return _serve(parse_homepage_args(user_id, request.args, ctx["catalog"], ctx["settings"].retrieval_mode,
+    ctx = service_of()
+    return _serve(parse_homepage_args(user_id, request.args, ctx.catalog, ctx.settings.retrieval_mode,
                                       facets=facet_values_if_readable))
 
 
@@ -74,23 +71,23 @@ def rows(user_id: str):
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
-    ctx = _ctx()
-    return _serve(parse_rows_body(user_id, body, ctx["catalog"], ctx["settings"].retrieval_mode, facets=facet_values_if_readable))
+    ctx = service_of()
+    return _serve(parse_rows_body(user_id, body, ctx.catalog, ctx.settings.retrieval_mode, facets=facet_values_if_readable))
 
 
 @bp.post("/v1/users/<path:user_id>/events")
 def events(user_id: str):
-    """Append an event batch to the user's history and recompute the user vector (facetrec.user_events)."""
+    """Append an event batch to the user's history and recompute the user vector (facetrec.events.apply)."""
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
     batch = parse_events_body(user_id, body, datetime.now(timezone.utc))
-    ctx = _ctx()
+    ctx = service_of()
     request.environ["facetrec.user_id"] = batch.user_id
     started = time.perf_counter()
     with cluster_errors_as_unavailable():
-        applied = ctx["events"].submit(batch)
-    metrics = ctx["metrics"]
+        applied = ctx.events.submit(batch)
+    metrics = ctx.metrics
     metrics.timing("events.apply", (time.perf_counter() - started) * 1000, [f"status:{applied.status}"])
     metrics.increment("events.batches", [f"status:{applied.status}"])
     if applied.attempts > 1:
@@ -106,8 +103,8 @@ def _facets_body(summary: FacetSummary) -> dict:
 def row_catalog():
     """The configured rows (filters, sizes, modes) and the declared facets with their live values."""
     query_args(request.args, set())
-    ctx = _ctx()
-    return jsonify({**describe_catalog(ctx["catalog"], ctx["settings"].retrieval_mode),
+    ctx = service_of()
+    return jsonify({**describe_catalog(ctx.catalog, ctx.settings.retrieval_mode),
                     **_facets_body(facet_summary())})
 
 
@@ -125,8 +122,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    ctx = _ctx()
-    es, settings = ctx["es"], ctx["settings"]
+    ctx = service_of()
+    es, settings = ctx.es, ctx.settings
     try:
         aliases = {}
         for alias in (settings.item_alias, settings.user_alias):

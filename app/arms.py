@@ -7,27 +7,27 @@ import dataclasses
 import threading
 from typing import Callable
 
+from facetrec.errors import BadRequest
 from facetrec.experiments import CONTROL, Experiment, ExperimentCache, arm_aliases
-from facetrec.homepage import Target
-from facetrec.metrics import NoMetrics, TaggedMetrics
-from facetrec.recall_monitor import RecallMonitor
-from facetrec.rows import BadRequest
+from facetrec.metrics import Metrics, TaggedMetrics
+from facetrec.serving.homepage import SearchConfig
+from facetrec.serving.recall_monitor import RecallMonitor
 from facetrec.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
 class ArmServing:
     name: str
-    target: Target
-    metrics: NoMetrics
+    target: SearchConfig
+    metrics: Metrics
     monitor: RecallMonitor
 
 
 class Arms:
     """One per process: the experiment's view (``ExperimentCache``) and each arm's serving, made once."""
 
-    def __init__(self, settings: Settings, experiments: ExperimentCache, control: Target, metrics: NoMetrics,
-                 monitor_for: Callable[[Target, NoMetrics], RecallMonitor]):
+    def __init__(self, settings: Settings, experiments: ExperimentCache, control: SearchConfig, metrics: Metrics,
+                 monitor_for: Callable[[SearchConfig, Metrics], RecallMonitor]):
         self.settings, self.experiments, self.metrics, self.monitor_for = settings, experiments, metrics, monitor_for
         self._control = control
         self._serving: dict[str, ArmServing] = {}

@@ -10,6 +10,8 @@ import uuid
 
 from flask import Flask, g, request
 
+from app.state import service_of
+
 RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
 
@@ -46,7 +48,7 @@ def init_app(app: Flask) -> None:
     def log_request(response):
         elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         endpoint = request.endpoint or "unmatched"
-        metrics = app.extensions["facetrec"]["metrics"]
+        metrics = service_of(app).metrics
         arm = request.environ.get("facetrec.arm")
         metrics.timing("request.latency", elapsed_ms, tags=[f"endpoint:{endpoint}", f"status:{response.status_code}",
                                                             *([f"arm:{arm}"] if arm else [])])

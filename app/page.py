@@ -1,16 +1,17 @@
 """GET / : a small HTML page to look at a user's homepage (calls the JSON API from the browser).
 
 It opens on the first sample user's rows, offers only the retrieval modes every homepage row
-allows, and a select of the live values for each user filter (``facetrec.facets``)."""
+allows, and a select of the live values for each user filter (``facetrec.catalog.facets``)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request
 
 from app.api import facet_values_if_readable
 from app.requests import parse_limit
-from facetrec.homepage import ClusterUnavailable
-from facetrec.row_info import filter_text, mode_options
+from app.state import service_of
+from facetrec.catalog.row_info import filter_text, mode_options
+from facetrec.errors import ClusterUnavailable
 
 bp = Blueprint("page", __name__)
 
@@ -38,18 +39,18 @@ def page_context(catalog, default_mode: str, summary) -> dict:
 
 @bp.get("/")
 def index():
-    ctx = current_app.extensions["facetrec"]
-    return render_template("homepage.html", **page_context(ctx["catalog"], ctx["settings"].retrieval_mode,
+    ctx = service_of()
+    return render_template("homepage.html", **page_context(ctx.catalog, ctx.settings.retrieval_mode,
                                                            facet_values_if_readable()))
 
 
 @bp.get("/v1/sample-users")
 def sample_users():
     """A few user ids from the live user index, for the page's picker (most recently updated first)."""
-    ctx = current_app.extensions["facetrec"]
+    ctx = service_of()
     limit = parse_limit(request.args)
     try:
-        hits = ctx["es"].search(index=ctx["settings"].user_alias, size=limit, source=False,
+        hits = ctx.es.search(index=ctx.settings.user_alias, size=limit, source=False,
                                 sort=[{"updated_at": "desc"}])["hits"]["hits"]
     except Exception as exc:  # noqa: BLE001
         raise ClusterUnavailable(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""Parse and validate homepage requests into what `facetrec.homepage.recommend` takes.
+"""Parse and validate homepage requests into what `facetrec.serving.homepage.recommend` takes.
 
 Pure functions: every problem raises `BadRequest(field, message)`, which the service turns into
 HTTP 400 with a JSON body naming the field. Values only ever become term values or range bounds.
@@ -12,19 +12,28 @@ import uuid
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
+from facetrec.catalog.facets import FacetSummary, check_spelling
+from facetrec.catalog.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, Row, RowCatalog, check_value, validate_clause
+from facetrec.errors import BadRequest
+from facetrec.events.batch import (
+    EPOCH_UNITS,
+    MAX_EVENTS_PER_BATCH,
+    MIN_UNITLESS_EPOCH_MS,
+    Event,
+    EventBatch,
+    check_item_id,
+    check_user_id,
+    parse_event_time,
+)
 from facetrec.experiments import ExperimentError, check_arm_name
-from facetrec.facets import FacetSummary, check_spelling
-from facetrec.rows import MAX_PAGE_HITS, MAX_ROW_SIZE, BadRequest, Row, RowCatalog, check_value, validate_clause
 from facetrec.settings import RETRIEVAL_MODES
-from facetrec.user_events import (EPOCH_UNITS, MAX_EVENTS_PER_BATCH, MIN_UNITLESS_EPOCH_MS, Event, EventBatch,
-                                  check_item_id, check_user_id, parse_event_time)
 
 MAX_ROWS = 20
 QUERY_PARAMS = {"rows", "size", "mode", "arm"}
 MAX_SAMPLE_USERS = 100
 CONFIGURED_ROW_FIELDS = ("id", "size", "ad_hoc")   # ad_hoc: false, or left out
 AD_HOC_ROW_FIELDS = ("id", "ad_hoc", "title", "size", "filter", "must_not")
-# The live facet values, asked for only when a request holds a keyword value to check (facetrec.facets).
+# The live facet values, asked for only when a request holds a keyword value to check (facetrec.catalog.facets).
 FacetValues = Callable[[], "FacetSummary | None"]
 
 
@@ -75,13 +84,12 @@ def _arm(raw: Any) -> str | None:
         raise BadRequest("arm", str(exc)) from None
 
 
-def _size(raw: Any, field: str) -> int:
-    if isinstance(raw, str):
-        if not (raw.isascii() and raw.isdigit()):
-            raise BadRequest(field, f"must be an integer in 1..{MAX_ROW_SIZE}")
+def _size(raw: Any, field: str, text: bool = False) -> int:
+    """A row size: a JSON integer, or (``text``: a query parameter) its decimal digits."""
+    if text and isinstance(raw, str) and raw.isascii() and raw.isdigit():
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ROW_SIZE:
-        raise BadRequest(field, f"must be an integer in 1..{MAX_ROW_SIZE}")
+        raise BadRequest(field, f"must be an integer in 1..{MAX_ROW_SIZE}" + ("" if text else " (a JSON number)"))
     return raw
 
 
@@ -106,7 +114,7 @@ class _Once:
 
 
 def _spelled(clause: dict, catalog: RowCatalog, prefix: str, summary: _Once) -> dict:
-    """``clause`` (validated) once its keyword values passed the case rule (``facetrec.facets``); a
+    """``clause`` (validated) once its keyword values passed the case rule (``facetrec.catalog.facets``); a
     refusal names ``<prefix>.<facet>``."""
     (kind, body), = clause.items()
     (name, value), = body.items()
@@ -148,7 +156,7 @@ def parse_homepage_args(user_id: str, args: Any, catalog: RowCatalog, default_mo
             if row_id not in catalog.rows:
                 raise BadRequest("rows", f"unknown row id {row_id[:64]!r}; known: {sorted(catalog.rows)}")
         rows = [catalog.rows[r] for r in dict.fromkeys(ids)]
-    sizes = {r.id: _size(args["size"], "size") for r in rows} if "size" in args else {}
+    sizes = {r.id: _size(args["size"], "size", text=True) for r in rows} if "size" in args else {}
     filters = {k: v for k, v in args.items() if k in catalog.user_filters}
     return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", facets), sizes,
                                   _mode(args.get("mode")), _arm(args.get("arm"))), catalog, default_mode, "size", "mode")
@@ -282,8 +290,14 @@ def parse_events_body(user_id: str, body: Any, now: datetime) -> EventBatch:
     parsed = []
     for i, event in enumerate(events):
         where = f"events[{i}]"
-        if not isinstance(event, dict) or set(event) - {"item_id", "ts"} or "item_id" not in event or "ts" not in event:
+        if not isinstance(event, dict):
             raise BadRequest(where, 'an object {"item_id": string, "ts": ISO 8601 time with a zone or epoch ms}')
+        unknown = sorted(set(event) - {"item_id", "ts"})
+        if unknown:
+            raise BadRequest(f"{where}.{unknown[0][:64]}", "unknown event field; allowed: item_id, ts")
+        for required in ("item_id", "ts"):
+            if required not in event:
+                raise BadRequest(f"{where}.{required}", "required")
         item_id = check_item_id(event["item_id"], f"{where}.item_id")
         try:
             at = parse_event_time(event["ts"], now, unit=unit)

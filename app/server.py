@@ -9,8 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from facetrec.settings import PACKAGE_ROOT   # gunicorn imports the app from here first (a checkout or site-packages)
-
+from facetrec.settings import PACKAGE_ROOT  # gunicorn imports the app from here first (a checkout or site-packages)
 
 
 def start_gunicorn(env_overrides: dict[str, str], bind: str, log_path: Path | None = None,

@@ -175,7 +175,7 @@ def es_node_cpu_ms(es: Any) -> float:
 
 
 def _local_pids(home: Path | None) -> set[int]:
-    from facetrec.es_local import ClusterState
+    from facetrec.local.node import ClusterState
     from facetrec.settings import Settings
 
     home = (home or Settings.from_env().local_es_home).resolve()

@@ -5,7 +5,7 @@
 Takes the trained model of a pipeline work directory (``facetrec pipeline run`` / the demo), ranks
 every item for each user on the test split (time-ordered leave-last-out, seen items excluded, as
 ``ingest/embedding/evaluate.py``), keeps the top 10 x candidates_factor and applies each policy with
-``facetrec.diversity.apply`` (the service's code; MMR by item-vector cosine). Reports HR@10,
+``facetrec.serving.diversity.apply`` (the service's code; MMR by item-vector cosine). Reports HR@10,
 NDCG@10, intra-list diversity (mean pairwise 1 - cosine of the item vectors) and genres per list,
 with each policy's ratio to the plain top 10.
 """
@@ -24,7 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facetrec.diversity import DiversityPolicy, apply, category_coverage, intra_list_diversity  # noqa: E402
+from facetrec.catalog.diversity_policy import DiversityPolicy
+from facetrec.serving.diversity import apply, category_coverage, intra_list_diversity  # noqa: E402
 
 POLICIES = {
     "none": None,
@@ -83,7 +84,7 @@ def main() -> int:
     lines = [f"Command: `python bench/diversity_study.py --work {args.work}`  ",
              f"Data: MovieLens-100k (data version {data.data_version}), model {meta['model_version']}, test split, "
              f"{users} users; candidates = the model's top {SIZE * 3} (seen excluded), policies from "
-             f"`facetrec.diversity` (the service's code). {time.perf_counter() - started:.0f}s.", "",
+             f"`facetrec.serving.diversity` (the service's code). {time.perf_counter() - started:.0f}s.", "",
              "| policy | HR@10 | NDCG@10 | ILD | genres/list | HR ratio | ILD ratio | genres ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():

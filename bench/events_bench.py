@@ -28,7 +28,6 @@ import os
 import random
 import signal
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import tempfile
 import threading
 import time
@@ -36,19 +35,21 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
+from serving_bench import bench_rows_config, homepage_url, http_get, load, pct
 
 from app.server import start_gunicorn
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import make_client, resolve_url
-from facetrec.es_local import port_is_free
-from facetrec.rows import RowCatalog
-from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
-from facetrec.user_encoder import EncoderRegistry, ExportedUserEncoder, register
-from facetrec.user_events import UserEvents
+from facetrec.events.apply import UserEvents
+from facetrec.local.node import port_is_free
+from facetrec.model.user_encoder import EncoderRegistry, ExportedUserEncoder, register
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT
+from facetrec.settings import Settings
 from ingest.embedding.seeded_encoder import SeededUserModel
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
-from serving_bench import bench_rows_config, homepage_url, http_get, load, pct
 
 MODEL = "bench-events-seeded"
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import time
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
 
 from facetrec.es import make_client
 from facetrec.settings import Settings
+from ingest.embedding.synthetic import generate_catalog, item_record
 from ingest.indexing import templates
 from ingest.indexing.bulk_load import bulk_load
 from ingest.indexing.generations import Generations
-from ingest.embedding.synthetic import generate_catalog, item_record
 
 
 def records(n: int, dims: int, seed: int = 0):

@@ -12,7 +12,7 @@ queries (user filters language=en, country=US + each row's filter, seen items ex
   cosine/``dot_product`` search, which proximity graphs handle well.
 
 Prints id recall@10 and score recall per row against numpy exact answers, and p50 ``took``.
-The evidence for the reduction the pipeline now applies to graph indices (``facetrec.mips``,
+The evidence for the reduction the pipeline now applies to graph indices (``facetrec.serving.mips``,
 ``FACETREC_MIPS_REDUCTION``); this bench builds both forms itself, whatever that setting says.
 """
 
@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import time
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
 from elasticsearch import helpers
-
-from facetrec import mips
-from facetrec.es import make_client
-from facetrec.rows import RowCatalog, num_candidates, row_filter
-from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
-from ingest.embedding.synthetic import embedding_records
 from serving_bench import USER_CLAUSES, ExactRows
+
+from facetrec.catalog.rows import RowCatalog, row_filter
+from facetrec.es import make_client
+from facetrec.serving import mips
+from facetrec.serving.row_queries import num_candidates
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT
+from facetrec.settings import Settings
+from ingest.embedding.synthetic import embedding_records
 
 FACETS = {"item_format": "keyword", "language": "keyword", "country": "keyword", "categories": "keyword",
           "published_at": "date"}

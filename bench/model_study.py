@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import multiprocessing
 import json
+import multiprocessing
 import os
 import statistics
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import tempfile
 import time
 from pathlib import Path
+
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def run_one(etl_dir: str, variant: str, seed: int, threads: int) -> dict:
            "valid": {k: valid[k] for k in ("HR@10", "NDCG@10")}, "test": {k: test[k] for k in ("HR@10", "NDCG@10")}}
     # Boosting inside the search (ingest.embedding.hydration): the boost weights chosen on validation.
     from ingest.embedding.hydration import boost_coordinates, choose_weights, hydrated_scorer
-    from ingest.embedding.ranker import item_tables
+    from ingest.embedding.ranker_training import item_tables
 
     coordinates = boost_coordinates(item_tables(data, etl_dir))
     weights, _ = choose_weights(summary["model"], data, coordinates)
@@ -70,9 +71,9 @@ def run_one(etl_dir: str, variant: str, seed: int, threads: int) -> dict:
     out["hydrated"] = {"weights": list(weights), "valid": {k: hv[k] for k in ("HR@10", "NDCG@10")},
                        "test": {k: ht[k] for k in ("HR@10", "NDCG@10")}}
     holdout = summary["train_config"]["ranker_holdout"]
-    if holdout:   # the same towers + their ranker (ingest.embedding.ranker), scored as served
-        from facetrec.ranker import Ranker
-        from ingest.embedding.ranker import RankerConfig, ranked_scorer, train_ranker
+    if holdout:   # the same towers + their ranker (ingest.embedding.ranker_training), scored as served
+        from facetrec.model.ranker import Ranker
+        from ingest.embedding.ranker_training import RankerConfig, ranked_scorer, train_ranker
 
         with tempfile.TemporaryDirectory(prefix="facetrec-study-ranker-") as tmp:
             ranked = train_ranker(summary["model"], data, etl_dir, tmp, holdout, RankerConfig(seed=seed),
@@ -153,7 +154,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--etl-dir", help="reuse an ETL output of MovieLens-100k (default: run the ETL)")
     parser.add_argument("--tie-break", choices=list(TIE_BREAK_TEXT), default="hash",
-                        help="how the ETL orders same-second events (facetrec.ties; the others only to compare)")
+                        help="how the ETL orders same-second events (facetrec.model.ties; the others only to compare)")
     parser.add_argument("--out", default=str(REPO / "docs" / "model_study"), help="path prefix for .md and .json")
     args = parser.parse_args()
     command = "python bench/model_study.py " + " ".join(sys.argv[1:])

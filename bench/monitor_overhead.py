@@ -4,7 +4,7 @@
 
 Serves homepages of the synthetic catalog behind the ``bench-*`` aliases (published by
 ``bench/serving_bench.py`` / ``bench/profile_homepage.py``; without --reuse a catalog of --items is
-published here) one after another through ``facetrec.homepage.recommend``, in blocks of 100 pages
+published here) one after another through ``facetrec.serving.homepage.recommend``, in blocks of 100 pages
 alternating monitor off / monitor on at --rate (ABAB, so drift hits both arms alike), and prints the
 p50 / p95 page latency of each arm, their difference, how many exact re-asks ran, and the recall
 each row reported (``retrieval.recall`` as the service would send it).
@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import time
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
+from serving_bench import USER_CLAUSES, pct  # the serving benchmark's user filters
+
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import make_client
-from facetrec.homepage import Target, recommend
 from facetrec.metrics import NoMetrics
-from facetrec.recall_monitor import RecallMonitor
-from facetrec.rows import RowCatalog
-from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
+from facetrec.serving.homepage import SearchConfig, recommend
+from facetrec.serving.recall_monitor import RecallMonitor
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT
+from facetrec.settings import Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
-from serving_bench import USER_CLAUSES, pct  # the serving benchmark's user filters
 
 
 class Recorded(NoMetrics):
@@ -63,7 +65,7 @@ def main() -> int:
         run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
                     force_merge=args.index_type != "flat")
     live = es.count(index=settings.item_alias)["count"]
-    target = Target.from_settings(settings, request_timeout_s=5.0)
+    target = SearchConfig.from_settings(settings, request_timeout_s=5.0)
     metrics = Recorded()
     monitor = RecallMonitor(es, target, metrics, args.rate, args.index_type)
     rows = catalog.homepage_rows()

@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import time
 from pathlib import Path
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from facetrec import mips  # noqa: E402
+from serving_bench import USER_CLAUSES, pct  # noqa: E402
+
+from facetrec.catalog.partitions import partition_field  # noqa: E402
 from facetrec.es import make_client  # noqa: E402
-from facetrec.partitions import partition_field  # noqa: E402
+from facetrec.serving import mips  # noqa: E402
 from facetrec.settings import Settings  # noqa: E402
 from ingest.embedding.synthetic import embedding_records  # noqa: E402
-from serving_bench import USER_CLAUSES, pct  # noqa: E402
 
 
 def build_separate(es, name: str, stored: np.ndarray, items: list[dict], settings: Settings) -> dict:

@@ -4,10 +4,10 @@ and users, searched by FAISS HNSW with the filter inside the graph walk, and by 
 
 Inputs, as the benchmark has them:
 - ``vectors``: the stored item vectors, float32, n x d, unit length (after the project's
-  inner-product reduction, ``facetrec.mips.item_vectors``), so inner product ranks as Elasticsearch's
+  inner-product reduction, ``facetrec.serving.mips.item_vectors``), so inner product ranks as Elasticsearch's
   ``dot_product`` does;
 - ``masks``: row id -> boolean mask over the n items (the row's filter with the user filters applied);
-- ``queries``: user query vectors, float32, u x d, unit (``facetrec.mips.knn_query``);
+- ``queries``: user query vectors, float32, u x d, unit (``facetrec.serving.mips.knn_query``);
 - ``seen``: per user, the item indices (0..n-1) to exclude (or None).
 
 Costs are **CPU milliseconds per query** on one thread (``time.thread_time`` around each query,

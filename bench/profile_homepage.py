@@ -32,19 +32,22 @@ import argparse
 import copy
 import json
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import time
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
+from serving_bench import USER_CLAUSES, ExactRows, pct  # the serving benchmark's user filters and exact answers
 
+from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import make_client, script_lang
-from facetrec.homepage import Target, build_searches, fetch_user
-from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, RowCatalog
-from facetrec.rows import num_candidates as row_num_candidates
-from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
+from facetrec.serving.homepage import SearchConfig, fetch_user
+from facetrec.serving.page_search import build_searches
+from facetrec.serving.row_queries import num_candidates as row_num_candidates
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT
+from facetrec.settings import Settings
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.reindex import run_reindex
-from serving_bench import USER_CLAUSES, ExactRows, pct  # the serving benchmark's user filters and exact answers
 
 
 def _knn(body: dict) -> dict:
@@ -87,7 +90,7 @@ def no_source(body: dict) -> dict:
 
 
 def num_candidates(factor: int):
-    """``num_candidates`` as the service sets it for a row factor (``facetrec.rows.num_candidates``:
+    """``num_candidates`` as the service sets it for a row factor (``facetrec.catalog.rows.num_candidates``:
     the row's k on the page x factor, at least 100 and its neighbours). Before 2026-12-01 this was
     the neighbours (k + seen items) x factor: 1.3-3x more candidates for the same label."""
     def apply(body: dict) -> dict:
@@ -158,7 +161,7 @@ def main() -> int:
     n_segments = sum(len(s["segments"]) for shards in segments["indices"].values() for shard in shards["shards"].values() for s in shard)
     user_ids = [h["_id"] for h in es.search(index=settings.user_alias, size=args.users, source=False,
                                             sort=["_doc"])["hits"]["hits"]]
-    target = Target.from_settings(settings, default_mode="knn", dedupe_across_rows=True, script_lang="auto",
+    target = SearchConfig.from_settings(settings, default_mode="knn", dedupe_across_rows=True, script_lang="auto",
                                   request_timeout_s=30.0)
     rows = catalog.homepage_rows()
     bodies = []  # per user: the served row bodies

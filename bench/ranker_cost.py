@@ -20,15 +20,16 @@ import logging
 import statistics
 import sys
 import time
+
 import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
+from _checkout import REPO  # noqa: E402
 
 from app import create_app  # noqa: E402
+from app.state import service_of  # noqa: E402
+from facetrec.catalog.rows import RowCatalog  # noqa: E402
 from facetrec.es import make_client  # noqa: E402
 from facetrec.metrics import NoMetrics  # noqa: E402
-from facetrec.rows import RowCatalog  # noqa: E402
 from facetrec.settings import Settings  # noqa: E402
-
-from _checkout import REPO  # noqa: E402
 
 
 class Timings(NoMetrics):
@@ -63,7 +64,7 @@ def main() -> int:
     clients, timings = {}, {}
     for name, catalog in variants.items():
         app = create_app(settings, catalog)
-        timings[name] = app.extensions["facetrec"]["metrics"] = Timings()
+        timings[name] = service_of(app).metrics = Timings()
         clients[name] = app.test_client()
         logging.getLogger("facetrec.access").setLevel(logging.WARNING)   # no access line per page on stdout
         for user in users[:100]:
@@ -89,7 +90,7 @@ def main() -> int:
     pages = per_round * args.rounds
     print(f"command: python bench/ranker_cost.py {' '.join(sys.argv[1:])}")
     print(f"{pages} homepages per variant, {len(users)} users, 6 rows (app/rows-movielens.yaml)\n")
-    print(f"| variant | service CPU ms / page | wall p50 ms | wall p95 ms | ranking step p50 ms | _msearch per page |")
+    print("| variant | service CPU ms / page | wall p50 ms | wall p95 ms | ranking step p50 ms | _msearch per page |")
     print("|---|---|---|---|---|---|")
     for name in variants:
         rank = f"{statistics.median(timings[name].rank):.2f}" if timings[name].rank else "-"

@@ -19,16 +19,17 @@ import io
 import pstats
 import sys
 import time
+
 import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
+from _checkout import REPO  # noqa: E402
 
 from app import create_app  # noqa: E402
+from facetrec.catalog.rows import RowCatalog  # noqa: E402
 from facetrec.es import make_client  # noqa: E402
-from facetrec.rows import RowCatalog  # noqa: E402
 from facetrec.settings import Settings  # noqa: E402
 from ingest.embedding.synthetic import embedding_records  # noqa: E402
 from ingest.indexing.reindex import run_reindex  # noqa: E402
 
-from _checkout import REPO  # noqa: E402
 GROUPS = (("waiting on the node (socket)", ("recv", "socket", "sendall")),
           ("HTTP client (elastic_transport, urllib3, http.client)", ("elastic_transport", "urllib3", "http/client",
                                                                       "email/", "elasticsearch/")),

@@ -42,27 +42,28 @@ import os
 import signal
 import subprocess
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import tempfile
 import time
 import urllib.request
 from datetime import date
 from pathlib import Path
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app.server import start_gunicorn  # noqa: E402
-from facetrec import mips  # noqa: E402
-from facetrec.catalog_stats import StatsCache  # noqa: E402
+from facetrec.catalog.counts import StatsCache  # noqa: E402
+from facetrec.catalog.rows import RowCatalog  # noqa: E402
 from facetrec.es import make_client, resolve_url, script_lang  # noqa: E402
-from facetrec.es_local import port_is_free  # noqa: E402
-from facetrec.homepage import Target, fetch_user, pair_stats, recommend  # noqa: E402
-from facetrec.page_search import build_page_search  # noqa: E402
-from facetrec.rows import RowCatalog  # noqa: E402
-from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, RETRIEVAL_MODES, Settings  # noqa: E402
+from facetrec.local.node import port_is_free  # noqa: E402
+from facetrec.serving import mips  # noqa: E402
+from facetrec.serving.homepage import SearchConfig, fetch_user, pair_stats, recommend  # noqa: E402
+from facetrec.serving.page_search import build_page_search  # noqa: E402
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT  # noqa: E402
+from facetrec.settings import RETRIEVAL_MODES, Settings
 from ingest.embedding.synthetic import embedding_records  # noqa: E402
 from ingest.indexing.reindex import run_reindex  # noqa: E402
 
@@ -201,7 +202,7 @@ class Cores:
 # Measurements
 # --------------------------------------------------------------------------------------------
 
-def page_searches(es, target: Target, catalog: RowCatalog, user_id: str, rows=None):
+def page_searches(es, target: SearchConfig, catalog: RowCatalog, user_id: str, rows=None):
     """The user GET and the page's planned searches, as the service builds them."""
     user = fetch_user(es, target.user_index, user_id, 5.0)
     page = build_page_search(rows or catalog.homepage_rows(), user, USER_CLAUSES, target, script_lang=script_lang(es),
@@ -209,7 +210,7 @@ def page_searches(es, target: Target, catalog: RowCatalog, user_id: str, rows=No
     return user, page
 
 
-def sequential(base: str, es, target: Target, catalog: RowCatalog, users: list[str], n: int, cores: Cores) -> dict:
+def sequential(base: str, es, target: SearchConfig, catalog: RowCatalog, users: list[str], n: int, cores: Cores) -> dict:
     """CPU per homepage over n sequential pages through the service; then the same pages sent
     directly (user GET + _msearch with the same bodies) for the overhead ratio and took."""
     before = cores.snapshot()
@@ -229,7 +230,7 @@ def sequential(base: str, es, target: Target, catalog: RowCatalog, users: list[s
             "pages_per_s": n / wall}
 
 
-def rows_alone(es, target: Target, catalog: RowCatalog, users: list[str], n: int, cores: Cores) -> dict:
+def rows_alone(es, target: SearchConfig, catalog: RowCatalog, users: list[str], n: int, cores: Cores) -> dict:
     """Each homepage row asked alone as the page plans it, n users: its plan, took p50 and the node's
     CPU ms per request (a shared row alone is a shared search of one bucket)."""
     out = {}
@@ -244,7 +245,7 @@ def rows_alone(es, target: Target, catalog: RowCatalog, users: list[str], n: int
     return out
 
 
-def quality(es, target: Target, catalog: RowCatalog, exact: ExactRows, users, user_vectors, n_users: int) -> dict:
+def quality(es, target: SearchConfig, catalog: RowCatalog, exact: ExactRows, users, user_vectors, n_users: int) -> dict:
     """Recall per row as the page asks it (the planner's searches; a later row has its larger k for
     cross-row backfill), each row's first ``size`` hits before de-duplication against its exact top."""
     rows = catalog.homepage_rows()
@@ -368,7 +369,7 @@ def main() -> int:
     port = next(p for p in range(18000, 18100) if port_is_free(p))
     proc = start_service(settings, port)
     base = f"http://127.0.0.1:{port}"
-    target = Target.from_settings(settings, request_timeout_s=5.0,
+    target = SearchConfig.from_settings(settings, request_timeout_s=5.0,
                                   stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
     user_ids = [u["user_id"] for u in users]
     result: dict = {"index_type": settings.index_type, "mode": "knn", "full_rank": args.full_rank}

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import tempfile
 import time
 from pathlib import Path
 
+import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_checkout.py)
 import numpy as np
 import torch
 

@@ -8,22 +8,25 @@ are used, every node of a local cluster.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
 import orjson
-from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
+from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
-from facetrec.es_local import local_node_urls
+from facetrec.errors import ClusterUnavailable, ConfigurationError
+from facetrec.local.node import local_node_urls
 from facetrec.settings import Settings
 
 # Statuses of an overloaded or unreachable cluster (worth retrying; the service answers 503).
 UNAVAILABLE_STATUSES = (429, 502, 503, 504)
 
 
-class NoClusterConfigured(RuntimeError):
-    pass
+class NoClusterConfigured(ConfigurationError):
+    """Neither ES_URL nor a recorded local node says where the cluster is."""
 
 
 def resolve_hosts(settings: Settings) -> list[str]:
@@ -120,7 +123,7 @@ def alias_index(es: Elasticsearch, alias: str) -> str | None:
 # The module or plugin that brings each script language script_score can use.
 SCRIPT_LANG_PROVIDERS = {
     "painless": "lang-painless",                              # every full distribution
-    "facetrec_vector": "io.facetrec.eslocal.VectorScriptPlugin",  # the local node (facetrec/elasticsearch_local/)
+    "facetrec_vector": "io.facetrec.eslocal.VectorScriptPlugin",  # the local node (facetrec/local/elasticsearch_local/)
 }
 _detected_script_lang: "weakref.WeakKeyDictionary[Elasticsearch, str]" = weakref.WeakKeyDictionary()
 
@@ -152,3 +155,34 @@ def script_lang(client: Elasticsearch, setting: str = "auto", timeout_s: float |
         return "painless"  # not remembered: a plugin installed later is picked up
     _detected_script_lang[client] = lang
     return lang
+
+
+# ---- Elasticsearch's error bodies ----------------------------------------------------------------
+
+def error_type(exc: ApiError) -> str | None:
+    """The ``error.type`` of an Elasticsearch error response (``index_not_found_exception``), or None."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    return error.get("type") if isinstance(error, dict) else None
+
+
+def error_reason(error: Any) -> str:
+    """The first root cause's reason of an ``error`` object (a response's, or one ``_msearch`` item's)."""
+    if not isinstance(error, dict):
+        return str(error)
+    cause = (error.get("root_cause") or [error])[0]
+    return str(cause.get("reason", error)) if isinstance(cause, dict) else str(cause)
+
+
+@contextlib.contextmanager
+def cluster_errors_as_unavailable():
+    """Unreachable, timed out or overloaded (429/502/503/504) Elasticsearch: ClusterUnavailable (a 503)."""
+    try:
+        yield
+    except (ESConnectionError, ConnectionTimeout) as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+    except ApiError as exc:
+        if exc.status_code in UNAVAILABLE_STATUSES:
+            raise ClusterUnavailable(str(exc)) from exc
+        raise
+

@@ -12,7 +12,7 @@ starting, re-weighting or stopping one arm moves users only between that arm and
 
 The experiment is one document in the index ``<item alias>_experiment``; the service reads it at
 most every ``FACETREC_EXPERIMENT_REFRESH_S`` seconds (``ExperimentCache``), which is why the
-lifecycle commands (``ingest.indexing.experiments``) wait that long before removing aliases.
+lifecycle commands (``ingest.experiments.lifecycle``) wait that long before removing aliases.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch, NotFoundError
 
+from facetrec.errors import ConfigurationError, Unavailable
 from facetrec.settings import Settings
 
 log = logging.getLogger("facetrec.experiments")
@@ -38,11 +39,11 @@ ARM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(ConfigurationError):
     """An experiment or arm that cannot be (a bad name or weight, an unknown arm); the message says why."""
 
 
-class ExperimentUnknown(RuntimeError):
+class ExperimentUnknown(Unavailable):
     """The service could not read the experiment lately, so it cannot say which arms a write must reach."""
 
 

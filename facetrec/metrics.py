@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from facetrec.settings import Settings
+
+
+class Metrics(Protocol):
+    """What the service and the pipeline send metrics through (DogStatsD, or nothing)."""
+
+    def timing(self, name: str, value_ms: float, tags: Sequence[str] = ()) -> None: ...
+
+    def increment(self, name: str, tags: Sequence[str] = (), value: int = 1) -> None: ...
+
+    def gauge(self, name: str, value: float, tags: Sequence[str] = ()) -> None: ...
+
+    def distribution(self, name: str, value: float, tags: Sequence[str] = ()) -> None: ...
 
 
 class NoMetrics:
@@ -46,17 +58,17 @@ class StatsdMetrics(NoMetrics):
         self.client.flush()
 
 
-def make_metrics(settings: Settings, component: str) -> NoMetrics:
+def make_metrics(settings: Settings, component: str) -> Metrics:
     if not settings.statsd_host:
         return NoMetrics()
     return StatsdMetrics(settings.statsd_host, settings.statsd_port, settings.metrics_namespace,
                          constant_tags=[f"component:{component}"])
 
 
-class TaggedMetrics(NoMetrics):
+class TaggedMetrics:
     """Another metrics object with ``tags`` added to everything sent through it (an experiment arm's)."""
 
-    def __init__(self, inner: NoMetrics, tags: Sequence[str]):
+    def __init__(self, inner: Metrics, tags: Sequence[str]):
         self.inner, self.tags = inner, list(tags)
 
     def timing(self, name, value_ms, tags=()):

@@ -1,15 +1,20 @@
 """One typed settings object, read from the environment (and nothing else).
 
 Every component takes a :class:`Settings`; nothing reads ``os.environ`` on its own. Unset
-variables fall back to defaults that suit the local single-node setup.
+variables fall back to defaults that suit the local single-node setup. A leaf: of the project it
+imports only the error family (``facetrec.errors``, itself a leaf); the objects other modules build
+from settings (the planner's ``Thresholds``, a ``SearchConfig``) are built by those modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Mapping
+
+from facetrec.errors import ConfigurationError
 
 # Where the packages live: the checkout, or site-packages of an installed wheel. The product's data files
 # (index templates, the launcher's sources, row configs, the page) are package data beside the code.
@@ -17,6 +22,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = PACKAGE_ROOT / "facetrec"
 # The checkout, when running from one (None for an installed wheel).
 CHECKOUT: Path | None = PACKAGE_ROOT if (PACKAGE_ROOT / "pyproject.toml").is_file() else None
+# The composable index templates: the checkout's top-level index_templates/, which a wheel carries as
+# the package data facetrec/index_templates (pyproject.toml maps one onto the other).
+TEMPLATES_DIR = CHECKOUT / "index_templates" if CHECKOUT else PACKAGE_DIR / "index_templates"
 # Where the product writes its own state (the local node, exported models, the demo's service): the
 # checkout's .facetrec, or ~/.local/share/facetrec for an installed wheel.
 STATE_ROOT = CHECKOUT / ".facetrec" if CHECKOUT else Path.home() / ".local" / "share" / "facetrec"
@@ -33,7 +41,7 @@ HNSW_FILTER_HEURISTICS = ("acorn", "fanout")
 CATALOG_GRAPH = ("auto", "on")
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError):
     """An environment variable holds a value that cannot be used; the message names it."""
 
 
@@ -59,9 +67,9 @@ class Settings:
     hnsw_ef_construction: int = 100        # FACETREC_HNSW_EF_CONSTRUCTION
     hnsw_filter_heuristic: str = "acorn"   # FACETREC_HNSW_FILTER_HEURISTIC: acorn | fanout (filtered graph search)
     hnsw_early_termination: bool = False   # FACETREC_HNSW_EARLY_TERMINATION: let a walk stop before num_candidates
-    mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.mips)
+    mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.serving.mips)
     exact_vectors: bool = True             # FACETREC_EXACT_VECTORS: graph generations also index a flat copy (exact plans)
-    vector_partitions: str = "item_format"  # FACETREC_VECTOR_PARTITIONS: facets whose values get a graph each (facetrec.partitions)
+    vector_partitions: str = "item_format"  # FACETREC_VECTOR_PARTITIONS: facets whose values get a graph each (facetrec.catalog.partitions)
     partition_min_docs: int = 10_000       # FACETREC_PARTITION_MIN_DOCS: a value with fewer items gets no graph (it scans exactly)
     catalog_graph: str = "auto"            # FACETREC_CATALOG_GRAPH: auto (none when partitions cover the catalog) | on
     shards: int = 1                        # FACETREC_SHARDS
@@ -70,7 +78,7 @@ class Settings:
     bulk_streams: int = 2                  # FACETREC_BULK_STREAMS: bulk requests in flight while loading
     lock_lease_s: float = 60.0             # FACETREC_LOCK_LEASE_S: re-index lock lease (renewed every third)
     green_timeout_s: float = 300.0         # FACETREC_GREEN_TIMEOUT_S: a new generation must be green within this
-    templates_dir: Path = PACKAGE_DIR / "index_templates"  # FACETREC_TEMPLATES_DIR
+    templates_dir: Path = TEMPLATES_DIR     # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
     rows_config: Path = PACKAGE_ROOT / "app" / "rows.yaml"  # FACETREC_ROWS_CONFIG
@@ -94,66 +102,23 @@ class Settings:
     metrics_namespace: str = "facetrec"    # FACETREC_METRICS_NAMESPACE
 
     def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITIES:
-            raise SettingsError(f"FACETREC_SIMILARITY={self.similarity!r}: expected one of {SIMILARITIES}")
-        if self.index_type not in INDEX_TYPES:
-            raise SettingsError(f"FACETREC_INDEX_TYPE={self.index_type!r}: expected one of {INDEX_TYPES}")
-        if self.hnsw_filter_heuristic not in HNSW_FILTER_HEURISTICS:
-            raise SettingsError(f"FACETREC_HNSW_FILTER_HEURISTIC={self.hnsw_filter_heuristic!r}: expected one of "
-                                f"{HNSW_FILTER_HEURISTICS}")
-        if self.retrieval_mode not in RETRIEVAL_MODES:
-            raise SettingsError(f"FACETREC_RETRIEVAL_MODE={self.retrieval_mode!r}: expected one of {RETRIEVAL_MODES}")
-        if self.script_lang not in SCRIPT_LANGS:
-            raise SettingsError(f"FACETREC_SCRIPT_LANG={self.script_lang!r}: expected one of {SCRIPT_LANGS}")
-        if not 1 <= self.vector_dims <= 4096:
-            raise SettingsError(f"FACETREC_VECTOR_DIMS={self.vector_dims}: expected 1..4096")
-        if self.generations_to_keep < 1:
-            raise SettingsError("FACETREC_GENERATIONS_TO_KEEP must be at least 1 (the live generation)")
+        for field, choices in _CHOICES.items():
+            value = getattr(self, field)
+            if value not in choices:
+                raise SettingsError(f"{_ENV_NAMES[field]}={value!r}: expected one of {choices}")
+        for field, ok, expected in _RANGES:
+            value = getattr(self, field)
+            if not ok(value):
+                raise SettingsError(f"{_ENV_NAMES[field]}={value}: expected {expected}")
         if self.es_url is not None:
             hosts = [h.strip() for h in self.es_url.split(",")]
             bad = [h for h in hosts if not h.startswith(("http://", "https://"))]
             if bad or len(set(hosts)) != len(hosts):
                 raise SettingsError(f"ES_URL={self.es_url!r}: expected one or more distinct comma-separated "
                                     f"http(s):// node URLs{f', not {bad[0]!r}' if bad else ''}")
-        if self.shards < 1 or self.replicas < 0:
-            raise SettingsError(f"FACETREC_SHARDS={self.shards} / FACETREC_REPLICAS={self.replicas}: expected "
-                                "at least 1 shard and 0 or more replicas")
-        if not 1.0 <= self.green_timeout_s <= 3600.0:
-            raise SettingsError(f"FACETREC_GREEN_TIMEOUT_S={self.green_timeout_s}: expected 1..3600 seconds")
-        if not 1.0 <= self.lock_lease_s <= 3600.0:
-            raise SettingsError(f"FACETREC_LOCK_LEASE_S={self.lock_lease_s}: expected 1..3600 seconds")
-        if self.bulk_streams < 1:
-            raise SettingsError(f"FACETREC_BULK_STREAMS={self.bulk_streams}: expected at least 1")
-        if not 1 <= self.num_candidates_factor <= 1000:
-            raise SettingsError(f"FACETREC_NUM_CANDIDATES_FACTOR={self.num_candidates_factor}: expected 1..1000 "
-                                "(num_candidates = k x factor, capped at Elasticsearch's 10,000)")
-        if not (self.rescore_oversample == 0 or 1.0 <= self.rescore_oversample <= 10.0):
-            raise SettingsError(f"FACETREC_RESCORE_OVERSAMPLE={self.rescore_oversample}: expected 0 (off) or 1..10")
-        if not 0.0 <= self.recall_sample_rate <= 1.0:
-            raise SettingsError(f"FACETREC_RECALL_SAMPLE_RATE={self.recall_sample_rate}: expected 0 (off) .. 1 (every page)")
-        if not 0.1 <= self.experiment_refresh_s <= 300.0:
-            raise SettingsError(f"FACETREC_EXPERIMENT_REFRESH_S={self.experiment_refresh_s}: expected 0.1..300 seconds")
         if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
             raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
-        if self.exact_max_matches < 0:
-            raise SettingsError(f"FACETREC_EXACT_MAX_MATCHES={self.exact_max_matches}: expected 0 (never) or more")
-        if not 0.0 < self.post_filter_min_share <= 1.0:
-            raise SettingsError(f"FACETREC_POST_FILTER_MIN_SHARE={self.post_filter_min_share}: expected a share in (0, 1]")
-        for name, value in (("FACETREC_WALK_CANDIDATES", self.walk_candidates),
-                            ("FACETREC_PARTITION_CANDIDATES", self.partition_candidates)):
-            if not 10 <= value <= 10_000:
-                raise SettingsError(f"{name}={value}: expected 10..10000 (Elasticsearch's num_candidates limit)")
-        if self.catalog_graph not in CATALOG_GRAPH:
-            raise SettingsError(f"FACETREC_CATALOG_GRAPH={self.catalog_graph!r}: expected one of {CATALOG_GRAPH}")
-        if self.partition_min_docs < 1:
-            raise SettingsError(f"FACETREC_PARTITION_MIN_DOCS={self.partition_min_docs}: expected at least 1")
-        from facetrec.partitions import PartitionError, parse_facets
-        try:
-            parse_facets(self.vector_partitions)
-        except PartitionError as exc:
-            raise SettingsError(str(exc)) from None
-        if self.es_request_timeout_s <= 0:
-            raise SettingsError("ES_REQUEST_TIMEOUT_S must be positive")
+        parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -176,21 +141,13 @@ class Settings:
     def exact_vector_copy(self) -> bool:
         """Whether item generations index a second, flat copy of their vectors (``item_embed_exact``)
         that ``exact`` rows search: an exact scan of the row's filtered set inside a graph generation
-        (``facetrec.rows``). A flat generation is exact already."""
+        (``facetrec.catalog.rows``). A flat generation is exact already."""
         return self.exact_vectors and self.graph_index
-
-    @property
-    def planner_thresholds(self):
-        """The row planner's knobs (``facetrec.planner.Thresholds``)."""
-        from facetrec.planner import Thresholds
-        return Thresholds(exact_max_matches=self.exact_max_matches, post_filter_min_share=self.post_filter_min_share,
-                          walk_candidates=self.walk_candidates, partition_candidates=self.partition_candidates)
 
     @property
     def partition_facets(self) -> tuple[str, ...]:
         """The facets whose values each get a vector graph in a new graph item generation."""
-        from facetrec.partitions import parse_facets
-        return parse_facets(self.vector_partitions) if self.graph_index else ()
+        return parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS") if self.graph_index else ()
 
     @property
     def api_token_list(self) -> list[str]:
@@ -205,6 +162,39 @@ class Settings:
     def replace(self, **changes: object) -> "Settings":
         return dataclasses.replace(self, **changes)
 
+
+def parse_facet_names(raw: str, var: str) -> tuple[str, ...]:
+    """A comma-separated list of facet names (empty: none), each a valid field name."""
+    names = tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
+            raise SettingsError(f"{var}: {name!r} is not a facet name")
+    return names
+
+
+# Settings that take one of a few values, and the checks of numeric ones (the message says what is expected).
+_CHOICES = {"similarity": SIMILARITIES, "index_type": INDEX_TYPES, "hnsw_filter_heuristic": HNSW_FILTER_HEURISTICS,
+            "retrieval_mode": RETRIEVAL_MODES, "script_lang": SCRIPT_LANGS, "catalog_graph": CATALOG_GRAPH}
+_RANGES = (
+    ("vector_dims", lambda v: 1 <= v <= 4096, "1..4096"),
+    ("generations_to_keep", lambda v: v >= 1, "at least 1 (the live generation)"),
+    ("shards", lambda v: v >= 1, "at least 1 shard"),
+    ("replicas", lambda v: v >= 0, "0 or more replicas"),
+    ("green_timeout_s", lambda v: 1.0 <= v <= 3600.0, "1..3600 seconds"),
+    ("lock_lease_s", lambda v: 1.0 <= v <= 3600.0, "1..3600 seconds"),
+    ("bulk_streams", lambda v: v >= 1, "at least 1"),
+    ("num_candidates_factor", lambda v: 1 <= v <= 1000,
+     "1..1000 (num_candidates = k x factor, capped at Elasticsearch's 10,000)"),
+    ("rescore_oversample", lambda v: v == 0 or 1.0 <= v <= 10.0, "0 (off) or 1..10"),
+    ("recall_sample_rate", lambda v: 0.0 <= v <= 1.0, "0 (off) .. 1 (every page)"),
+    ("experiment_refresh_s", lambda v: 0.1 <= v <= 300.0, "0.1..300 seconds"),
+    ("exact_max_matches", lambda v: v >= 0, "0 (never) or more"),
+    ("post_filter_min_share", lambda v: 0.0 < v <= 1.0, "a share in (0, 1]"),
+    ("walk_candidates", lambda v: 10 <= v <= 10_000, "10..10000 (Elasticsearch's num_candidates limit)"),
+    ("partition_candidates", lambda v: 10 <= v <= 10_000, "10..10000 (Elasticsearch's num_candidates limit)"),
+    ("partition_min_docs", lambda v: v >= 1, "at least 1"),
+    ("es_request_timeout_s", lambda v: v > 0, "a positive number of seconds"),
+)
 
 _ENV_NAMES = {
     "es_url": "ES_URL",

@@ -10,7 +10,7 @@
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
 The local node has its own small program, `facetrec-es start|stop|status|build-classpath`
-(facetrec/es_local.py).
+(facetrec/local/node.py).
 """
 
 from __future__ import annotations

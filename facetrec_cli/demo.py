@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from facetrec import es_local
+from facetrec.local import node as es_local
 from facetrec.settings import ARTIFACTS_ROOT, PACKAGE_ROOT, STATE_ROOT, Settings
 
 SERVICE_PID = STATE_ROOT / "service.pid"

@@ -10,7 +10,8 @@ DEBUG_HINT = " (FACETREC_DEBUG=1 shows the traceback)"
 
 
 def explain(exc: BaseException) -> str:
-    from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout
+    from elasticsearch import ApiError, ConnectionTimeout
+    from elasticsearch import ConnectionError as ESConnectionError
 
     debug = bool(os.environ.get("FACETREC_DEBUG"))
     if debug:

@@ -23,7 +23,7 @@ def cmd_events_replay(args, settings: Settings) -> int:
     import sys
 
     from facetrec.es import alias_index, make_client
-    from facetrec.user_events import UserEvents
+    from facetrec.events.apply import UserEvents
 
     es = make_client(settings, request_timeout=120)
     index = args.user_index or alias_index(es, settings.user_alias)
@@ -41,9 +41,9 @@ def cmd_events_stream(args, settings: Settings) -> int:
     import sys
 
     from facetrec.es import make_client
+    from facetrec.events.apply import UserEvents
     from facetrec.metrics import make_metrics
-    from facetrec.user_encoder import EncoderRegistry
-    from facetrec.user_events import UserEvents
+    from facetrec.model.user_encoder import EncoderRegistry
     from ingest.embedding.spark import make_spark_session
     from ingest.streaming.user_events_stream import start_user_events_stream
 

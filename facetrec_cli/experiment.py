@@ -1,5 +1,5 @@
 """`facetrec experiment start|status|weight|promote|stop|report`: experiment arms over generation pairs
-(thin wrappers over ingest/indexing/experiments.py and ingest/indexing/experiment_report.py)."""
+(thin wrappers over ingest/experiments/lifecycle.py and ingest/experiments/report.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from facetrec.settings import Settings
+from facetrec_cli.table import format_table
 
 
 def _client(settings: Settings):
@@ -18,7 +19,7 @@ def _client(settings: Settings):
 
 
 def cmd_start(args, settings: Settings) -> int:
-    from ingest.indexing import experiments
+    from ingest.experiments import lifecycle as experiments
     from ingest.pipeline import step_publish
 
     result = experiments.start(
@@ -30,36 +31,47 @@ def cmd_start(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    from ingest.indexing import experiments
+    from ingest.experiments import lifecycle as experiments
 
-    print(json.dumps(experiments.status(_client(settings), settings), indent=2))
+    status = experiments.status(_client(settings), settings)
+    print(json.dumps(status, indent=2) if args.json else "\n".join(status_lines(status)))
     return 0
 
 
+def status_lines(status: dict) -> list[str]:
+    """``facetrec experiment status`` as text: the experiment, then one line per arm."""
+    head = (f"experiment {status['experiment']} (started {status.get('started_at')})" if status["experiment"]
+            else "no experiment is running: every user is served by control")
+    rows = [[a["name"], f"{a['weight']:.3f}", a.get("model_version"), a.get("generation"), a.get("item_index"),
+             a.get("user_index")] for a in status["arms"]]
+    return [head, *format_table(["arm", "weight", "model", "generation", "item index", "user index"], rows,
+                                right=(1,), indent="  ")]
+
+
 def cmd_weight(args, settings: Settings) -> int:
-    from ingest.indexing import experiments
+    from ingest.experiments import lifecycle as experiments
 
     print(json.dumps(experiments.set_weight(_client(settings), settings, args.arm, args.weight), indent=2))
     return 0
 
 
 def cmd_promote(args, settings: Settings) -> int:
-    from ingest.indexing import experiments
+    from ingest.experiments import lifecycle as experiments
 
     print(json.dumps(experiments.promote(_client(settings), settings, args.arm), indent=2))
     return 0
 
 
 def cmd_stop(args, settings: Settings) -> int:
-    from ingest.indexing import experiments
+    from ingest.experiments import lifecycle as experiments
 
     print(json.dumps(experiments.stop(_client(settings), settings, args.arm), indent=2))
     return 0
 
 
 def cmd_report(args, settings: Settings) -> int:
-    from facetrec.user_events import event_log_index
-    from ingest.indexing.experiment_report import impression_lines, report, table
+    from facetrec.events.log import event_log_index
+    from ingest.experiments.report import impression_lines, report, table
 
     result = report(_client(settings), event_log_index(settings), impression_lines(args.log),
                     timedelta(hours=args.window_h), experiment=args.experiment)
@@ -84,9 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--rows", type=Path, help="row config its validation asks (default: FACETREC_ROWS_CONFIG)")
     start.add_argument("--generation", help="generation id (default: now, UTC)")
     start.set_defaults(func=cmd_start)
-    esub.add_parser("status", help="the running experiment's arms, weights and pairs",
+    p = esub.add_parser("status", help="the running experiment's arms, weights and pairs",
                     description="Print the running experiment: each arm's weight, model version and the "
-                                "indices behind its aliases.").set_defaults(func=cmd_status)
+                                "indices behind its aliases.")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (for machines)")
+    p.set_defaults(func=cmd_status)
     weight = esub.add_parser("weight", help="give an arm another share of users (only its users and control's move)",
                              description="Change a candidate arm's weight: it takes hash buckets from control or "
                                          "gives its own back; no other arm's user changes arm.")

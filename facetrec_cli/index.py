@@ -6,9 +6,8 @@ import argparse
 import json
 from collections import Counter
 
-from facetrec_cli.table import format_table
-
 from facetrec.settings import Settings
+from facetrec_cli.table import format_table
 
 
 def _client(settings: Settings, timeout: float = 120):
@@ -34,9 +33,10 @@ def status_lines(status: dict, item_alias: str) -> list[str]:
     for p in status["pairs"]:
         model = p["model_version"] if p["model_version"] == p["item_model_version"] else \
             f"{p['model_version']}!={p['item_model_version']}"
-        pairs.append(["*" if p["live"] else "", p["generation"], p["item_index"][len(item_alias) + 1:], model,
-                      p["state"], p["user_docs"], p["item_docs"]])
-    lines = ["pairs (a user generation and the item generation its vectors were made for; * = live):"]
+        pairs.append(["*" if p["live"] else "+" if p.get("aliased") else "", p["generation"],
+                      p["item_index"][len(item_alias) + 1:], model, p["state"], p["user_docs"], p["item_docs"]])
+    lines = ["pairs (a user generation and the item generation its vectors were made for; * = live, + = behind an "
+             "experiment arm's aliases):"]
     if pairs:
         lines += format_table(["live", "user generation", "item generation", "model", "state", "users", "items"],
                               pairs, right=(5, 6), indent="  ")
@@ -53,12 +53,12 @@ def cmd_index_rollback(args, settings: Settings) -> int:
     import sys
 
     from ingest.indexing.generations import Generations, NoPairToRollBackTo
-    from ingest.indexing.lock import ReindexLock
+    from ingest.indexing.lock import reindex_lock
 
     es = _client(settings)
     gens = Generations(es, settings)
     try:
-        with ReindexLock(es, name=f"reindex-{settings.item_alias}", lease_s=settings.lock_lease_s) as lock:
+        with reindex_lock(es, settings) as lock:
             targets = gens.rollback(fence=lock.fence)
     except NoPairToRollBackTo:
         print(f"facetrec: {nothing_to_roll_back_to(gens.pairs())}", file=sys.stderr)
@@ -87,15 +87,15 @@ def nothing_to_roll_back_to(pairs: list) -> str:
 
 
 def cmd_index_unlock(args, settings: Settings) -> int:
-    from ingest.indexing.lock import force_unlock
+    from ingest.indexing.lock import force_unlock, lock_name
 
-    removed = force_unlock(_client(settings), name=f"reindex-{settings.item_alias}")
+    removed = force_unlock(_client(settings), name=lock_name(settings))
     print("facetrec: lock removed" if removed else "facetrec: no lock was held")
     return 0
 
 
 def cmd_index_publish(args, settings: Settings) -> int:
-    from facetrec.rows import RowCatalog
+    from facetrec.catalog.rows import RowCatalog
     from ingest.indexing.records import parquet_count, parquet_records
     from ingest.indexing.reindex import run_reindex
 
@@ -118,7 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "index",
                         description="List the pairs (user and item generation, model version, state, document counts, "
                                     "which is live) and every generation index of each family.")
-    p.add_argument("--json", action="store_true", help="print the same as JSON (pairs, item, user)")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (pairs, item, user); a pair's "
+                   "\"live\" says control's aliases name it, \"aliased\" that some alias does (control's or an "
+                   "experiment arm's: retention keeps it, rollback never lands on it)")
     p.set_defaults(func=cmd_index_status)
     isub.add_parser("rollback", help="move both aliases to the previous consistent pair in one call; mark the one left "
                                      "rolled_back",

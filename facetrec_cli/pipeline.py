@@ -60,7 +60,7 @@ def cmd_rank(args, settings: Settings) -> int:
     import dataclasses
 
     from ingest import pipeline
-    from ingest.embedding.ranker import RankerConfig
+    from ingest.embedding.ranker_training import RankerConfig
 
     overrides = _overrides(args.set)
     known = {f.name for f in dataclasses.fields(RankerConfig)}

@@ -51,10 +51,10 @@ def step_etl(work_dir, now_ts: int | None = None, tie_break: str = "hash") -> di
 
 def step_train(work_dir, model_overrides: dict | None = None, train_overrides: dict | None = None,
                progress: bool = True) -> dict:
+    import shutil
+
     from ingest.embedding.model import ModelConfig
     from ingest.embedding.train import TrainConfig, train_from_etl
-
-    import shutil
 
     p = paths(work_dir)
     shutil.rmtree(p["ranker"], ignore_errors=True)   # a ranker belongs to the towers it was trained for
@@ -75,13 +75,13 @@ def _load_model(work_dir):
 
 
 def step_rank(work_dir, ranker_overrides: dict | None = None, log=print) -> dict:
-    """Train the ranking stage for the trained towers (``ingest.embedding.ranker``) into
+    """Train the ranking stage for the trained towers (``ingest.embedding.ranker_training``) into
     <work>/ranker/; towers trained on every position (``ranker_holdout`` 0) get none, and any
     ranker left from an earlier model is removed, so a ranker only ever ships with its own towers."""
     import shutil
 
-    from facetrec import ranker as ranking
-    from ingest.embedding.ranker import RankerConfig, train_ranker
+    from facetrec.model import ranker as ranking
+    from ingest.embedding.ranker_training import RankerConfig, train_ranker
 
     model, meta, data = _load_model(work_dir)
     out = paths(work_dir)["ranker"]
@@ -107,7 +107,7 @@ def _checkpoint_digest(work_dir) -> str:
 def trained_ranker(work_dir, model_version: str) -> Path | None:
     """The work directory's ranker (its folder) if it was trained for these towers: ``model_version``
     and the very checkpoint (else None). Checked from its meta file; nothing is loaded."""
-    from facetrec import ranker as ranking
+    from facetrec.model import ranker as ranking
 
     directory = paths(work_dir)["ranker"]
     if not all((directory / name).is_file() for name in ranking.RANKER_FILES):
@@ -119,9 +119,9 @@ def trained_ranker(work_dir, model_version: str) -> Path | None:
 
 
 def step_evaluate(work_dir, split: str = "test") -> dict:
-    from facetrec.ranker import Ranker
+    from facetrec.model.ranker import Ranker
     from ingest.embedding.evaluate import comparison_table, evaluate, evaluate_all, write_results
-    from ingest.embedding.ranker import ranked_scorer
+    from ingest.embedding.ranker_training import ranked_scorer
 
     model, meta, data = _load_model(work_dir)
     results = evaluate_all(model, data, split)
@@ -167,9 +167,10 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
     import numpy as np
     import pyarrow.parquet as pq
 
-    from facetrec import ranker as ranking, user_encoder
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.es import make_client
-    from facetrec.rows import RowCatalog
+    from facetrec.model import ranker as ranking
+    from facetrec.model import user_encoder
     from ingest.indexing.records import parquet_count, parquet_records
     from ingest.indexing.reindex import run_reindex
 

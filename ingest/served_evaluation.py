@@ -4,12 +4,12 @@ The evaluation-time user vectors (each user's history before the held-out item) 
 vectors are published, through the same re-index code as the nightly run, to a separate pair of
 indices behind their own aliases (``item_index_eval`` / ``user_index_eval``: the live aliases never
 move). Every evaluation user's page is then asked through the service's own code
-(``facetrec.homepage.recommend``: the user GET by ``_id``, one ``_msearch``, the configured index
+(``facetrec.serving.homepage.recommend``: the user GET by ``_id``, one ``_msearch``, the configured index
 type, retrieval mode and ``num_candidates``, the seen-item exclusion), with one row of 10 items and
 no filters. HR@10 / NDCG@10 of those rows sit beside the in-memory full ranking of the same
 vectors, so the loss from ANN and serving is visible (including the service's seen-item bound:
 the last MAX_SEEN_ITEMS of a history are excluded, the offline ranking excludes all of it).
-With a ranker trained for the model (``ingest.embedding.ranker``), the same users are asked again
+With a ranker trained for the model (``ingest.embedding.ranker_training``), the same users are asked again
 with the row ranked (``rank: {candidates}``, the ranker registered with the model version as the
 publish step registers it) beside the offline ranked ranking of the same vectors.
 Evaluation generations are kept under the same retention as live ones (``FACETREC_GENERATIONS_TO_KEEP``).
@@ -68,8 +68,8 @@ def publish_evaluation_pair(settings: Settings, etl_dir: Path, data, model_versi
     """Publish the evaluation vectors as a new generation of the evaluation aliases."""
     import pandas as pd
 
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.es import make_client
-    from facetrec.rows import RowCatalog
     from ingest.embedding.embed import write_item_embeddings, write_user_embeddings
     from ingest.indexing.records import parquet_records
     from ingest.indexing.reindex import run_reindex
@@ -91,12 +91,12 @@ def served_rankings(settings: Settings, user_ids: list[str], progress: bool = Tr
                     rank_candidates: int | None = None) -> list[list[str]]:
     """Each user's row of TOP_K items, asked exactly as the service asks a homepage (ranked by the
     pair's ranker over ``rank_candidates`` when given: a ranker must then have run on every page)."""
+    from facetrec.catalog.rows import Row
     from facetrec.es import make_client
-    from facetrec.homepage import Target, recommend
-    from facetrec.rows import Row
+    from facetrec.serving.homepage import SearchConfig, recommend
 
     es = make_client(settings)
-    target = Target.from_settings(settings, request_timeout_s=max(settings.es_request_timeout_s, 10.0))
+    target = SearchConfig.from_settings(settings, request_timeout_s=max(settings.es_request_timeout_s, 10.0))
     row = Row(id="eval", title="served evaluation", size=TOP_K, rank_candidates=rank_candidates)
     out = []
     for user_id in tqdm(user_ids, desc="served pages", disable=not progress, file=sys.stderr):
@@ -119,9 +119,10 @@ def evaluate_served(model, data, etl_dir: Path, model_version: str, settings: Se
     "delta": served - offline, "index_type", "mode", "generation"} on the same users and vectors;
     with ``ranker_dir`` (the model's trained ranker) also "offline_ranked", "served_ranked" and
     "delta_ranked"."""
-    from facetrec import ranker as ranking, user_encoder
+    from facetrec.model import ranker as ranking
+    from facetrec.model import user_encoder
     from ingest.embedding.evaluate import ranking_metrics
-    from ingest.embedding.ranker import ranked_scorer
+    from ingest.embedding.ranker_training import ranked_scorer
 
     user_vectors, item_vectors, seqs, targets = evaluation_vectors(model, data, split)
     settings = eval_settings(settings)

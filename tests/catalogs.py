@@ -54,7 +54,7 @@ def user_vectors(model, histories: list[list[str]]) -> np.ndarray:
     """``model.user_vector`` of many histories in one batch (the eager tower; one call per user is slow)."""
     import torch
 
-    from facetrec.user_encoder import left_pad
+    from facetrec.model.user_encoder import left_pad
 
     seqs = [np.array([model.index[i] for i in h if i in model.index], dtype=np.int64) for h in histories]
     with torch.no_grad():
@@ -63,11 +63,11 @@ def user_vectors(model, histories: list[list[str]]) -> np.ndarray:
 
 
 def movielens_ranker(items: list[dict], users: list[dict], out_dir, model_version: str):
-    """A real LightGBM ranker (``ingest.embedding.ranker.fit``) for the records of
+    """A real LightGBM ranker (``ingest.embedding.ranker_training.fit``) for the records of
     ``movielens_records``, saved to ``out_dir`` as the nightly job saves one: trained on queries whose
     positive is the LEAST popular of each user's top 100, so it always changes a row's order."""
-    from facetrec import ranker as ranking
-    from ingest.embedding.ranker import RankerConfig, build_queries, fit, retrieve
+    from facetrec.model import ranker as ranking
+    from ingest.embedding.ranker_training import RankerConfig, build_queries, fit, retrieve
 
     ids = [""] + [i["item_id"] for i in items]
     index = {item_id: j for j, item_id in enumerate(ids) if j}

@@ -12,9 +12,9 @@ import uuid
 import numpy as np
 import pytest
 
-from facetrec import es_local
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import make_client
-from facetrec.rows import RowCatalog
+from facetrec.local import node as es_local
 from facetrec.settings import Settings
 
 
@@ -73,8 +73,8 @@ def published(es, es_settings):
     prefix = f"svc-{uuid.uuid4().hex[:8]}"
     settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
                                    index_type="flat")
-    from ingest.indexing.reindex import run_reindex
     from ingest.embedding.synthetic import embedding_records
+    from ingest.indexing.reindex import run_reindex
 
     items, users, item_vectors, user_vectors = embedding_records(n_items=3000, n_users=100, dims=64, seed=11)
     catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
@@ -93,7 +93,7 @@ EVENTS_MODEL = "m-events"
 def events_pair(es, es_settings, tmp_path_factory):
     """(Per test module) one published pair (flat, exact) whose users' vectors come from SeededUserModel, with its
     exported encoder registered under a models root."""
-    from facetrec import user_encoder
+    from facetrec.model import user_encoder
     from ingest.embedding.seeded_encoder import SeededUserModel
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.reindex import run_reindex
@@ -123,8 +123,9 @@ MOVIELENS_MODEL = "ml-svd"
 def movielens_model(es_settings, tmp_path_factory):
     """MovieLens-100k records without training (tests/catalogs.py) and a models root holding their
     exported user encoder (computed once per session)."""
-    from facetrec import user_encoder
     from catalogs import movielens_records
+
+    from facetrec.model import user_encoder
 
     root = tmp_path_factory.mktemp("movielens")
     items, users, _, model = movielens_records(es_settings.vector_dims)

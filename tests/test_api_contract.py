@@ -12,12 +12,11 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 import yaml
+from openapi_check import SPEC, SPEC_PATH, assert_valid_exchange
 
 from app import MAX_BODY_BYTES, create_app
-from facetrec.facets import FacetCache, spelling_hint
-from facetrec.rows import RowCatalog
-
-from openapi_check import SPEC, SPEC_PATH, assert_valid_exchange
+from facetrec.catalog.facets import FacetCache, spelling_hint
+from facetrec.catalog.rows import RowCatalog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

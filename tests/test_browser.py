@@ -158,7 +158,7 @@ def test_page_shows_a_bad_user_id_as_an_error(server, browser):
 
 def test_a_mode_is_offered_only_when_every_homepage_row_allows_it(published):
     from app.page import page_context
-    from facetrec.rows import RowCatalog
+    from facetrec.catalog.rows import RowCatalog
 
     _, catalog, *_ = published
     raw = {"facets": dict(catalog.facets), "user_filters": [],

@@ -24,7 +24,7 @@ import pytest
 from elasticsearch import ConnectionTimeout
 
 from app import create_app
-from facetrec.rows import RowCatalog
+from facetrec.catalog.rows import RowCatalog
 from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.generations import Generations, ModelMismatch
 from ingest.indexing.lock import LockHeld, ReindexLock

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from facetrec import es_local
 from facetrec_cli import build_parser, main
+from facetrec_cli import es as es_cli
 
 CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]*)+\b")   # NoPairToRollBackTo, ConnectionError, ...
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ def _commands(parser: argparse.ArgumentParser, path=(), help_text=None):
 
 @pytest.mark.parametrize("program", ["facetrec", "facetrec-es"])
 def test_every_command_and_option_has_help(program):
-    parser = build_parser() if program == "facetrec" else es_local.build_parser()
+    parser = build_parser() if program == "facetrec" else es_cli.build_parser()
     commands = list(_commands(parser))
     assert len(commands) >= (15 if program == "facetrec" else 5), [c[0] for c in commands]
     for path, sub, help_text in commands:
@@ -45,7 +45,7 @@ def test_every_command_and_option_has_help(program):
 
 def test_facetrec_es_help_describes_all_four_commands(capsys):
     with pytest.raises(SystemExit):
-        es_local.main(["--help"])
+        es_cli.main(["--help"])
     out = capsys.readouterr().out
     for command in ("start", "stop", "status", "build-classpath"):
         assert re.search(rf"^\s+{command}\s+\S", out, re.M), (command, out)
@@ -80,7 +80,7 @@ def test_status_columns_line_up_whatever_the_widths():
 @pytest.fixture
 def one_pair_env(es, es_settings, unique, monkeypatch):
     """What the demo leaves: one published pair (its model version 30 characters long)."""
-    from facetrec.rows import RowCatalog
+    from facetrec.catalog.rows import RowCatalog
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.reindex import run_reindex
 
@@ -151,8 +151,8 @@ def test_an_unreachable_cluster_and_a_bad_setting_are_sentences(monkeypatch, cap
 
 
 def test_an_elasticsearch_refusal_is_a_sentence():
-    from elasticsearch import ApiError
     from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+    from elasticsearch import ApiError
 
     from facetrec_cli.errors import explain
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from facetrec import es_local
+from facetrec.local import node as es_local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW_S = 5.0   # after the kill, pages may fail this long (shards fail over to their replicas)
@@ -42,9 +42,9 @@ def test_homepages_and_events_are_served_through_a_node_failure(cluster, tmp_pat
     import logging
 
     from app import create_app
-    from facetrec import user_encoder
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.es import make_client
-    from facetrec.rows import RowCatalog
+    from facetrec.model import user_encoder
     from ingest.embedding.seeded_encoder import SeededUserModel
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.generations import Generations
@@ -155,8 +155,8 @@ def test_a_publish_during_which_a_node_dies_goes_live_whole_or_not_at_all(cluste
     """Chaos on the publish: a node SIGKILLed while a pair loads (twice, at different moments). Each
     publish either goes live with every document, or fails and leaves the aliases on the last live
     pair; after the node is back, a publish goes live."""
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.es import make_client
-    from facetrec.rows import RowCatalog
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.generations import Generations
     from ingest.indexing.reindex import run_reindex

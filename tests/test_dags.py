@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-
-import threading
 
 import pytest
 
@@ -69,7 +68,7 @@ def test_nightly_dag_end_to_end_rerun_and_failure(dagbag, pipeline_env, es, tmp_
     """Run 1 publishes; run 2 (next interval) leaves exactly one new live generation; run 3 with a
     task made to fail (validation of an impossible row) leaves the aliases untouched."""
     from app import create_app
-    from facetrec.rows import RowCatalog
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.settings import Settings
     from ingest.indexing.generations import Generations
 

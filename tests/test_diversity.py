@@ -1,4 +1,4 @@
-"""Diverse rows: crowding, MMR and backfill as pure logic (facetrec/diversity.py)."""
+"""Diverse rows: crowding, MMR and backfill as pure logic (facetrec/serving/diversity.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from facetrec.diversity import DiversityPolicy, apply, category_coverage, intra_list_diversity
+from facetrec.catalog.diversity_policy import DiversityPolicy
+from facetrec.serving.diversity import apply, category_coverage, intra_list_diversity
 
 
 def item(i: int, score: float, *cats: str) -> dict:
@@ -68,7 +69,7 @@ def test_list_metrics():
 
 
 def test_a_diverse_row_is_served_as_the_policy_over_the_exact_candidates(es, published):
-    """Real node (flat: exact candidates): the served row equals facetrec.diversity.apply over the
+    """Real node (flat: exact candidates): the served row equals facetrec.serving.diversity.apply over the
     numpy top size x candidates_factor with the stored vectors, and says what ran."""
     import numpy as np
 

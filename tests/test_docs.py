@@ -1,5 +1,6 @@
-"""The documentation against the code: the README's configuration tables are the variables the code
-reads with their real defaults, and bench/plots.py draws real PNGs. Pure: no Elasticsearch."""
+"""The documentation against the code: the configuration tables (docs/configuration.md) are the
+variables the code reads with their real defaults, the README stays the product's front door (at most
+250 lines, every link resolves), and bench/plots.py draws real PNGs. Pure: no Elasticsearch."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from facetrec import settings as settings_module
-from facetrec.settings import PACKAGE_ROOT as REPO_ROOT, Settings
+from facetrec.settings import PACKAGE_ROOT as REPO_ROOT
+from facetrec.settings import Settings
 
 README = REPO_ROOT / "README.md"
+CONFIGURATION = REPO_ROOT / "docs" / "configuration.md"
 # Where the product reads its environment (benchmarks and tests set variables for it, not read new ones).
 CODE = [REPO_ROOT / p for p in ("facetrec", "facetrec_cli", "app", "ingest", "dags")]
 ENV_READ = re.compile(r"""(?:os\.environ\.get|os\.getenv|environ\.get)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
@@ -24,15 +27,13 @@ TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def config_rows() -> dict[str, str]:
-    """variable -> default cell, from every table of the README's "## Configuration" section."""
-    text = README.read_text()
-    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    """variable -> default cell, from every table of docs/configuration.md."""
     rows: dict[str, str] = {}
-    for line in section.splitlines():
+    for line in CONFIGURATION.read_text().splitlines():
         m = ROW.match(line)
         if m:
-            assert m.group(1) not in rows, f"{m.group(1)} has two rows in the README's configuration"
-            assert m.group(3), f"{m.group(1)}: the README's row says nothing about what it means"
+            assert m.group(1) not in rows, f"{m.group(1)} has two rows in docs/configuration.md"
+            assert m.group(3), f"{m.group(1)}: its row in docs/configuration.md says nothing about what it means"
             rows[m.group(1)] = m.group(2)
     return rows
 
@@ -76,15 +77,15 @@ def test_every_setting_has_a_row_with_its_real_default():
     assert set(names) == {f.name for f in dataclasses.fields(Settings)}, "settings.py: _ENV_NAMES and the fields differ"
     for field in dataclasses.fields(Settings):
         var = names[field.name]
-        assert var in rows, f"{var} (Settings.{field.name}) has no row in the README's configuration table"
+        assert var in rows, f"{var} (Settings.{field.name}) has no row in docs/configuration.md"
         stated, real = cell_value(rows[var]), shown(field.default)
         if isinstance(field.default, bool) and stated is not None:
             assert stated.lower() in (TRUE if field.default else FALSE), \
-                f"{var}: README says {stated!r}, default {real}"
+                f"{var}: docs/configuration.md says {stated!r}, default {real}"
         elif isinstance(field.default, (int, float)) and not isinstance(field.default, bool) and stated is not None:
-            assert float(stated) == float(field.default), f"{var}: README says {stated!r}, default {field.default!r}"
+            assert float(stated) == float(field.default), f"{var}: docs/configuration.md says {stated!r}, default {field.default!r}"
         else:
-            assert stated == real, f"{var}: README says {rows[var]!r}, the default is {real!r}"
+            assert stated == real, f"{var}: docs/configuration.md says {rows[var]!r}, the default is {real!r}"
 
 
 def test_no_row_names_a_variable_the_code_does_not_read_and_every_read_has_a_row():
@@ -93,15 +94,23 @@ def test_no_row_names_a_variable_the_code_does_not_read_and_every_read_has_a_row
     reads = env_reads()
     assert "FACETREC_BIND" in reads and "SPARK_MASTER" in reads, "the scan of the code found nothing: fix the test"
     unread = sorted(set(rows) - settings_vars - set(reads))
-    assert not unread, f"the README documents variables the code does not read: {unread}"
+    assert not unread, f"docs/configuration.md documents variables the code does not read: {unread}"
     undocumented = sorted(set(reads) - set(rows))
-    assert not undocumented, f"the code reads variables the README's configuration does not list: {undocumented}"
+    assert not undocumented, f"the code reads variables docs/configuration.md does not list: {undocumented}"
     for var, defaults in reads.items():
         if var in settings_vars:
             continue  # its row states the Settings default (checked above)
         stated = cell_value(rows[var])
         for default in defaults:
-            assert stated == default, f"{var}: README says {rows[var]!r}, the code reads it with default {default!r}"
+            assert stated == default, f"{var}: docs/configuration.md says {rows[var]!r}, the code reads it with default {default!r}"
+
+
+def test_the_readme_is_a_front_door_and_its_links_resolve():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250, "the README is the product's front door: at most 250 lines"
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (REPO_ROOT / target).exists(), f"the README links to {target}, which does not exist"
 
 
 def test_the_checks_catch_a_setting_without_a_row(monkeypatch):

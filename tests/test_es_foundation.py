@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from elasticsearch import helpers
 
-from facetrec.scoring import knn_score_to_dot
+from facetrec.serving.scoring import knn_score_to_dot
 
 DIMS = 64
 COLORS = ("red", "green", "blue")

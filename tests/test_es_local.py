@@ -12,12 +12,12 @@ import time
 import pytest
 from elasticsearch import Elasticsearch, helpers
 
-from facetrec import es_local
+from facetrec.local import node as es_local
 from facetrec.settings import Settings
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facetrec.es_local", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "facetrec_cli.es", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
@@ -56,6 +56,8 @@ def test_stop_is_idempotent_and_status_reports_nothing(tmp_path):
         done = run_cli("stop", "--data", str(tmp_path))
         assert done.returncode == 0 and "nothing to stop" in done.stdout
     done = run_cli("status", "--data", str(tmp_path))
+    assert done.returncode == 1 and "no local node recorded" in done.stdout
+    done = run_cli("status", "--data", str(tmp_path), "--json")
     assert done.returncode == 1 and '"running": false' in done.stdout
 
 
@@ -65,6 +67,8 @@ def test_corrupt_data_dir_fails_fast_with_one_line(tmp_path):
     started = run_cli("start", "--port", port, "--data", str(tmp_path), "--heap", "512m")
     assert started.returncode == 0, started.stderr
     status = run_cli("status", "--data", str(tmp_path))
+    assert status.returncode == 0 and "running, health green" in status.stdout and "node-0" in status.stdout
+    status = run_cli("status", "--data", str(tmp_path), "--json")
     assert status.returncode == 0 and '"health": "green"' in status.stdout
     assert run_cli("stop", "--data", str(tmp_path)).returncode == 0
 

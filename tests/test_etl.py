@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from facetrec import ties
+from facetrec.model import ties
 from ingest.embedding import etl
 from ingest.embedding.datasets import DatasetError
 
@@ -40,7 +40,7 @@ def test_sequences_are_time_ordered_with_item_id_tie_break_and_split_leave_last_
 
 
 def test_same_second_events_follow_the_seeded_hash_of_user_and_item_not_the_ids(spark):
-    """The tie-robust protocol (facetrec.ties): a same-second burst is ordered by the hash Python
+    """The tie-robust protocol (facetrec.model.ties): a same-second burst is ordered by the hash Python
     computes too; the order differs from the id order (string and numeric) and between users."""
     burst = [str(i) for i in (2, 10, 1, 30, 4, 22, 7, 15, 9, 11)]
     rows = [(user, item, "r", 100) for user in ("u1", "u2") for item in burst] + [("u1", "0", "r", 50)]

@@ -15,13 +15,15 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-
-from app import create_app
-from facetrec_cli import main
-from facetrec.user_encoder import EncoderRegistry
-from facetrec.user_events import MAX_REMEMBERED_BATCHES, EventBatch, Event, UserEvents, event_log_index, parse_event_time
 from conftest import EVENTS_MODEL
 from openapi_check import assert_matches_schema
+
+from app import create_app
+from facetrec.events.apply import MAX_REMEMBERED_BATCHES, UserEvents
+from facetrec.events.batch import Event, EventBatch, parse_event_time
+from facetrec.events.log import event_log_index
+from facetrec.model.user_encoder import EncoderRegistry
+from facetrec_cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW = datetime.now(timezone.utc)
@@ -195,7 +197,9 @@ def test_without_the_live_models_encoder_the_batch_is_logged_and_the_answer_is_5
     ({"events": []}, "events"),
     ({"events": [{"item_id": "i1", "ts": "2026-01-01T00:00:00Z"}] * 101}, "events"),
     ({"events": [{"item_id": 5, "ts": "2026-01-01T00:00:00Z"}]}, "events[0].item_id"),
-    ({"events": [{"item_id": "i1"}]}, "events[0]"),
+    ({"events": [{"item_id": "i1"}]}, "events[0].ts"),
+    ({"events": ["i1"]}, "events[0]"),
+    ({"events": [{"item_id": "i1", "ts": "2026-01-01T00:00:00Z", "rating": 5}]}, "events[0].rating"),
     ({"events": [{"item_id": "i1", "ts": "2026-01-01T00:00:00"}]}, "events[0].ts"),
     ({"events": [{"item_id": "i1", "ts": "yesterday"}]}, "events[0].ts"),
     ({"events": [{"item_id": "i1", "ts": "2999-01-01T00:00:00Z"}]}, "events[0].ts"),

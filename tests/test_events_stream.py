@@ -17,11 +17,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from facetrec.ties import tie_key
-from facetrec.user_encoder import EncoderRegistry
-from facetrec.user_events import Event, EventBatch, UserEvents, event_log_index
+from facetrec.events.apply import UserEvents
+from facetrec.events.batch import Event, EventBatch
+from facetrec.events.log import event_log_index
+from facetrec.model.ties import tie_key
+from facetrec.model.user_encoder import EncoderRegistry
 from ingest.streaming.user_events_stream import event_batches, start_user_events_stream, stream_id
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -141,7 +142,7 @@ def test_the_stream_applies_each_micro_batch_once_and_the_vector_is_the_nightly_
 CRASH_AFTER_WRITE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from facetrec.user_events import UserEvents
+    from facetrec.events.apply import UserEvents
 
     write = UserEvents.apply_many
 

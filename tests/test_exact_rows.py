@@ -7,8 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facetrec.homepage import Target, UserVector, build_searches, fetch_user, pairing_fields, recommend
-from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, RowCatalog, RowConfigError
+from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
+from facetrec.catalog.meta import pairing_fields
+from facetrec.catalog.rows import RowCatalog, RowConfigError
+from facetrec.serving.homepage import SearchConfig, UserVector, fetch_user, recommend
+from facetrec.serving.page_search import build_searches
 from facetrec.settings import Settings
 from ingest.indexing import templates
 
@@ -28,7 +31,7 @@ def _fields(searches: list[dict]) -> list[str]:
 
 
 def test_an_exact_row_asks_the_flat_copy_only_when_its_pair_has_one_and_only_in_knn_mode():
-    target = Target(item_index="i", user_index="u", similarity="max_inner_product", rescore_oversample=3.0)
+    target = SearchConfig(item_index="i", user_index="u", similarity="max_inner_product", rescore_oversample=3.0)
     rows = CATALOG.homepage_rows()
     paired = UserVector("u1", [3.0, 4.0], ["a"], "g", "g", item_vector_scale=10.0, item_exact_vectors=True)
     searches = build_searches(rows, paired, [], target, mode="knn")
@@ -97,7 +100,7 @@ def test_an_exact_row_in_a_graph_generation_is_the_exact_top_and_scans_its_whole
     run_reindex(es, settings, CATALOG, items=items, users=users, model_version="m", progress=False,
                 generation="20260101-000002", sample_users=2)
     # The two rows share a filter: no cross-row de-duplication, so each is its own top.
-    target = Target.from_settings(settings, request_timeout_s=30.0, dedupe_across_rows=False)
+    target = SearchConfig.from_settings(settings, request_timeout_s=30.0, dedupe_across_rows=False)
     rows = CATALOG.homepage_rows()
     in_filter = np.array([r["item_format"] in ("ebook", "audiobook") for r in items])
     assert in_filter.sum() > 10 * 100   # far more than num_candidates: Lucene would walk the graph

@@ -16,15 +16,15 @@ import pytest
 
 from app import create_app
 from app.logs import JsonFormatter
-from facetrec import user_encoder
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import alias_index
+from facetrec.events.log import event_log_index
 from facetrec.experiments import CONTROL, arm_aliases, read_experiment
-from facetrec.rows import RowCatalog
-from facetrec.user_events import event_log_index
+from facetrec.model import user_encoder
 from ingest.embedding.seeded_encoder import SeededUserModel
 from ingest.embedding.synthetic import embedding_records
-from ingest.indexing import experiments
-from ingest.indexing.experiment_report import impression_lines, report
+from ingest.experiments import lifecycle as experiments
+from ingest.experiments.report import impression_lines, report
 from ingest.indexing.reindex import run_reindex
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

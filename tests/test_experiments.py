@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from facetrec.experiments import CONTROL, Arm, Experiment, ExperimentError, check_arm_name
-from ingest.indexing.experiment_report import Impression, difference, read_impressions, readout, wilson
+from ingest.experiments.report import Impression, difference, read_impressions, readout, wilson
 
 USERS = [f"user-{n}" for n in range(10_000)]
 

@@ -15,13 +15,13 @@ import time
 
 import pytest
 
-from facetrec.homepage import Target, recommend
-from facetrec.rows import RowCatalog
+from facetrec.catalog.rows import RowCatalog
+from facetrec.serving.homepage import SearchConfig, recommend
+from ingest.embedding.synthetic import embedding_records
 from ingest.indexing import templates
 from ingest.indexing.generations import Generations
 from ingest.indexing.lock import LockHeld, ReindexLock
 from ingest.indexing.reindex import run_reindex
-from ingest.embedding.synthetic import embedding_records
 from ingest.indexing.validate import ValidationFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,13 +235,13 @@ def test_cleanup_deletes_nothing_when_the_aliases_cannot_be_read(es, settings, c
 
 
 def _alias_target(settings):
-    return Target(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
+    return SearchConfig(item_index=settings.item_alias, user_index=settings.user_alias, similarity=settings.similarity,
                   request_timeout_s=10)
 
 
 KILLED_LOADER = textwrap.dedent("""
     import sys, time
-    from facetrec.rows import RowCatalog
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.settings import Settings
     from facetrec.es import make_client
     from ingest.indexing.reindex import run_reindex
@@ -638,7 +638,7 @@ def test_the_heartbeat_keeps_a_lease_alive_past_its_length_and_a_stalled_holder_
 
 STALLED_PUBLISHER = textwrap.dedent("""
     import sys
-    from facetrec.rows import RowCatalog
+    from facetrec.catalog.rows import RowCatalog
     from facetrec.settings import Settings
     from facetrec.es import make_client
     from ingest.indexing.reindex import run_reindex

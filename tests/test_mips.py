@@ -1,4 +1,4 @@
-"""The inner-product -> nearest-neighbour reduction (facetrec.mips): pure logic, then end to end
+"""The inner-product -> nearest-neighbour reduction (facetrec.serving.mips): pure logic, then end to end
 on the real node with an HNSW generation."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from facetrec import mips
-from facetrec.homepage import Target, UserVector, build_searches, recommend
-from facetrec.rows import RowCatalog
+from facetrec.catalog.rows import RowCatalog
+from facetrec.serving import mips
+from facetrec.serving.homepage import SearchConfig, UserVector, recommend
+from facetrec.serving.page_search import build_searches
 from facetrec.settings import Settings
 from ingest.indexing.records import max_vector_norm, parquet_records
 
@@ -68,7 +69,7 @@ def test_the_item_vector_scale_is_the_largest_usable_norm_of_any_re_readable_sou
 def test_the_page_asks_a_reduced_generation_with_reduced_vectors_and_a_raw_one_as_before():
     catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
     rows = catalog.homepage_rows()[:2]
-    target = Target(item_index="i", user_index="u", similarity="max_inner_product")
+    target = SearchConfig(item_index="i", user_index="u", similarity="max_inner_product")
     vector = [3.0, 4.0]
     reduced = UserVector("u1", vector, [], "g", "g", item_vector_scale=10.0)
     knn = build_searches(rows, reduced, [], target, mode="knn")[1]["query"]["knn"]["query_vector"]
@@ -105,7 +106,7 @@ def test_a_graph_generation_is_stored_reduced_and_served_with_raw_scores_and_exa
     assert user_doc["item_vector_scale"] == scale and len(user_doc["user_embed"]) == 64
 
     by_id = {r["item_id"]: i for i, r in enumerate(items)}
-    target = Target.from_settings(settings, request_timeout_s=30.0)
+    target = SearchConfig.from_settings(settings, request_timeout_s=30.0)
     rows = catalog.homepage_rows()
     for u in range(5):
         q = np.asarray(users[u]["user_embed"], dtype=np.float64)
@@ -147,11 +148,11 @@ def test_a_users_only_refresh_pairs_with_the_scale_of_the_live_items(es, es_sett
 
 
 def test_a_row_may_ask_for_more_knn_candidates_than_the_setting():
-    from facetrec.rows import RowConfigError
+    from facetrec.catalog.rows import RowConfigError
 
     catalog = RowCatalog.from_dict({"rows": [{"id": "wide", "title": "w", "num_candidates_factor": 30},
                                              {"id": "plain", "title": "p"}]})
-    target = Target(item_index="i", user_index="u", similarity="max_inner_product", num_candidates_factor=10,
+    target = SearchConfig(item_index="i", user_index="u", similarity="max_inner_product", num_candidates_factor=10,
                     dedupe_across_rows=False)
     user = UserVector("u1", [1.0, 0.0], [], "g", "g")
     searches = build_searches(catalog.homepage_rows(), user, [], target, mode="knn")
@@ -162,7 +163,7 @@ def test_a_row_may_ask_for_more_knn_candidates_than_the_setting():
 
 
 def test_raw_and_reduced_pairs_roll_back_and_a_read_across_their_swap_is_read_again(es, es_settings, unique):
-    from facetrec.homepage import _mixed, fetch_user
+    from facetrec.serving.homepage import _mixed, fetch_user
     from ingest.embedding.synthetic import embedding_records
     from ingest.indexing.generations import Generations
     from ingest.indexing.reindex import run_reindex
@@ -177,7 +178,7 @@ def test_raw_and_reduced_pairs_roll_back_and_a_read_across_their_swap_is_read_ag
                 generation="20260101-000001", progress=False, sample_users=2)
     run_reindex(es, settings, catalog, items=items, users=users, model_version="m",
                 generation="20260101-000002", progress=False, sample_users=2)
-    target = Target.from_settings(settings, request_timeout_s=30.0)
+    target = SearchConfig.from_settings(settings, request_timeout_s=30.0)
     user_id = users[0]["user_id"]
     q = np.asarray(users[0]["user_embed"], dtype=np.float64)
 

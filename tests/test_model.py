@@ -243,8 +243,8 @@ def test_daily_user_refresh_reproduces_nightly_user_vectors_with_user_features(f
 
     from ingest import dag_tasks
     from ingest.embedding.embed import ExportedUserEncoder, export_embeddings
-    from ingest.pipeline import paths
     from ingest.embedding.train import load_checkpoint
+    from ingest.pipeline import paths
 
     work, data, _ = featured_run
     model, meta = load_checkpoint(work / "model" / "checkpoint.pt", data)

@@ -31,7 +31,7 @@ def test_short_movielens_training_beats_most_popular_and_markov_on_validation(sp
     assert summary["loss"] == "full"
     valid = evaluate_all(summary["model"], data, "valid")
     print(comparison_table(valid))
-    # The protocol's reference points (same-second events in the seeded hash order, facetrec.ties;
+    # The protocol's reference points (same-second events in the seeded hash order, facetrec.model.ties;
     # under the item-id order they were 0.0636 and 0.1729).
     assert report["tie_break"] == "hash"
     assert valid["MostPop"]["HR@10"] == pytest.approx(0.0679, abs=0.002)
@@ -41,9 +41,9 @@ def test_short_movielens_training_beats_most_popular_and_markov_on_validation(sp
     assert valid["two-tower"]["HR@10"] > 2 * valid["MostPop"]["HR@10"], valid
 
     # The ranking stage over the towers' top 100, scored as the service scores it.
-    from facetrec.ranker import Ranker
+    from facetrec.model.ranker import Ranker
     from ingest.embedding.evaluate import evaluate
-    from ingest.embedding.ranker import ranked_scorer, train_ranker
+    from ingest.embedding.ranker_training import ranked_scorer, train_ranker
 
     assert summary["train_config"]["ranker_holdout"] == 5
     ranker = train_ranker(summary["model"], data, tmp_path / "etl", tmp_path / "ranker", 5, log=print)

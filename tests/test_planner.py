@@ -8,12 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from facetrec import partitions
-from facetrec.catalog_stats import GenerationStats
-from facetrec.homepage import Target, UserVector
-from facetrec.page_search import build_page_search
-from facetrec.planner import Thresholds, overfetch, plan_row
-from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, Row, RowCatalog, RowConfigError
+from facetrec.catalog import partitions
+from facetrec.catalog.counts import GenerationStats
+from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
+from facetrec.catalog.rows import Row, RowCatalog, RowConfigError
+from facetrec.serving.homepage import SearchConfig, UserVector
+from facetrec.serving.page_search import build_page_search
+from facetrec.serving.planner import Thresholds, overfetch, plan_row
 from facetrec.settings import Settings, SettingsError
 from ingest.indexing.records import facet_value_counts
 
@@ -75,6 +76,7 @@ def test_an_item_goes_into_the_partition_of_each_partitioned_value_it_has():
 def test_facet_values_are_counted_from_records_and_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from ingest.indexing.records import parquet_records
 
     records = [{"item_format": "ebook", "categories": ["a", "b", "a"]}, {"item_format": "podcast", "categories": ["a"]},
@@ -164,7 +166,7 @@ def test_bad_planner_settings_fail_naming_the_variable(env, message):
 
 
 def test_post_filtered_rows_share_one_search_with_a_bucket_each():
-    target = Target(item_index="items", user_index="users", similarity="max_inner_product",
+    target = SearchConfig(item_index="items", user_index="users", similarity="max_inner_product",
                     thresholds=Thresholds(exact_max_matches=500, post_filter_min_share=0.1, walk_candidates=300,
                                           partition_candidates=200))
     user = UserVector("u", [1.0, 0.0], ["i1", "i2"], "g", "g", item_vector_scale=2.0, item_exact_vectors=True)
@@ -206,7 +208,7 @@ def test_post_filtered_rows_share_one_search_with_a_bucket_each():
 
 
 def test_without_stats_rows_are_asked_as_before_the_planner():
-    target = Target(item_index="items", user_index="users", similarity="max_inner_product")
+    target = SearchConfig(item_index="items", user_index="users", similarity="max_inner_product")
     user = UserVector("u", [1.0, 0.0], [], "g", "g", item_vector_scale=2.0, item_exact_vectors=True)
     page = build_page_search([ROWS["for_you"], _row("p", plan="exact")], user, [], target)
     assert [r.plan for r in page.rows] == ["filtered_graph", "exact"]
@@ -317,15 +319,15 @@ def test_every_plan_serves_the_exact_top_or_meets_the_recall_floor(es, layouts, 
     90% of it (a small catalog, small candidate lists)."""
     import dataclasses as dc
 
-    from facetrec.catalog_stats import StatsCache
-    from facetrec.homepage import recommend
+    from facetrec.catalog.counts import StatsCache
+    from facetrec.serving.homepage import recommend
 
     settings, catalog, items, users, item_vectors = layouts[layout]
     if layout == "sharded":
         (index,) = es.indices.get_alias(name=settings.item_alias)
         assert es.indices.get_settings(index=index)[index]["settings"]["index"]["number_of_shards"] == "3"
     rows = [dc.replace(r, plan=pin) for r in catalog.homepage_rows()]
-    target = Target.from_settings(settings, request_timeout_s=30.0, dedupe_across_rows=False,
+    target = SearchConfig.from_settings(settings, request_timeout_s=30.0, dedupe_across_rows=False,
                                   stats=StatsCache(rows, catalog.user_filters))
     found = Counter()
     wanted = Counter()
@@ -381,8 +383,8 @@ def test_rows_a_generation_did_not_count_are_counted_once_in_the_background_and_
     gives no stats (the rows' own searches report it), not an error."""
     import threading
 
-    from facetrec import catalog_stats
-    from facetrec.catalog_stats import StatsCache
+    from facetrec.catalog import counts as catalog_stats
+    from facetrec.catalog.counts import StatsCache
 
     settings, catalog, *_ = layouts["graph"]
     old = f"{settings.item_alias}-20260101-000001"
@@ -423,9 +425,9 @@ def test_rows_a_generation_did_not_count_are_counted_once_in_the_background_and_
 
 
 def test_a_row_needing_more_hits_than_a_bucket_holds_walks_on_its_own():
-    from facetrec.page_search import MAX_SHARED_HITS
+    from facetrec.serving.page_search import MAX_SHARED_HITS
 
-    target = Target(item_index="items", user_index="users", similarity="max_inner_product",
+    target = SearchConfig(item_index="items", user_index="users", similarity="max_inner_product",
                     thresholds=Thresholds(exact_max_matches=0, post_filter_min_share=0.1))
     user = UserVector("u", [1.0, 0.0], [], "g", "g", item_vector_scale=2.0, item_exact_vectors=True)
     rows = [ROWS["for_you"], ROWS["new"]]
@@ -464,7 +466,7 @@ def test_without_a_catalog_graph_rows_that_pin_no_partition_walk_every_partition
     assert plan_row(ROWS["rare"], USER_FILTERS, stats, thresholds).fields == (ITEM_VECTOR_FIELD,)   # flat: exact
     walked = plan_row(ROWS["new"], USER_FILTERS, stats, Thresholds(exact_max_matches=0, post_filter_min_share=0.5))
     assert walked.kind == "filtered_graph" and sorted(walked.fields) == list(every)
-    target = Target(item_index="items", user_index="users", similarity="max_inner_product", thresholds=thresholds)
+    target = SearchConfig(item_index="items", user_index="users", similarity="max_inner_product", thresholds=thresholds)
     user = UserVector("u", [1.0, 0.0], [], "g", "g", item_vector_scale=2.0)
     page = build_page_search([ROWS["new"]], user, USER_FILTERS, target, stats=stats.__class__(
         **{**stats.__dict__, "rows": stats.rows}))
@@ -472,7 +474,7 @@ def test_without_a_catalog_graph_rows_that_pin_no_partition_walk_every_partition
     shared = page.lines[1]["query"]["bool"]["must"][0]["dis_max"]["queries"]
     assert sorted(q["knn"]["field"] for q in shared) == list(every)
     own = build_page_search([ROWS["new"]], user, USER_FILTERS,
-                            Target(item_index="items", user_index="users", similarity="max_inner_product",
+                            SearchConfig(item_index="items", user_index="users", similarity="max_inner_product",
                                    thresholds=Thresholds(exact_max_matches=0, post_filter_min_share=0.5)), stats=stats)
     body = own.lines[1]["query"]
     queries = (body.get("dis_max") or body["bool"]["must"][0]["dis_max"])["queries"]
@@ -481,7 +483,7 @@ def test_without_a_catalog_graph_rows_that_pin_no_partition_walk_every_partition
 
 
 def test_a_row_that_found_nothing_reads_as_no_hits_whatever_the_response_kept():
-    target = Target(item_index="items", user_index="users", similarity="max_inner_product")
+    target = SearchConfig(item_index="items", user_index="users", similarity="max_inner_product")
     user = UserVector("u", [1.0, 0.0], [], "g", "g")
     page = build_page_search([ROWS["for_you"], ROWS["new"]], user, [], target)
     split = page.split([{"took": 1}, {"took": 2, "hits": {"hits": [{"_id": "a"}]}}])   # filter_path dropped "hits"

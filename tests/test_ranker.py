@@ -1,20 +1,19 @@
-"""The ranking stage (facetrec.ranker, ingest.embedding.ranker): its features by hand, a real
+"""The ranking stage (facetrec.model.ranker, ingest.embedding.ranker_training): its features by hand, a real
 LightGBM ranker that must recover a planted signal, its registry's answers, and on the real node a
 ranked row served exactly as the same ranker orders numpy's top candidates; a model version without
 a ranker, or whose ranker file is missing, serves retrieval order and says so."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
 import numpy as np
 import pytest
 
-from facetrec import ranker as ranking
+from facetrec.catalog.rows import RowCatalog, RowConfigError
 from facetrec.metrics import NoMetrics
-from facetrec.rows import RowCatalog, RowConfigError
+from facetrec.model import ranker as ranking
 
 
 def _tables(sequences=()):
@@ -59,9 +58,9 @@ def test_features_of_a_row_follow_the_user_history():
 
 
 def _planted_ranker(tmp_path, n_items=60, seed=0):
-    """A real LightGBM ranker trained (ingest.embedding.ranker.fit) on queries whose positive is
+    """A real LightGBM ranker trained (ingest.embedding.ranker_training.fit) on queries whose positive is
     always the most popular candidate: what it must learn is popularity, not retrieval order."""
-    from ingest.embedding.ranker import Queries, fit
+    from ingest.embedding.ranker_training import Queries, fit
 
     rng = np.random.default_rng(seed)
     facets = {"categories": rng.integers(1, 5, size=(n_items + 1, 1))}
@@ -81,7 +80,7 @@ def _planted_ranker(tmp_path, n_items=60, seed=0):
             labels.append((counts[cand] == counts[cand].max()).astype(np.float32))
         return Queries(np.concatenate(feats), np.concatenate(labels), np.full(n, 20), n)
 
-    from ingest.embedding.ranker import RankerConfig
+    from ingest.embedding.ranker_training import RankerConfig
 
     booster = fit(queries(300), queries(100), names, RankerConfig(min_child_samples=20, seed=seed))
     ranking.save(tmp_path, booster, tables, {"version": "planted-lambdarank", "model_version": "m", "candidates": 20})
@@ -188,14 +187,14 @@ def _exact_top(user, item_vectors, ids, n):
 
 
 def test_a_ranked_row_is_the_ranker_order_of_the_exact_candidates_and_rollbacks_serve_retrieval_order(es, ranked_pair):
-    from facetrec.homepage import Target, recommend
-    from facetrec.rows import Row
+    from facetrec.catalog.rows import Row
+    from facetrec.serving.homepage import SearchConfig, recommend
 
     settings, users, item_vectors, ids, trained = ranked_pair
     row = Row(id="for_you", title="for you", size=10, rank_candidates=100)
     ranker = ranking.Ranker.load(trained)
     metrics = _Counting()
-    target = Target.from_settings(settings, request_timeout_s=10.0)
+    target = SearchConfig.from_settings(settings, request_timeout_s=10.0)
     moved = 0
     for user in users[:5]:
         page = recommend(es, target, user["user_id"], [row], metrics=metrics, detailed_errors=True)
@@ -223,7 +222,7 @@ def test_a_ranked_row_is_the_ranker_order_of_the_exact_candidates_and_rollbacks_
     user = users[0]
     cand, _ = _exact_top(user, item_vectors, ids, 10)
     for root, status in ((bare, "no_ranker"), (broken, "unavailable")):
-        page = recommend(es, Target.from_settings(settings.replace(models_root=root), request_timeout_s=10.0),
+        page = recommend(es, SearchConfig.from_settings(settings.replace(models_root=root), request_timeout_s=10.0),
                          user["user_id"], [row], metrics=metrics)
         assert page["ranker"] == {"status": status, "version": None}
         assert [item["id"] for item in page["rows"][0]["items"]] == cand and "ranked" not in page["rows"][0]
@@ -236,14 +235,14 @@ def test_a_ranked_row_is_the_ranker_order_of_the_exact_candidates_and_rollbacks_
 def test_a_new_pair_without_a_ranker_and_the_rollback_to_the_ranked_one(es, ranked_pair, movielens):
     """The model version is the pair's: a publish of a model without a ranker serves retrieval order
     at once, a rollback serves the rolled-back pair's own ranker again."""
-    from facetrec.homepage import Target, recommend
-    from facetrec.rows import Row
+    from facetrec.catalog.rows import Row
+    from facetrec.serving.homepage import SearchConfig, recommend
     from ingest.indexing.generations import Generations
     from ingest.indexing.reindex import run_reindex
 
     settings, users, *_ = ranked_pair
     _, catalog, items, _ = movielens
-    target = Target.from_settings(settings, request_timeout_s=10.0)
+    target = SearchConfig.from_settings(settings, request_timeout_s=10.0)
     row = Row(id="for_you", title="for you", size=10, rank_candidates=100)
     user = users[0]["user_id"]
     assert recommend(es, target, user, [row])["ranker"]["status"] == "applied"

@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from app import create_app
-from facetrec.homepage import Target, recommend
+from app.state import service_of
+from facetrec.catalog.rows import RowCatalog
 from facetrec.metrics import NoMetrics
-from facetrec.recall_monitor import MAX_PENDING, RecallMonitor, row_recall
-from facetrec.rows import RowCatalog
+from facetrec.serving.homepage import SearchConfig, recommend
+from facetrec.serving.recall_monitor import MAX_PENDING, RecallMonitor, row_recall
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,9 +78,9 @@ def recall_lines(settings, catalog, user_ids, **changes) -> list[str]:
         client = app.test_client()
         for user_id in user_ids:
             assert client.get(f"/v1/users/{user_id}/homepage").status_code == 200
-            assert app.extensions["facetrec"]["recall_monitor"].drain(30)  # one page checked at a time: none dropped
-        app.extensions["facetrec"]["recall_monitor"].close()
-        app.extensions["facetrec"]["metrics"].flush()
+            assert service_of(app).recall_monitor.drain(30)  # one page checked at a time: none dropped
+        service_of(app).recall_monitor.close()
+        service_of(app).metrics.flush()
         lines = []
         while True:
             try:
@@ -107,7 +108,7 @@ def test_a_degraded_index_shows_in_retrieval_recall_and_a_healthy_one_does_not(d
     rows = per_row(lines)
     assert set(rows) == set(catalog.homepage), f"one recall per knn row expected, got {sorted(rows)}"
     assert all("|d|" in line for line in lines if line.startswith("facetrec.retrieval.recall:"))
-    assert all(f"index_type:hnsw" in line for line in lines if line.startswith("facetrec.retrieval.recall:"))
+    assert all("index_type:hnsw" in line for line in lines if line.startswith("facetrec.retrieval.recall:"))
     mean = {row: sum(v) / len(v) for row, v in rows.items()}
     assert mean["for_you"] < 0.9, f"the degraded graph should miss (recall below the alert line): {mean}"
 
@@ -129,7 +130,7 @@ def test_no_check_at_rate_zero_and_a_full_queue_drops_instead_of_waiting(es, pub
             self.counts[name] = self.counts.get(name, 0) + value
 
     metrics = Counting()
-    target = Target.from_settings(settings)
+    target = SearchConfig.from_settings(settings)
     monitor = RecallMonitor(es, target, metrics, 1.0, "flat", rng=random.Random(0))
     release = threading.Event()
     monitor.check = lambda *a, **k: release.wait(10)   # a stuck exact search
@@ -154,7 +155,7 @@ def test_a_check_across_a_swap_is_skipped_not_reported_as_a_miss(es, published):
         def increment(self, name, tags=(), value=1):
             reported.append((name, list(tags)))
 
-    target = Target.from_settings(settings)
+    target = SearchConfig.from_settings(settings)
     seen = []
     recommend(es, target, users[2]["user_id"], catalog.homepage_rows()[:1], observe=lambda *a: seen.append(a))
     user, rows, filters, mode, sizes, responses = seen[0]

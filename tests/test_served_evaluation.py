@@ -72,8 +72,8 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
     assert abs(result["delta_ranked"]["HR@10"]) <= 1 / 150 + 1e-9, result
     assert abs(result["delta_ranked"]["NDCG@10"]) <= 1 / 150 + 1e-9, result
     # The publish registered the ranker beside its model's encoder.
-    from facetrec import ranker as ranking
-    from facetrec.user_encoder import model_dir
+    from facetrec.model import ranker as ranking
+    from facetrec.model.user_encoder import model_dir
 
     model_version = json.loads((work / "ranker" / "ranker.json").read_text())["model_version"]
     assert all((model_dir(settings.models_root, model_version) / name).is_file() for name in ranking.RANKER_FILES)

@@ -11,13 +11,15 @@ from datetime import date
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from openapi_check import assert_matches_schema
 
 from app import create_app
+from app.state import service_of
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import script_languages
-from facetrec.rows import RowCatalog
-
-from openapi_check import assert_matches_schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +86,7 @@ def test_rows_stay_full_when_the_users_top_items_are_all_seen(es, client, publis
     inside the filter (150: more than it covers); either way the row is the exact top-10 of the
     unseen items, never short."""
     from facetrec.es import alias_index
-    from facetrec.rows import SEEN_OVERFETCH_MAX
+    from facetrec.serving.row_queries import SEEN_OVERFETCH_MAX
 
     assert (n_seen <= SEEN_OVERFETCH_MAX) == (n_seen == 60)  # one case on each side of the bound
     settings, _, items, users, item_vectors, user_vectors = published
@@ -133,7 +135,7 @@ def test_one_failing_row_does_not_sink_the_others(published):
                     {"id": "broken", "title": "Broken", "filter": [{"term": {"popularity": "very"}}]},
                     {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
     app = create_app(settings.replace(es_request_timeout_s=5.0), RowCatalog.from_dict(raw))
-    logged = _capture("facetrec.homepage")
+    logged = _capture("facetrec.serving.homepage")
     response = app.test_client().get(f"/v1/users/{users[0]['user_id']}/homepage", headers={"X-Request-Id": "req-77"})
     page = response.json
     assert_matches_schema(page, "Homepage")
@@ -265,7 +267,7 @@ def test_metrics_arrive_over_real_udp(published):
         client = app.test_client()
         client.get(f"/v1/users/{users[1]['user_id']}/homepage?rows=for_you,podcasts")
         client.get("/v1/users/cold-user/homepage?rows=for_you")
-        app.extensions["facetrec"]["metrics"].flush()
+        service_of(app).metrics.flush()
         lines = []
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -280,17 +282,18 @@ def test_metrics_arrive_over_real_udp(published):
     assert "facetrec.request.latency:" in text and "|ms" in text
     assert "endpoint:api.homepage" in text and "status:200" in text
     assert "facetrec.es.took:" in text and "row:podcasts" in text and "mode:knn" in text
-    assert "facetrec.homepage.row.fallback:1|c" in text and "mode:popular" in text
+    assert "facetrec.serving.homepage.row.fallback:1|c" in text and "mode:popular" in text
     assert "component:service" in text
     # Every page's metrics carry its experiment arm (control: no experiment runs).
     assert all("arm:control" in line for line in lines if "request.latency" in line and "api.homepage" in line)
-    assert "facetrec.homepage.pages:1|c|#source:personalized,arm:control" in text
-    assert "facetrec.homepage.pages:1|c|#source:popular,arm:control" in text
+    assert "facetrec.serving.homepage.pages:1|c|#source:personalized,arm:control" in text
+    assert "facetrec.serving.homepage.pages:1|c|#source:popular,arm:control" in text
 
 
 def test_knn_filter_is_the_same_for_every_user_and_seen_items_are_removed_outside_it():
     """Elasticsearch caches a knn filter's bitset by the whole filter: it must not hold per-user ids."""
-    from facetrec.rows import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, Row, build_row_search
+    from facetrec.catalog.rows import Row
+    from facetrec.serving.row_queries import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, build_row_search
 
     row = Row(id="r", title="r", filter=({"term": {"item_format": "audiobook"}},),
               must_not=({"term": {"categories": "horror"}},))
@@ -319,7 +322,8 @@ def test_knn_filter_is_the_same_for_every_user_and_seen_items_are_removed_outsid
 
 @pytest.mark.parametrize("lang", ["painless", "facetrec_vector"])
 def test_script_score_request_body_keeps_user_values_in_params(lang):
-    from facetrec.rows import Row, build_row_search
+    from facetrec.catalog.rows import Row
+    from facetrec.serving.row_queries import build_row_search
 
     evil = "x'); System.exit(0); //"
     row = Row(id="r", title="r", filter=({"term": {"item_format": "audiobook"}},))
@@ -369,7 +373,7 @@ def test_script_score_row_in_a_language_the_cluster_lacks_fails_alone(es, publis
            "rows": [{"id": "for_you", "title": "For you", "retrieval": "script_score"},
                     {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
     app = create_app(settings.replace(es_request_timeout_s=5.0, script_lang="painless"), RowCatalog.from_dict(raw))
-    logged = _capture("facetrec.homepage")
+    logged = _capture("facetrec.serving.homepage")
     rows = {r["id"]: r for r in app.test_client().get(f"/v1/users/{users[2]['user_id']}/homepage").json["rows"]}
     assert rows["for_you"]["error_code"] == "search_rejected" and rows["for_you"]["items"] == []
     assert any("painless" in getattr(r, "detail", "") for r in logged)
@@ -405,6 +409,8 @@ def test_bad_query_input_is_400_naming_the_field(client, url, field):
     ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"range": {"language": {"gte": "a"}}}]}]}, "rows[0].filter.language"),
     ({"rows": [{"id": "x", "ad_hoc": True, "filter": [{"script": {"source": "1"}}]}]}, "rows[0].filter"),
     ({"rows": [{"id": "for_you", "size": 1000}]}, "rows[0].size"),
+    ({"rows": [{"id": "comedy", "size": "3"}]}, "rows[0].size"),      # a JSON number, as the schema says
+    ({"rows": [{"id": "for_you", "size": True}]}, "rows[0].size"),
     ({"rows": [{"id": "for_you", "size": 30}]}, "rows"),
     ({"rows": [{"id": f"r{i}", "ad_hoc": True, "size": 100, "filter": [{"term": {"language": "en"}}]} for i in range(3)]}, "rows"),
     ({"rows": ["for_you"], "mode": "script_score"}, "mode"),
@@ -433,6 +439,9 @@ def test_malformed_json_unknown_route_and_wrong_method_are_json(client):
     assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
     response = client.delete("/v1/users/u1/homepage")
     assert response.status_code == 405 and "error" in response.json
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}   # RFC 9110: a 405 says what is allowed
+    response = client.open("/v1/sample-users", method="TRACE")
+    assert response.status_code == 405 and "GET" in response.headers["Allow"]
 
 
 def test_ad_hoc_row_with_filters_is_served(client, published):
@@ -534,7 +543,7 @@ def test_a_missing_user_alias_or_a_refusing_cluster_is_503_not_popular_rows(publ
 
 
 def test_date_filters_pass_validation_only_in_the_format_elasticsearch_is_told(client, published):
-    from facetrec.rows import DATE_FORMAT, validate_clause
+    from facetrec.catalog.rows import DATE_FORMAT, validate_clause
 
     clause = validate_clause({"range": {"published_at": {"gte": "2015-01-01"}}}, {"published_at": "date"})
     assert clause == {"range": {"published_at": {"gte": "2015-01-01", "format": DATE_FORMAT}}}
@@ -591,7 +600,7 @@ def test_the_api_token_guards_everything_but_the_probes(published):
 
 def test_seen_items_are_excluded_up_to_the_documented_bound(es, published):
     """A user whose MAX_SEEN_ITEMS best items are all seen gets the next best, none of the seen."""
-    from facetrec.rows import MAX_SEEN_ITEMS
+    from facetrec.catalog.fields import MAX_SEEN_ITEMS
     from ingest.indexing.bulk_load import user_document
 
     settings, catalog, items, users, item_vectors, user_vectors = published

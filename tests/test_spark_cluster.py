@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from venvs import bare_venv
 
 from facetrec.es import make_client
-from venvs import bare_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from elasticsearch import helpers
 
+from facetrec.catalog.rows import Row
 from facetrec.es import script_lang, script_languages
-from facetrec.rows import Row, build_row_search
-from facetrec.scoring import script_score_to_dot
+from facetrec.serving.row_queries import build_row_search
+from facetrec.serving.scoring import script_score_to_dot
 
 DIMS = 64
 N = 400

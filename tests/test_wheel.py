@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from facetrec.es_local import find_free_base_port
 from venvs import bare_venv
+
+from facetrec.local.node import find_free_base_port
 
 REPO = Path(__file__).resolve().parents[1]
 COPY_IGNORE = shutil.ignore_patterns(".git", ".facetrec", "artifacts", "build", "data", "*.egg-info", "__pycache__",
@@ -83,9 +83,10 @@ def test_the_wheel_carries_the_product_and_imports_nothing_from_the_checkout(ins
 
 
 def test_the_installed_wheel_starts_a_node_publishes_and_serves(installed):
-    from ingest.embedding.synthetic import embedding_records
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from ingest.embedding.synthetic import embedding_records
 
     python, env, run_dir = installed
     bin_dir = python.parent

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facetrec.errors import ConfigurationError
 from ingest.embedding import synthetic
 
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
@@ -43,7 +44,9 @@ MOVIELENS_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's",
                     "War", "Western")
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigurationError):
+    """An input data set cannot be used; the message names the file, column or value."""
+
     pass
 
 

@@ -5,7 +5,7 @@ so a user vector can be recomputed from a fresh event sequence without the train
     out/users.parquet      user_id, user_embed, model_version, seen_item_ids, updated_at
     out/user_encoder.pt    TorchScript: (item index sequence (B, L), user features (B, F)) -> (B, D)
     out/user_encoder.json  item_id -> index, user feature vocabularies, max_len
-(loaded by ``facetrec.user_encoder``; the publish step registers both under the models root)
+(loaded by ``facetrec.model.user_encoder``; the publish step registers both under the models root)
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from facetrec.rows import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
-from facetrec.user_encoder import ExportedUserEncoder, left_pad  # noqa: F401 - ExportedUserEncoder re-exported
+from facetrec.catalog.fields import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
+from facetrec.model.user_encoder import ExportedUserEncoder, left_pad  # noqa: F401 - ExportedUserEncoder re-exported
 from ingest.embedding.datasets import ITEM_FACETS
 from ingest.embedding.features import TrainingData
 from ingest.embedding.model import SequenceUserEncoder, TwoTower
@@ -115,7 +115,7 @@ def save_user_encoder(user_tower, item_vectors: np.ndarray, out: Path, *, max_le
                       feature_names: list[str], feature_vocab: dict[str, list[str]],
                       example_histories: list[np.ndarray], example_features: np.ndarray) -> Path:
     """Trace the user tower over the frozen (N+1, D) item table to ``out/user_encoder.pt`` and write
-    ``out/user_encoder.json`` (what ``facetrec.user_encoder.ExportedUserEncoder`` loads)."""
+    ``out/user_encoder.json`` (what ``facetrec.model.user_encoder.ExportedUserEncoder`` loads)."""
     encoder = SequenceUserEncoder(user_tower, torch.from_numpy(item_vectors)).eval()
     example = (torch.from_numpy(left_pad(example_histories, max_len)), torch.from_numpy(example_features))
     with torch.no_grad(), warnings.catch_warnings():

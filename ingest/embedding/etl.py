@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from facetrec import ties
+from facetrec.model import ties
 from ingest.embedding.datasets import CATALOG_COLUMNS, EVENT_COLUMNS, ITEM_FACETS, DatasetError
 
 MIN_EVENTS = 3  # train needs at least one item before the validation and test items
@@ -67,7 +67,7 @@ def drop_unknown_items(events: DataFrame, catalog: DataFrame) -> DataFrame:
 
 
 def tie_order(tie_break: str = "hash"):
-    """The column that orders a user's events of one timestamp (``facetrec.ties``): the seeded hash
+    """The column that orders a user's events of one timestamp (``facetrec.model.ties``): the seeded hash
     of (user, item) by default; the item id as a string or as a number only to measure what the
     protocol changed."""
     ties.check(tie_break)
@@ -198,7 +198,7 @@ def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=
     counts["data_version"] = hashlib.sha256(json.dumps(counts, sort_keys=True).encode()
                                             + json.dumps(vocab, sort_keys=True).encode()).hexdigest()[:12]
     # The newest event the batch saw (epoch seconds): events logged through the API after it are
-    # re-applied to the generation this run publishes (facetrec.user_events.replay).
+    # re-applied to the generation this run publishes (facetrec.events.apply.replay).
     counts["events_until"] = int(known.agg(F.max("timestamp")).first()[0])
     counts["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(counts, indent=2))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facetrec.user_encoder import left_pad, user_feature_indices  # noqa: F401 - left_pad re-exported (train)
+from facetrec.model.user_encoder import left_pad, user_feature_indices  # noqa: F401 - left_pad re-exported (train)
 from ingest.embedding.datasets import title_tokens
 
 

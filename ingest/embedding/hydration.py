@@ -16,7 +16,7 @@ import itertools
 
 import numpy as np
 
-from facetrec.ranker import ItemTables
+from facetrec.model.ranker import ItemTables
 from ingest.embedding.features import TrainingData
 
 GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)

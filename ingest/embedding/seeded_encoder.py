@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from facetrec.user_encoder import left_pad
+from facetrec.model.user_encoder import left_pad
 
 
 class SeededUserModel:

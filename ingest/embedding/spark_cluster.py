@@ -24,14 +24,15 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facetrec.process import process_alive
+from facetrec.errors import FacetrecError
+from facetrec.local.process import process_alive
 from facetrec.settings import STATE_ROOT
 
 DEFAULT_HOME = STATE_ROOT / "spark"
 STATE_FILE = "cluster.json"
 
 
-class SparkClusterError(RuntimeError):
+class SparkClusterError(FacetrecError, RuntimeError):
     """Starting the standalone cluster failed; the message says why and where the logs are."""
 
 

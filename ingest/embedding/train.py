@@ -15,8 +15,14 @@ from tqdm import tqdm
 
 from ingest.embedding.evaluate import evaluate, model_scorer
 from ingest.embedding.features import TrainingData, left_pad, load_training_data
-from ingest.embedding.model import (ModelConfig, TwoTower, corrected_logits, full_softmax_loss, log_expected_counts,
-                                    sampled_softmax_loss)
+from ingest.embedding.model import (
+    ModelConfig,
+    TwoTower,
+    corrected_logits,
+    full_softmax_loss,
+    log_expected_counts,
+    sampled_softmax_loss,
+)
 
 
 @dataclasses.dataclass
@@ -35,7 +41,7 @@ class TrainConfig:
     full_softmax_max_items: int = 20_000
     positions: str = "all"       # all: predict the next item after every position; last: only the last
     ranker_holdout: int = 5      # the last N items of each training sequence are left to the ranker
-                                 # (ingest.embedding.ranker): the towers never fit them; 0: no ranker
+                                 # (ingest.embedding.ranker_training): the towers never fit them; 0: no ranker
 
 
 LOSSES = ("auto", "full", "sampled")

@@ -25,15 +25,19 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from elasticsearch import Elasticsearch, helpers
 from tqdm import tqdm
 
-from facetrec import mips, partitions as vector_partitions
+from facetrec.catalog import partitions as vector_partitions
+from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS
+from facetrec.errors import FacetrecError
 from facetrec.es import serializers
-from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS
+from facetrec.serving import mips
 
 ITEM_FACETS = ("item_format", "language", "country", "categories", "title", "popularity", "published_at")
 MAX_REPORTED_IDS = 50
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(FacetrecError, ValueError):
+    """A record that makes no document (its vector is missing, NaN, zero or of the wrong size)."""
+
     pass
 
 
@@ -54,6 +58,21 @@ class LoadReport:
     @property
     def docs_per_s(self) -> float:
         return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def count_invalid(self, doc_id: str, reason: str) -> None:
+        self.invalid_count += 1
+        if len(self.invalid) < MAX_REPORTED_IDS:
+            self.invalid.append((doc_id, reason))
+
+    def count_sent(self, ok: bool, item: Mapping[str, Any]) -> None:
+        """Count one document's bulk outcome (``streaming_bulk``'s ``(ok, item)``)."""
+        if ok:
+            self.indexed += 1
+            return
+        self.failed_count += 1
+        result = next(iter(item.values()))
+        if len(self.failed) < MAX_REPORTED_IDS:
+            self.failed.append((str(result.get("_id")), str(result.get("error"))))
 
     def merge(self, other: "LoadReport") -> "LoadReport":
         self.indexed += other.indexed
@@ -111,10 +130,10 @@ def _listish(value: Any) -> Any:
 def item_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool,
                   item_vector_scale: float | None = None, exact_copy: bool = False,
                   partitions: Mapping | None = None) -> tuple[str, dict]:
-    """The item's document; with ``item_vector_scale`` its vector is stored reduced (``facetrec.mips``),
+    """The item's document; with ``item_vector_scale`` its vector is stored reduced (``facetrec.serving.mips``),
     with ``exact_copy`` it is indexed a second time in the flat ``EXACT_VECTOR_FIELD`` (exact plans),
     and with ``partitions`` once more in the partition field of each partitioned value it has
-    (``facetrec.partitions``)."""
+    (``facetrec.catalog.partitions``)."""
     item_id = str(record["item_id"])
     vector = check_vector(_listish(record.get("item_embed")), dims, require_unit)
     if item_vector_scale is not None:
@@ -185,7 +204,7 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
               exact_copy: bool = False, partitions: Mapping | None = None) -> LoadReport:
     """Stream ``records`` into ``index`` with explicit ``_id``s, ``streams`` bulk requests in flight.
     ``doc_fields`` are added to every document (a user generation's ``item_generation``); item
-    vectors are stored reduced when ``item_vector_scale`` is given (``facetrec.mips``) and twice with
+    vectors are stored reduced when ``item_vector_scale`` is given (``facetrec.serving.mips``) and twice with
     ``exact_copy`` (``item_document``); ``check``
     runs before each document is sent and stops the load by raising (the re-index lock's lease).
     Returns the report; never raises for per-document problems (the validation gate decides what
@@ -197,25 +216,11 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
     if kind == "item" and (item_vector_scale is not None or exact_copy or partitions):
         build = partial(item_document, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
                         partitions=partitions)
-    counted = threading.Lock()
-
-    def actions() -> Iterator[dict]:
-        for record in records:
-            try:
-                doc_id, source = build(record, generation, dims, require_unit)
-            except (InvalidDocument, KeyError, TypeError, ValueError) as exc:
-                report.invalid_count += 1
-                if len(report.invalid) < MAX_REPORTED_IDS:
-                    report.invalid.append((str(record.get(f"{kind}_id")), str(exc)))
-                continue
-            if doc_fields:
-                source.update(doc_fields)
-            if check is not None:
-                check(f"loading {index}")
-            yield {"_index": index, "_id": doc_id, "_source": source}
-
+    actions = _actions(records, build, report, index=index, kind=kind, generation=generation, dims=dims,
+                       require_unit=require_unit, doc_fields=doc_fields, check=check)
     bar = tqdm(total=total, desc=f"loading {index}", unit="doc", disable=not progress, file=sys.stderr,
                mininterval=1.0)
+    counted = threading.Lock()
 
     def send(stream: Iterable[dict]) -> None:
         for ok, item in helpers.streaming_bulk(es, stream, chunk_size=chunk_docs, max_chunk_bytes=chunk_bytes,
@@ -223,42 +228,58 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
                                                max_retries=max_retries, initial_backoff=initial_backoff,
                                                max_backoff=30):
             with counted:
-                if ok:
-                    report.indexed += 1
-                else:
-                    report.failed_count += 1
-                    result = next(iter(item.values()))
-                    if len(report.failed) < MAX_REPORTED_IDS:
-                        report.failed.append((str(result.get("_id")), str(result.get("error"))))
+                report.count_sent(ok, item)
                 bar.update(1)
 
     started = time.perf_counter()
     try:
         if streams == 1:
-            send(actions())
+            send(actions)
         else:
-            shared = _SharedStream(actions())
-
-            def send_shared() -> None:
-                try:
-                    send(shared)
-                except BaseException:
-                    shared.stop()
-                    raise
-
-            with ThreadPoolExecutor(streams, thread_name_prefix="bulk") as pool:
-                try:
-                    for done in [pool.submit(send_shared) for _ in range(streams)]:
-                        done.result()
-                except BaseException:  # a failed stream, Ctrl-C or SIGTERM: the others stop sending too
-                    shared.stop()
-                    raise
+            _send_in_parallel(actions, send, streams)
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started
     if progress:
         print(f"facetrec: {report.summary()}", file=sys.stderr)
     return report
+
+
+def _actions(records: Iterable[Mapping[str, Any]], build: Callable[..., tuple[str, dict]], report: LoadReport, *,
+             index: str, kind: str, generation: str, dims: int, require_unit: bool,
+             doc_fields: Mapping[str, Any] | None, check: Callable[[str], None] | None) -> Iterator[dict]:
+    """The bulk actions of ``records``; a record that makes no document is counted in ``report``."""
+    for record in records:
+        try:
+            doc_id, source = build(record, generation, dims, require_unit)
+        except (InvalidDocument, KeyError, TypeError, ValueError) as exc:
+            report.count_invalid(str(record.get(f"{kind}_id")), str(exc))
+            continue
+        if doc_fields:
+            source.update(doc_fields)
+        if check is not None:
+            check(f"loading {index}")
+        yield {"_index": index, "_id": doc_id, "_source": source}
+
+
+def _send_in_parallel(actions: Iterator[dict], send: Callable[[Iterable[dict]], None], streams: int) -> None:
+    """``streams`` bulk streams over one shared stream of actions; one failing stops them all."""
+    shared = _SharedStream(actions)
+
+    def send_shared() -> None:
+        try:
+            send(shared)
+        except BaseException:
+            shared.stop()
+            raise
+
+    with ThreadPoolExecutor(streams, thread_name_prefix="bulk") as pool:
+        try:
+            for done in [pool.submit(send_shared) for _ in range(streams)]:
+                done.result()
+        except BaseException:  # a failed stream, Ctrl-C or SIGTERM: the others stop sending too
+            shared.stop()
+            raise
 
 
 def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, index: str, kind: str,

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from elasticsearch import Elasticsearch
 
+from facetrec.errors import Refused
 from facetrec.es import alias_index
 from facetrec.experiments import arm_aliases
 from facetrec.settings import Settings
@@ -70,20 +71,20 @@ class Pair:
         return self.state == VALIDATED
 
 
-class AlreadyLive(RuntimeError):
+class AlreadyLive(Refused):
     pass
 
 
-class NotGreen(RuntimeError):
+class NotGreen(Refused):
     """A new generation's shards (its replicas included) were not all assigned in time: it is not
     swapped live (a node down, or more replicas than the cluster has nodes to hold them)."""
 
 
-class NoPairToRollBackTo(RuntimeError):
+class NoPairToRollBackTo(Refused):
     pass
 
 
-class ModelMismatch(RuntimeError):
+class ModelMismatch(Refused):
     """User vectors of one model version offered for items of another."""
 
 
@@ -163,7 +164,8 @@ class Generations:
     def status(self) -> dict:
         """The pairs (what serving reads and rollback moves between) and every index of each family."""
         listed = {family: self.list(family) for family in FAMILIES}
-        return {"pairs": [dataclasses.asdict(p) for p in self._pair_up(listed["item"], listed["user"])],
+        pairs = self._marked_aliased(self._pair_up(listed["item"], listed["user"]))
+        return {"pairs": [dataclasses.asdict(p) for p in pairs],
                 **{family: [dataclasses.asdict(g) for g in gens] for family, gens in listed.items()}}
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -174,9 +176,9 @@ class Generations:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index
-        stored reduced (``facetrec.mips``) records its ``item_vector_scale``, one that also indexes the
-        flat copy for exact rows records ``exact_vectors`` (``facetrec.homepage.pairing_fields``), one
-        with vector partitions records them (``partitions``, ``facetrec.partitions``) and maps their
+        stored reduced (``facetrec.serving.mips``) records its ``item_vector_scale``, one that also indexes the
+        flat copy for exact rows records ``exact_vectors`` (``facetrec.catalog.meta.pairing_fields``), one
+        with vector partitions records them (``partitions``, ``facetrec.catalog.partitions``) and maps their
         fields (``properties``, beside the template's)."""
         index = self.index_name(family, generation)
         if index == self.live_index(family):
@@ -224,7 +226,8 @@ class Generations:
     def wait_green(self, index: str) -> None:
         """Wait (at most FACETREC_GREEN_TIMEOUT_S) until every shard of ``index``, replicas
         included, is assigned; NotGreen says why not."""
-        from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout
+        from elasticsearch import ApiError, ConnectionTimeout
+        from elasticsearch import ConnectionError as ESConnectionError
 
         timeout = self.settings.green_timeout_s
         deadline = time.monotonic() + timeout

@@ -30,15 +30,28 @@ import uuid
 
 from elasticsearch import ConflictError, Elasticsearch, NotFoundError
 
+from facetrec.errors import Refused
+from facetrec.settings import Settings
+
 LOCK_INDEX = "facetrec-locks"
 
 
-class LockHeld(RuntimeError):
-    pass
+class LockHeld(Refused):
+    """Another run holds the lock (and its lease has not run out)."""
 
 
-class LockLost(RuntimeError):
+class LockLost(Refused):
     """This run no longer holds the lock: it must not change anything."""
+
+
+def lock_name(settings: Settings) -> str:
+    """The re-index lock of the item alias: every publisher of its pairs (control's and every arm's)."""
+    return f"reindex-{settings.item_alias}"
+
+
+def reindex_lock(es: Elasticsearch, settings: Settings) -> "ReindexLock":
+    """The one re-index lock of these settings' pairs (not yet acquired: use it as a context manager)."""
+    return ReindexLock(es, name=lock_name(settings), lease_s=settings.lock_lease_s)
 
 
 class ReindexLock:

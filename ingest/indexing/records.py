@@ -1,6 +1,6 @@
 """Read embedding records (parquet files or folders) as a stream of dicts, with their count, the
-largest vector norm of a record source (the item vector scale of ``facetrec.mips``) and the counts
-of the values of the facets whose values get a vector partition (``facetrec.partitions``)."""
+largest vector norm of a record source (the item vector scale of ``facetrec.serving.mips``) and the counts
+of the values of the facets whose values get a vector partition (``facetrec.catalog.partitions``)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def max_vector_norm(source: Any, column: str) -> float:
 class ValueCounts(Counter):
     """A facet's value counts, plus how many records were read (``records``) and how many of them
     hold exactly one value (``single``): a facet whose every record has one value partitions the
-    catalog (``facetrec.partitions.covering``)."""
+    catalog (``facetrec.catalog.partitions.covering``)."""
 
     def __init__(self, *args, records: int = 0, single: int = 0, **kwargs):
         super().__init__(*args, **kwargs)

@@ -19,24 +19,33 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
-from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, Elasticsearch
+from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
+from elasticsearch import ConnectionError as ESConnectionError
 
-from facetrec import mips, partitions as vector_partitions
-from facetrec.catalog_stats import StatsCache, count_rows
+from facetrec.catalog import partitions as vector_partitions
+from facetrec.catalog.counts import StatsCache, count_rows
+from facetrec.catalog.meta import pairing_fields
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import client_options, resolve_url
-from facetrec.homepage import Target, pairing_fields
-from facetrec.metrics import NoMetrics
-from facetrec.rows import RowCatalog
+from facetrec.events.apply import UserEvents
+from facetrec.metrics import Metrics, NoMetrics
+from facetrec.model.user_encoder import EncoderRegistry
+from facetrec.serving import mips
+from facetrec.serving.homepage import SearchConfig
 from facetrec.settings import Settings
-from facetrec.user_encoder import EncoderRegistry
-from facetrec.user_events import UserEvents
 from ingest.indexing import templates
 from ingest.indexing.bulk_load import bulk_load, spark_load
-from ingest.indexing.generations import (VALIDATED, Generations, ModelMismatch, delete_unless_aliased,
-                                         new_generation_id)
-from ingest.indexing.lock import LockLost, ReindexLock
+from ingest.indexing.generations import VALIDATED, Generations, ModelMismatch, delete_unless_aliased, new_generation_id
+from ingest.indexing.lock import LockLost, reindex_lock
 from ingest.indexing.records import facet_value_counts, max_vector_norm
-from ingest.indexing.validate import ValidationReport, check_count, check_load, check_recall, check_rows, sample_user_ids
+from ingest.indexing.validate import (
+    ValidationReport,
+    check_count,
+    check_load,
+    check_recall,
+    check_rows,
+    sample_user_ids,
+)
 
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
@@ -56,7 +65,7 @@ def _load(es, settings: Settings, index: str, kind: str, source: Any, generation
 
 
 def _partitions(settings: Settings, items: Any) -> tuple[dict, str | None]:
-    """The vector partitions of a new item generation (``facetrec.partitions``), from the counts of
+    """The vector partitions of a new item generation (``facetrec.catalog.partitions``), from the counts of
     the partitioned facets' values in ``items`` (read before loading, like the vector scale), and
     the facet whose partitions cover the catalog when the generation is made without a catalog graph
     (``FACETREC_CATALOG_GRAPH=auto``), else None."""
@@ -70,7 +79,7 @@ def _partitions(settings: Settings, items: Any) -> tuple[dict, str | None]:
 
 
 def _item_vector_scale(settings: Settings, items: Any) -> float | None:
-    """The scale of a new item generation stored reduced (``facetrec.mips``), or None (raw vectors)."""
+    """The scale of a new item generation stored reduced (``facetrec.serving.mips``), or None (raw vectors)."""
     if not mips.applies(settings):
         return None
     scale = max_vector_norm(items, "item_embed")
@@ -122,7 +131,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 items: Iterable[Mapping] | Any | None, model_version: str, generation: str | None = None,
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
                 recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
-                progress: bool = True, metrics: NoMetrics | None = None, events_since: datetime | None = None,
+                progress: bool = True, metrics: Metrics | None = None, events_since: datetime | None = None,
                 encoders: EncoderRegistry | None = None, arm: str | None = None) -> dict:
     """Publish a new generation. ``items=None`` refreshes users only (items stay as they are).
     ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
@@ -131,7 +140,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     Event batches logged through the events API with an event newer than ``events_since`` (the
     newest event the batch input saw; default: when this run started) are re-applied to the new
     user index: once before the swap (a failure fails the publish) and once after it for the
-    batches that arrived meanwhile (``facetrec.user_events``).
+    batches that arrived meanwhile (``facetrec.events.apply``).
 
     ``arm``: publish the pair behind an experiment arm's aliases instead of the control aliases
     (``facetrec.experiments``; the same lock, validation and swap, the control aliases untouched)."""
@@ -142,7 +151,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     started = time.perf_counter()
     events_since = events_since or datetime.now(timezone.utc)
     user_events = UserEvents(es, settings, encoders)
-    with ReindexLock(es, name=f"reindex-{settings.item_alias}", lease_s=settings.lock_lease_s) as lock:
+    with reindex_lock(es, settings) as lock:
         _step(generation, f"locked; publishing {' and '.join(families)} of model {model_version}")
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
             print(f"facetrec: generation {generation} is already live; nothing to do")
@@ -194,7 +203,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 check_load(report)
                 gens.finish_loading(index, force_merge=force_merge and family == "item")
                 check_count(es, index, expected if expected is not None else report.attempted)
-                if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog_stats)
+                if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog.counts)
                     gens.update_meta(index, row_stats={"docs": report.indexed, "rows": count_rows(
                         es, index, list(catalog.rows.values()), catalog.user_filters, timeout_s=120)})
                 metrics.gauge("reindex.docs_indexed", report.indexed, tags=[f"family:{family}"])
@@ -202,7 +211,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
 
             user_index = gens.index_name("user", generation)
             _step(generation, f"validate {item_index} + {user_index}")
-            target = Target.from_settings(settings, item_index=item_index, user_index=user_index,
+            target = SearchConfig.from_settings(settings, item_index=item_index, user_index=user_index,
                                           request_timeout_s=30.0,
                                           stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
             validation = ValidationReport()
@@ -256,7 +265,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _replay_after_swap(user_events: UserEvents, user_index: str, since: datetime, first_replay: datetime,
-                       generation: str, metrics: NoMetrics) -> dict | str:
+                       generation: str, metrics: Metrics) -> dict | str:
     """The batches logged while the first replay and the swap ran. The swap is done, so a failure
     here is reported (and the batches stay in the log), not raised."""
     try:

@@ -8,18 +8,18 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
-from facetrec import mips
-from facetrec.partitions import fields as partition_fields
-from facetrec.rows import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
+from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
+from facetrec.catalog.partitions import fields as partition_fields
+from facetrec.events.log import event_log_index
+from facetrec.serving import mips
 from facetrec.settings import Settings
-from facetrec.user_events import event_log_index
 
 FILES = {"item": "item_index.json", "user": "user_index.json", "events": "user_events.json"}
 
 
 def _pattern(settings: Settings, family: str) -> str:
     """The generations of a family are "<alias>-<generation>", whatever the alias is called; the
-    user alias's event log is one index beside them (facetrec.user_events)."""
+    user alias's event log is one index beside them (facetrec.events.apply)."""
     if family == "events":
         return event_log_index(settings)
     return f"{settings.item_alias if family == 'item' else settings.user_alias}-*"
@@ -43,12 +43,12 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
         index_settings["number_of_replicas"] = settings.replicas
         props = body["template"]["mappings"]["properties"]
         if family == "item":
-            reduced = mips.applies(settings)  # unit item vectors with one more coordinate (facetrec.mips)
+            reduced = mips.applies(settings)  # unit item vectors with one more coordinate (facetrec.serving.mips)
             props[ITEM_VECTOR_FIELD].update(dims=settings.vector_dims + (1 if reduced else 0),
                                             similarity="dot_product" if reduced else settings.similarity,
                                             index_options=_index_options(settings))
             if settings.exact_vector_copy:
-                # The same vectors again, scanned exactly by the rows marked `exact` (facetrec.rows).
+                # The same vectors again, scanned exactly by the rows marked `exact` (facetrec.catalog.rows).
                 props[EXACT_VECTOR_FIELD] = {**props[ITEM_VECTOR_FIELD], "index_options": {"type": "flat"}}
             if settings.graph_index:
                 # How a filtered search walks the graph, and whether a walk may stop before it has
@@ -63,7 +63,7 @@ def render(settings: Settings, model_version: str) -> dict[str, dict]:
 
 
 def partition_properties(settings: Settings, model_version: str, partitions: dict, catalog_graph: bool = True) -> dict:
-    """The mapping of a new item generation's partition fields (``facetrec.partitions``): each is
+    """The mapping of a new item generation's partition fields (``facetrec.catalog.partitions``): each is
     the item vector field again (same dims, similarity and graph), holding one value's items. Without
     a catalog graph (the partitions cover the catalog), the item vector field itself is flat: an
     exact scan of whatever a search filters to, and no graph to build."""

@@ -8,13 +8,15 @@ from typing import Sequence
 import numpy as np
 from elasticsearch import Elasticsearch
 
-from facetrec import mips
-from facetrec.homepage import Target, recommend
-from facetrec.rows import ITEM_VECTOR_FIELD, Row
+from facetrec.catalog.fields import ITEM_VECTOR_FIELD
+from facetrec.catalog.rows import Row
+from facetrec.errors import Refused
+from facetrec.serving import mips
+from facetrec.serving.homepage import SearchConfig, recommend
 from ingest.indexing.bulk_load import LoadReport
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(Refused):
     def __init__(self, check: str, message: str, ids: Sequence[str] = ()):
         shown = ", ".join(map(str, list(ids)[:20]))
         super().__init__(f"validation check '{check}' failed: {message}" + (f" (ids: {shown})" if shown else ""))
@@ -48,7 +50,7 @@ def sample_user_ids(es: Elasticsearch, user_index: str, n: int, seed: int = 42) 
     return [h["_id"] for h in hits]
 
 
-def check_rows(es: Elasticsearch, target: Target, rows: Sequence[Row], user_ids: Sequence[str]) -> None:
+def check_rows(es: Elasticsearch, target: SearchConfig, rows: Sequence[Row], user_ids: Sequence[str]) -> None:
     """Every sampled user gets a non-empty result in every row, from the indices in ``target``."""
     empty: dict[str, list[str]] = {}
     for user_id in user_ids:

@@ -32,11 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from facetrec.errors import BadRequest
+from facetrec.events.apply import UserEvents
+from facetrec.events.batch import Event, EventBatch, check_item_id, check_user_id, parse_event_time
 from facetrec.metrics import NoMetrics
-from facetrec.rows import BadRequest
-from facetrec.ties import tie_key
-from facetrec.user_events import (Event, EventBatch, UserEvents, check_item_id, check_user_id,
-                                  parse_event_time)
+from facetrec.model.ties import tie_key
 
 log = logging.getLogger("facetrec.stream")
 
@@ -63,7 +63,7 @@ def event_batches(rows: Iterable[Any], stream: str, epoch_id: int, now: datetime
     """One event batch per user from a micro-batch's rows (``user_id``, ``item_id``, ``ts``), with
     the deterministic batch id ``<stream>-<epoch>``; and the rejected rows, each with its reason.
     A user's events are ordered by time, same-time events by the seeded hash the ETL orders them by
-    (``facetrec.ties``), so a re-run epoch builds the same batches and carries no id order."""
+    (``facetrec.model.ties``), so a re-run epoch builds the same batches and carries no id order."""
     per_user: dict[str, list[Event]] = {}
     rejected: list[dict] = []
     for row in rows:

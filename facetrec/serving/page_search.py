@@ -1,0 +1,212 @@
+"""The searches of one homepage: its rows' plans (``facetrec.serving.planner``) turned into the lines of ONE
+``_msearch``, and that ``_msearch``'s responses turned back into one response per row.
+
+Rows whose plan walks a graph and filters after the walk (``Plan.shared``) are asked together in
+one search: a ``dis_max`` of the walks they need (one per graph: the whole catalog's, a partition),
+the user filters and the seen items applied to what the walks found, and a ``filters`` aggregation
+with one bucket per row (the row's own filter) holding its best hits (``top_hits``, by score). The
+other rows are one search each, as before: the exact scan of a filtered set, a graph walk with the
+filter inside it, a ``script_score`` scan, or the popularity ranking of a user without a vector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from facetrec.catalog.counts import GenerationStats
+from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_SOURCE_FIELDS, ITEM_VECTOR_FIELD
+from facetrec.catalog.rows import Row
+from facetrec.serving import mips
+from facetrec.serving.planner import Plan, Thresholds, overfetch, plan_row
+from facetrec.serving.row_queries import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, build_row_search, query_vector
+
+MAX_OVERFETCH = 200   # later rows ask for at most this many more items, to backfill after de-duplication
+SHARED_BUCKETS = "rows"
+# A bucket's top hits are capped by the index setting index.max_inner_result_window (100 unless
+# set otherwise): a row needing more walks on its own, with its filter inside the walk.
+MAX_SHARED_HITS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSearch:
+    """How one row of the page is asked: its plan's name, the response it reads, and (shared rows)
+    its bucket of the shared search."""
+    row: Row
+    plan: str            # a planner plan, "script_score" or "popular"
+    slot: int            # index of its response in the _msearch
+    k: int               # hits it needs (its size, over-fetched for de-duplication and diversity)
+    bucket: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PageSearch:
+    lines: list[dict]                  # the _msearch body: header, body, header, body, ...
+    rows: list[RowSearch]
+
+    def split(self, responses: Sequence[dict]) -> list[dict]:
+        """One response per row: a row of the shared search gets the hits of its bucket (and the
+        shared search's took, timed_out or error); the others their own response."""
+        out = []
+        for rs in self.rows:
+            response = responses[rs.slot]
+            if "error" in response:
+                out.append(response)
+                continue
+            if rs.bucket is None:   # a filtered response (filter_path) has no hits key when it found none
+                out.append({**response, "hits": {"hits": response.get("hits", {}).get("hits", [])}})
+                continue
+            bucket = response.get("aggregations", {}).get(SHARED_BUCKETS, {}).get("buckets", {}).get(rs.bucket, {})
+            hits = bucket.get("top", {}).get("hits", {}).get("hits", [])
+            out.append({"took": response.get("took", 0), "timed_out": response.get("timed_out", False),
+                        "shared": True, "hits": {"hits": hits[:rs.k]}})
+        return out
+
+
+def query_vectors(user, similarity: str) -> dict[str, list[float]]:
+    """The user vector as each retrieval mode sends it, once per request: reduced (``facetrec.serving.mips``)
+    when the user's item generation stores reduced vectors, else unit length when the similarity
+    needs it (``query_vector``)."""
+    if user.item_vector_scale is not None:
+        return {"knn": mips.knn_query(user.vector), "script_score": mips.script_query(user.vector, user.item_vector_scale)}
+    vector = query_vector(user.vector, similarity)
+    return {"knn": vector, "script_score": vector}
+
+
+def row_mode(row: Row, mode: str | None, target) -> str:
+    return mode or row.retrieval or target.default_mode
+
+
+def _legacy_plan(row: Row, user) -> Plan:
+    """Without stats of the pair (a caller that plans nothing): a row pinned exact scans the flat
+    copy when the user's pair has one; every other row walks the graph with its filter inside."""
+    if row.exact and user.item_exact_vectors:
+        return Plan("exact", (EXACT_VECTOR_FIELD,), pre=row.filter)
+    return Plan("filtered_graph", (ITEM_VECTOR_FIELD,), pre=row.filter)
+
+
+def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], target, mode: str | None = None,
+                      sizes: dict[str, int] | None = None, script_lang: str = "painless",
+                      stats: GenerationStats | None = None) -> PageSearch:
+    """The page's ``_msearch`` lines and how each row reads its answer. Rows later on the page ask
+    for more (the sizes of the rows before them, at most MAX_OVERFETCH) so they can be backfilled
+    after cross-row de-duplication; ``stats`` (the pair's, ``facetrec.catalog.counts``) lets the
+    planner choose per row, without them every row is asked as ``_legacy_plan`` says."""
+    thresholds: Thresholds = target.thresholds
+    vectors = query_vectors(user, target.similarity) if user else {}
+    seen = list(dict.fromkeys(user.seen_item_ids)) if user else []
+    timeout = f"{max(int(target.request_timeout_s * 800), 50)}ms"
+    lines: list[dict] = []
+    searches: list[RowSearch] = []
+    shared: list[tuple[int, Row, Plan, int, int]] = []     # (position, row, plan, k, hits it shows)
+    placed: list[RowSearch | None] = []
+    earlier = 0
+    for row in rows:
+        size = (sizes or {}).get(row.id, row.size)
+        shown = row.candidates(size)   # its size, or a diverse or ranked row's candidates
+        k = shown + (min(earlier, MAX_OVERFETCH) if target.dedupe_across_rows else 0)
+        earlier += size
+        this_mode = row_mode(row, mode, target)
+        if user is None or this_mode != "knn":
+            body = build_row_search(row, user_vector=vectors[this_mode] if user else None, user_filters=user_filters,
+                                    exclude_ids=seen, k=k, mode=this_mode, script_lang=script_lang,
+                                    num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor)
+            placed.append(_own(lines, target, body, row, k, "popular" if user is None else this_mode, timeout,
+                               user is not None))
+            continue
+        plan = plan_row(row, user_filters, stats, thresholds) if stats is not None else _legacy_plan(row, user)
+        if plan.shared and k > MAX_SHARED_HITS:
+            plan = dataclasses.replace(plan, kind="filtered_graph" if plan.kind == "post_filter" else plan.kind,
+                                       pre=plan.post, post=(), post_user_filters=False)
+        if plan.shared:
+            shared.append((len(placed), row, plan, k, shown))
+            placed.append(None)
+            continue
+        exact = plan.kind == "exact"
+        body = build_row_search(row, user_vector=vectors["knn"], user_filters=user_filters, exclude_ids=seen, k=k,
+                                mode="knn", num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
+                                vector_field=plan.field, script_lang=script_lang, row_clauses=plan.pre,
+                                rescore_oversample=0.0 if plan.field == EXACT_VECTOR_FIELD else target.rescore_oversample,
+                                candidates=k + len(seen) if exact else
+                                thresholds.partition_candidates if len(plan.fields) > 1 or plan.kind == "partition"
+                                else None)
+        if len(plan.fields) > 1:   # a walk of each partition of a catalog made of them
+            body["query"] = _scattered(body["query"], plan.fields)
+        placed.append(_own(lines, target, body, row, k, plan.kind, timeout, True))
+    if shared:
+        slot = len(lines) // 2
+        lines += [{"index": target.item_index, "request_cache": False},
+                  _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout,
+                               target.rescore_oversample)]
+        for position, row, plan, k, _ in shared:
+            placed[position] = RowSearch(row, plan.kind, slot, k, bucket=f"b{position}")
+    searches = [rs for rs in placed if rs is not None]
+    return PageSearch(lines, searches)
+
+
+def _own(lines: list[dict], target, body: dict, row: Row, k: int, plan: str, timeout: str, personalized: bool) -> RowSearch:
+    body["timeout"] = timeout
+    body["track_total_hits"] = False
+    if row.diversity and row.diversity.needs_vectors and personalized:
+        body["_source"] = [*body["_source"], ITEM_VECTOR_FIELD]   # named: Elasticsearch 9 leaves vectors out otherwise
+    slot = len(lines) // 2
+    lines += [{"index": target.item_index}, body]
+    return RowSearch(row, plan, slot, k)
+
+
+def _shared_body(shared: list[tuple[int, Row, Plan, int, int]], vector: list[float], user_filters: Sequence[dict],
+                 seen: list[str], thresholds: Thresholds, timeout: str, rescore_oversample: float = 0.0) -> dict:
+    """One search for every post-filtered row: each graph they need walked once, without a filter;
+    the user filters and the seen items after the walks; a bucket per row with its best hits."""
+    walks: dict[str, int] = {}
+    for _, _, plan, _, shown in shared:
+        # Enough walk results that the row's size pass its filters once the seen items are gone
+        # (its bucket still holds k, for the backfill after de-duplication: the page's other walks
+        # fill it too). Over-fetching every walk by the earlier rows' sizes as well cost a 1M
+        # homepage ~40% more node CPU (docs/benchmarks.md).
+        needed = overfetch(shown + len(seen), plan.share)
+        for field in plan.fields:
+            walks[field] = max(walks.get(field, 0), needed)
+    knns = []
+    for field, k_walk in walks.items():
+        candidates = thresholds.walk_candidates if field == ITEM_VECTOR_FIELD else thresholds.partition_candidates
+        knn = {"field": field, "query_vector": vector, "k": k_walk,
+               "num_candidates": min(max(candidates, k_walk), MAX_NUM_CANDIDATES)}
+        if rescore_oversample:   # quantized graphs: the walk's best rescored with the float vectors
+            knn["rescore_vector"] = {"oversample": rescore_oversample}
+        knns.append({"knn": knn})
+    source = list(ITEM_SOURCE_FIELDS)
+    if any(row.diversity and row.diversity.needs_vectors for _, row, _, _, _ in shared):
+        source.append(ITEM_VECTOR_FIELD)
+    buckets = {f"b{position}": {"bool": {"filter": list(row.filter), "must_not": list(row.must_not)}}
+               for position, row, _, _, _ in shared}
+    query: dict[str, Any] = {"bool": {"must": [knns[0] if len(knns) == 1 else {"dis_max": {"queries": knns}}],
+                                      "filter": list(user_filters)}}
+    if seen:
+        query["bool"]["must_not"] = [{"ids": {"values": seen}}]
+    return {"size": 0, "track_total_hits": False, "timeout": timeout, "query": query,
+            "aggs": {SHARED_BUCKETS: {"filters": {"filters": buckets},
+                                      "aggs": {"top": {"top_hits": {"size": max(k for _, _, _, k, _ in shared),
+                                                                    "_source": source}}}}}}
+
+
+def _scattered(query: dict, fields: Sequence[str]) -> dict:
+    """The same knn query on each of ``fields`` (a ``dis_max``: a document scores the same in every
+    field, which all hold its one vector), wherever the query holds its knn clause."""
+    def per_field(knn: dict) -> dict:
+        return {"dis_max": {"queries": [{"knn": {**knn["knn"], "field": field}} for field in fields]}}
+    if "knn" in query:
+        return per_field(query)
+    must = query["bool"]["must"]
+    return {"bool": {**query["bool"], "must": [per_field(must[0]), *must[1:]]}}
+
+
+def build_searches(rows: Sequence[Row], user, user_filters: Sequence[dict], target, mode: str | None = None,
+                   sizes: dict[str, int] | None = None, script_lang: str = "painless",
+                   stats: GenerationStats | None = None) -> list[dict]:
+    """The ``_msearch`` lines of a page (``build_page_search(...).lines``)."""
+    return build_page_search(rows, user, user_filters, target, mode, sizes, script_lang, stats).lines
+
+
+__all__ = ["PageSearch", "RowSearch", "build_page_search", "build_searches", "query_vectors", "row_mode",
+           "SEEN_OVERFETCH_MAX", "MAX_OVERFETCH"]
