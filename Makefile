@@ -32,7 +32,7 @@ deps: $(DEPS_STAMP)
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/editable.log 2>&1 || { cat $(VENV)/editable.log; exit 1; }
 	@$(PY) -m facetrec_cli.es build-classpath
 
-# make demo: MovieLens-100k; make demo CATALOG=synthetic: the synthetic catalog (app/rows.yaml, user filters)
+# make demo: MovieLens-100k; make demo CATALOG=synthetic: the synthetic catalog (catalogs/synthetic/rows.yaml, user filters)
 CATALOG ?= movielens
 
 demo: deps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
@@ -10,7 +12,8 @@ from app.arms import Arms
 from facetrec.catalog.counts import StatsCache
 from facetrec.catalog.facets import FacetCache
 from facetrec.catalog.rows import RowCatalog
-from facetrec.es import serving_client
+from facetrec.errors import ConfigurationError
+from facetrec.es import alias_index, serving_client
 from facetrec.events.apply import UserEvents
 from facetrec.experiments import CONTROL, ExperimentCache
 from facetrec.metrics import make_metrics
@@ -38,7 +41,25 @@ class OrjsonProvider(DefaultJSONProvider):
         return self._app.response_class(self._bytes(obj), mimetype=self.mimetype)
 
 
+log = logging.getLogger("facetrec.service")
 MAX_BODY_BYTES = 64 * 1024  # a rows request is a few KiB; anything larger is refused with 413 unread
+
+
+def check_rows_against_live_generation(facets: FacetCache, catalog: RowCatalog) -> None:
+    """Refuse to start (ConfigurationError, with the reasons) when a configured row filters on a facet
+    the live generation's catalog schema lacks; when the live generation cannot be read (no pair yet,
+    the cluster down) the rows are served over the configured schema and each page says what fails."""
+    try:
+        live = facets.catalog_of(alias_index(facets.es, facets.item_alias))
+    except Exception as exc:  # noqa: BLE001 - checked again by every request against the live generation
+        log.warning("live generation not read at start; rows checked against the configured catalog schema",
+                    extra={"event": "live_schema_unread", "detail": str(exc)[:300]})
+        return
+    if live.schema is not None and (catalog.schema is None or live.schema.to_dict() != catalog.schema.to_dict()):
+        problems = catalog.unservable(live.schema)
+        if problems:
+            raise ConfigurationError("the row config cannot be served by the live generation: " + "; ".join(problems)
+                                     + " (publish a generation of this catalog, or serve a row config that fits it)")
 
 
 def create_app(settings: Settings | None = None, catalog: RowCatalog | None = None) -> Flask:
@@ -46,7 +67,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     from app import api, auth, docs, errors, logs, page, state
 
     settings = settings or Settings.from_env()
-    catalog = catalog or RowCatalog.load(settings.rows_config)
+    catalog = catalog or RowCatalog.from_settings(settings)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -55,7 +76,10 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     es = serving_client(settings)
     metrics = make_metrics(settings, component="service")
     # The row planner's per-generation stats: read from each item generation's _meta once.
-    search = SearchConfig.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
+    search = SearchConfig.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters),
+                                        schema=catalog.schema)
+    facets = FacetCache(es, settings.item_alias, catalog)
+    check_rows_against_live_generation(facets, catalog)
     # Experiment arms: each user's arm, and each arm's search config, metrics and recall monitor (app.arms).
     experiments = ExperimentCache(es, settings, settings.experiment_refresh_s, timeout_s=settings.es_request_timeout_s)
     arms = Arms(settings, experiments, search, metrics,
@@ -63,7 +87,7 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
                                                           settings.index_type))
     state.init_app(app, state.Service(
         settings=settings, catalog=catalog, es=es, metrics=metrics, search=search,
-        facets=FacetCache(es, settings.item_alias, catalog), arms=arms,
+        facets=facets, arms=arms,
         recall_monitor=arms.serving(CONTROL).monitor,
         # Fresh events go to the live user index of control and of every other arm of the experiment.
         events=UserEvents(es, settings, EncoderRegistry(settings.models_root, threads=1),

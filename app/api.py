@@ -11,8 +11,9 @@ from flask import Blueprint, g, jsonify, request
 
 from app.requests import parse_events_body, parse_homepage_args, parse_rows_body, query_args
 from app.state import service_of
-from facetrec.catalog.facets import MATCHING, FacetSummary
+from facetrec.catalog.facets import MATCHING, FacetSummary, LiveGeneration
 from facetrec.catalog.row_info import describe_catalog
+from facetrec.catalog.rows import RowCatalog
 from facetrec.errors import BadRequest, ClusterUnavailable
 from facetrec.es import alias_index, cluster_errors_as_unavailable
 from facetrec.serving.homepage import recommend
@@ -22,10 +23,29 @@ log = logging.getLogger("facetrec.service")
 impressions = logging.getLogger("facetrec.impressions")   # one line per page served during an experiment
 
 
+def live_generation() -> LiveGeneration:
+    """The live item generation (its schema and values, cached per generation); ClusterUnavailable
+    when it cannot be read."""
+    try:
+        return service_of().facets.generation()
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is the cluster's
+        raise ClusterUnavailable(f"live generation: {exc}") from exc
+
+
+def live_catalog() -> RowCatalog:
+    """The configured rows over the live generation's catalog schema (what a request is checked
+    against); the configured schema when the live generation cannot be read (the page's own searches
+    then say what the cluster says)."""
+    try:
+        return live_generation().catalog
+    except ClusterUnavailable:
+        return service_of().catalog
+
+
 def facet_summary() -> FacetSummary:
     """The live generation's facet values (cached per generation); ClusterUnavailable when unreadable."""
     try:
-        return service_of().facets.get()
+        return live_generation().summary()
     except Exception as exc:  # noqa: BLE001 - any failure to read them is the cluster's
         raise ClusterUnavailable(f"facet values: {exc}") from exc
 
@@ -62,7 +82,7 @@ def _serve(query):
 @bp.get("/v1/users/<path:user_id>/homepage")
 def homepage(user_id: str):
     ctx = service_of()
-    return _serve(parse_homepage_args(user_id, request.args, ctx.catalog, ctx.settings.retrieval_mode,
+    return _serve(parse_homepage_args(user_id, request.args, live_catalog(), ctx.settings.retrieval_mode,
                                       facets=facet_values_if_readable))
 
 
@@ -72,7 +92,8 @@ def rows(user_id: str):
     if body is None:
         raise BadRequest("body", "expected a JSON object (Content-Type: application/json)")
     ctx = service_of()
-    return _serve(parse_rows_body(user_id, body, ctx.catalog, ctx.settings.retrieval_mode, facets=facet_values_if_readable))
+    return _serve(parse_rows_body(user_id, body, live_catalog(), ctx.settings.retrieval_mode,
+                                  facets=facet_values_if_readable))
 
 
 @bp.post("/v1/users/<path:user_id>/events")
@@ -96,7 +117,9 @@ def events(user_id: str):
 
 
 def _facets_body(summary: FacetSummary) -> dict:
-    return {"item_generation": summary.item_index, "value_matching": MATCHING, "facets": summary.facets}
+    schema = live_catalog().schema
+    return {"catalog": schema.name if schema else None, "item_generation": summary.item_index,
+            "value_matching": MATCHING, "facets": summary.facets}
 
 
 @bp.get("/v1/rows")
@@ -104,7 +127,7 @@ def row_catalog():
     """The configured rows (filters, sizes, modes) and the declared facets with their live values."""
     query_args(request.args, set())
     ctx = service_of()
-    return jsonify({**describe_catalog(ctx.catalog, ctx.settings.retrieval_mode),
+    return jsonify({**describe_catalog(live_catalog(), ctx.settings.retrieval_mode),
                     **_facets_body(facet_summary())})
 
 

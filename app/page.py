@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template, request
 
-from app.api import facet_values_if_readable
+from app.api import facet_values_if_readable, live_catalog
 from app.requests import parse_limit
 from app.state import service_of
+from facetrec.catalog.facets import LISTED
 from facetrec.catalog.row_info import filter_text, mode_options
 from facetrec.errors import ClusterUnavailable
 
@@ -20,12 +21,12 @@ def page_context(catalog, default_mode: str, summary) -> dict:
     """What the template shows: the user filters (with their values when the live generation's list
     is complete), the declared facets, the mode options and each row's filters as a phrase."""
     facets = summary.facets if summary is not None else {}
-    filters = [{"name": name, "values": summary.known_values(name) if summary is not None else None}
-               for name in catalog.user_filters]
+    filters = [{"name": param, "values": summary.known_values(name) if summary is not None else None}
+               for param, name in catalog.user_filter_params.items()]
     declared = []
     for name, kind in catalog.facets.items():
         entry = facets.get(name) or {}
-        if kind == "keyword":
+        if kind in LISTED:
             shown = f"{len(entry['values'])}{'' if entry['complete'] else '+'} values" if entry else "values unknown"
         elif entry.get("min") is not None:
             low, high = (f"{v:.3g}" if isinstance(v, float) else str(v) for v in (entry["min"], entry["max"]))
@@ -40,8 +41,9 @@ def page_context(catalog, default_mode: str, summary) -> dict:
 @bp.get("/")
 def index():
     ctx = service_of()
-    return render_template("homepage.html", **page_context(ctx.catalog, ctx.settings.retrieval_mode,
-                                                           facet_values_if_readable()))
+    catalog = live_catalog()
+    return render_template("homepage.html", item_fields=catalog.schema.display_fields if catalog.schema else ["title"],
+                           **page_context(catalog, ctx.settings.retrieval_mode, facet_values_if_readable()))
 
 
 @bp.get("/v1/sample-users")

@@ -118,35 +118,52 @@ def _spelled(clause: dict, catalog: RowCatalog, prefix: str, summary: _Once) -> 
     refusal names ``<prefix>.<facet>``."""
     (kind, body), = clause.items()
     (name, value), = body.items()
-    if kind in ("term", "terms") and catalog.facets.get(name) == "keyword":
+    if kind in ("term", "terms") and catalog.facets.get(name) in ("keyword", "keyword_list"):
         for v in value if isinstance(value, list) else [value]:
             check_spelling(name, v, summary(), f"{prefix}.{name}")
     return clause
 
 
 def user_filter_clauses(filters: Mapping[str, Any], catalog: RowCatalog, field: str,
-                        facets: FacetValues | None = None) -> list[dict]:
+                        facets: FacetValues | None = None, text: bool = False) -> list[dict]:
+    """The clauses of a request's user filters, each named by its request parameter (the catalog
+    schema's ``user_filter``); ``text``: the values are query parameters (strings)."""
     clauses = []
     summary = facets if isinstance(facets, _Once) else _Once(facets)
-    for name, value in filters.items():
-        where = f"{field}.{name}"
-        if name not in catalog.user_filters:
-            raise BadRequest(where, f"not a user filter; allowed: {list(catalog.user_filters)}")
+    params = catalog.user_filter_params
+    for param, value in filters.items():
+        where = f"{field}.{param}"
+        name = params.get(param)
+        if name is None:
+            raise BadRequest(where, f"not a user filter; allowed: {sorted(params)}")
+        kind = catalog.facets[name]
+        if text:
+            value = _from_text(value, kind)
         if isinstance(value, list):
             if not 1 <= len(value) <= 50:
                 raise BadRequest(where, "a list of 1..50 values")
-            clause = {"terms": {name: [check_value(v, catalog.facets[name], where) for v in value]}}
+            clause = {"terms": {name: [check_value(v, kind, where) for v in value]}}
         else:
-            clause = {"term": {name: check_value(value, catalog.facets[name], where)}}
+            clause = {"term": {name: check_value(value, kind, where)}}
         clauses.append(_spelled(clause, catalog, field, summary))
     return clauses
+
+
+def _from_text(value: str, kind: str) -> Any:
+    """A query parameter's value as the facet's type (left as it is when it does not parse: the check
+    that follows names the field)."""
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(value, value)
+    if kind == "integer" and value.lstrip("-").isascii() and value.lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def parse_homepage_args(user_id: str, args: Any, catalog: RowCatalog, default_mode: str = "knn",
                         facets: FacetValues | None = None) -> HomepageQuery:
     """GET /v1/users/<user_id>/homepage?<user filter>=&rows=&size=&mode= (``args``: see ``query_args``)"""
     user_id = check_user_id(user_id)
-    args = query_args(args, QUERY_PARAMS | set(catalog.user_filters))
+    args = query_args(args, QUERY_PARAMS | set(catalog.user_filter_params))
     rows = catalog.homepage_rows()
     if "rows" in args:
         ids = [r for r in args["rows"].split(",") if r]
@@ -157,8 +174,8 @@ def parse_homepage_args(user_id: str, args: Any, catalog: RowCatalog, default_mo
                 raise BadRequest("rows", f"unknown row id {row_id[:64]!r}; known: {sorted(catalog.rows)}")
         rows = [catalog.rows[r] for r in dict.fromkeys(ids)]
     sizes = {r.id: _size(args["size"], "size", text=True) for r in rows} if "size" in args else {}
-    filters = {k: v for k, v in args.items() if k in catalog.user_filters}
-    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", facets), sizes,
+    filters = {k: v for k, v in args.items() if k in catalog.user_filter_params}
+    return _checked(HomepageQuery(user_id, rows, user_filter_clauses(filters, catalog, "filters", facets, text=True), sizes,
                                   _mode(args.get("mode")), _arm(args.get("arm"))), catalog, default_mode, "size", "mode")
 
 

@@ -72,7 +72,7 @@ def publish(es, settings: Settings, args, models_root: Path) -> list[dict]:
     vectors = ExportedUserEncoder(export).user_vectors([u["seen_item_ids"] for u in users],
                                                         np.zeros((len(users), 0), np.int64))
     users = [{**u, "user_embed": v} for u, v in zip(users, vectors)]
-    run_reindex(es, settings, RowCatalog.load(REPO_ROOT / "app" / "rows.yaml"), items=items, users=users,
+    run_reindex(es, settings, RowCatalog.load(REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml"), items=items, users=users,
                 model_version=MODEL, sample_users=5, force_merge=True, expected_items=len(items),
                 expected_users=len(users))
     return items

@@ -69,7 +69,7 @@ def main() -> int:
     args = parser.parse_args()
 
     es = make_client(Settings.from_env(), request_timeout=1800)
-    catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
+    catalog = RowCatalog.load(REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml")
     items, users, item_vectors, user_vectors = embedding_records(args.items, 2_000, dims=64, seed=1)
     for r in items:
         r["published_at"] = str(r["published_at"])[:10]

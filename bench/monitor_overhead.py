@@ -55,7 +55,7 @@ def main() -> int:
 
     settings = Settings.from_env().replace(item_alias="bench-item_index", user_alias="bench-user_index",
                                            index_type=args.index_type)
-    catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
+    catalog = RowCatalog.load(REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml")
     es = make_client(settings, request_timeout=900)
     # --reuse needs only the user ids, which do not depend on the catalog's size: a small one does.
     items, users, _, _ = embedding_records(min(args.items, 1000) if args.reuse else args.items, args.users, dims=64,

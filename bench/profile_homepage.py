@@ -148,7 +148,7 @@ def main() -> int:
 
     settings = Settings.from_env().replace(item_alias="bench-item_index", user_alias="bench-user_index",
                                            index_type=args.index_type)
-    catalog = RowCatalog.load(REPO_ROOT / "app" / "rows.yaml")
+    catalog = RowCatalog.load(REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml")
     es = make_client(settings, request_timeout=900)
     items = users = None
     if not args.reuse or args.sweep:
@@ -207,7 +207,7 @@ def main() -> int:
 
 def sweep(es, settings, rows, bodies, user_ids, items, users, item_vectors, user_vectors, factors) -> None:
     """Recall per row against numpy exact answers, for each num_candidates factor (warm cache)."""
-    exact = ExactRows(RowCatalog.load(REPO_ROOT / "app" / "rows.yaml"), items, item_vectors)
+    exact = ExactRows(RowCatalog.load(REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml"), items, item_vectors)
     by_id = {u["user_id"]: i for i, u in enumerate(users)}
     print(f"\n{'factor':>6} {'row':<13} {'id recall':>9} {'score rec':>9} {'took p50':>8}")
     mapping = next(iter(es.indices.get_mapping(index=settings.item_alias).values()))["mappings"]

@@ -4,7 +4,7 @@ client) against the live MovieLens pair that `make demo` publishes, with its reg
     make demo            # publishes the pair and registers its ranker; leaves the node running
     python bench/ranker_cost.py [--pages 600]
 
-The same users' homepages are asked with the shipped rows (app/rows-movielens.yaml: `for_you` ranked
+The same users' homepages are asked with the shipped rows (catalogs/movielens-100k/rows.yaml: `for_you` ranked
 over 100 candidates) and with the same rows without `rank`, interleaved in rounds so drift on this
 noisy machine hits both alike. Reported per homepage: process CPU (the service's own work: parsing
 the extra candidates, the features, LightGBM), wall time p50/p95 (with the node's time in it), the
@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     settings = Settings.from_env().replace(es_request_timeout_s=10.0, recall_sample_rate=0.0)
-    shipped = RowCatalog.load(REPO / "app" / "rows-movielens.yaml")
+    shipped = RowCatalog.load(REPO / "catalogs" / "movielens-100k" / "rows.yaml")
     plain = dataclasses.replace(shipped, rows={k: dataclasses.replace(r, rank_candidates=None)
                                                for k, r in shipped.rows.items()})
     es = make_client(settings)
@@ -89,7 +89,7 @@ def main() -> int:
             cpu[name] += time.process_time() - started_cpu
     pages = per_round * args.rounds
     print(f"command: python bench/ranker_cost.py {' '.join(sys.argv[1:])}")
-    print(f"{pages} homepages per variant, {len(users)} users, 6 rows (app/rows-movielens.yaml)\n")
+    print(f"{pages} homepages per variant, {len(users)} users, 6 rows (catalogs/movielens-100k/rows.yaml)\n")
     print("| variant | service CPU ms / page | wall p50 ms | wall p95 ms | ranking step p50 ms | _msearch per page |")
     print("|---|---|---|---|---|---|")
     for name in variants:

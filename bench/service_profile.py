@@ -55,7 +55,7 @@ def main() -> int:
                                            partition_min_docs=max(1, args.items // 10), es_request_timeout_s=10.0,
                                            recall_sample_rate=0.0)
     es = make_client(settings, request_timeout=300)
-    catalog = RowCatalog.load(REPO / "app" / "rows.yaml")
+    catalog = RowCatalog.load(REPO / "catalogs" / "synthetic" / "rows.yaml")
     if not es.indices.exists_alias(name=settings.item_alias):
         items, users, *_ = embedding_records(n_items=args.items, n_users=300, dims=64, seed=3)
         run_reindex(es, settings, catalog, items=items, users=users, model_version="profile", progress=False,

@@ -4,7 +4,7 @@
     python bench/serving_bench.py --items 1000000 --reuse ...          # serve the bench-* pair already loaded
     python bench/serving_bench.py --items 200000 --full-rank 1.0 ...   # the same catalog on full-rank vectors
 
-One configuration, the shipped one (settings from the environment, ``app/rows.yaml``), the 6-row
+One configuration, the shipped one (settings from the environment, ``catalogs/synthetic/rows.yaml``), the 6-row
 homepage with the user filters ``language=en&country=US``:
 
 1. publish (unless ``--reuse``): seconds, item docs/s, index bytes, the vector partitions;
@@ -87,11 +87,11 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-ROWS_CONFIG = REPO_ROOT / "app" / "rows.yaml"
+ROWS_CONFIG = REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml"
 
 
 def bench_rows_config() -> Path:
-    """The row config (app/rows.yaml unless --rows) with every mode open to callers on every row
+    """The row config (catalogs/synthetic/rows.yaml unless --rows) with every mode open to callers on every row
     (the bench may ask for a mode on the whole homepage; the shipped config allows callers only the
     rows' own modes)."""
     raw = yaml.safe_load(Path(ROWS_CONFIG).read_text())
@@ -333,7 +333,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--reuse", action="store_true", help="serve the bench-* pair already loaded (same --items)")
     parser.add_argument("--rows", type=Path, default=ROWS_CONFIG,
-                        help="the row config to serve (default app/rows.yaml; the same six row ids)")
+                        help="the row config to serve (default catalogs/synthetic/rows.yaml; the same six row ids)")
     args = parser.parse_args()
     globals()["ROWS_CONFIG"] = args.rows
     command = f"python bench/serving_bench.py {' '.join(sys.argv[1:])}"

@@ -25,6 +25,9 @@ CHECKOUT: Path | None = PACKAGE_ROOT if (PACKAGE_ROOT / "pyproject.toml").is_fil
 # The composable index templates: the checkout's top-level index_templates/, which a wheel carries as
 # the package data facetrec/index_templates (pyproject.toml maps one onto the other).
 TEMPLATES_DIR = CHECKOUT / "index_templates" if CHECKOUT else PACKAGE_DIR / "index_templates"
+# The bundled catalogs (catalogs/<name>/catalog.yaml + rows.yaml): the checkout's top-level catalogs/,
+# the package data facetrec/catalogs of a wheel.
+CATALOGS_DIR = CHECKOUT / "catalogs" if CHECKOUT else PACKAGE_DIR / "catalogs"
 # Where the product writes its own state (the local node, exported models, the demo's service): the
 # checkout's .facetrec, or ~/.local/share/facetrec for an installed wheel.
 STATE_ROOT = CHECKOUT / ".facetrec" if CHECKOUT else Path.home() / ".local" / "share" / "facetrec"
@@ -69,7 +72,8 @@ class Settings:
     hnsw_early_termination: bool = False   # FACETREC_HNSW_EARLY_TERMINATION: let a walk stop before num_candidates
     mips_reduction: bool = True            # FACETREC_MIPS_REDUCTION: graph indices store unit item vectors (facetrec.serving.mips)
     exact_vectors: bool = True             # FACETREC_EXACT_VECTORS: graph generations also index a flat copy (exact plans)
-    vector_partitions: str = "item_format"  # FACETREC_VECTOR_PARTITIONS: facets whose values get a graph each (facetrec.catalog.partitions)
+    vector_partitions: str | None = None   # FACETREC_VECTOR_PARTITIONS: facets whose values get a graph each, or
+                                           # "none" (unset: the catalog schema's `partition: true` facets)
     partition_min_docs: int = 10_000       # FACETREC_PARTITION_MIN_DOCS: a value with fewer items gets no graph (it scans exactly)
     catalog_graph: str = "auto"            # FACETREC_CATALOG_GRAPH: auto (none when partitions cover the catalog) | on
     shards: int = 1                        # FACETREC_SHARDS
@@ -81,7 +85,8 @@ class Settings:
     templates_dir: Path = TEMPLATES_DIR     # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
-    rows_config: Path = PACKAGE_ROOT / "app" / "rows.yaml"  # FACETREC_ROWS_CONFIG
+    rows_config: Path = CATALOGS_DIR / "synthetic" / "rows.yaml"  # FACETREC_ROWS_CONFIG
+    catalog_config: Path | None = None     # FACETREC_CATALOG_CONFIG: the catalog schema (unset: catalog.yaml beside the rows)
     retrieval_mode: str = "knn"            # FACETREC_RETRIEVAL_MODE: knn | script_score
     script_lang: str = "auto"              # FACETREC_SCRIPT_LANG: auto | painless | facetrec_vector (script_score)
     num_candidates_factor: int = 10        # FACETREC_NUM_CANDIDATES_FACTOR: num_candidates = k * factor
@@ -118,7 +123,8 @@ class Settings:
                                     f"http(s):// node URLs{f', not {bad[0]!r}' if bad else ''}")
         if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
             raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
-        parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS")
+        if self.vector_partitions is not None:
+            parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -144,10 +150,14 @@ class Settings:
         (``facetrec.catalog.rows``). A flat generation is exact already."""
         return self.exact_vectors and self.graph_index
 
-    @property
-    def partition_facets(self) -> tuple[str, ...]:
-        """The facets whose values each get a vector graph in a new graph item generation."""
-        return parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS") if self.graph_index else ()
+    def partition_facets(self, schema_facets: tuple[str, ...]) -> tuple[str, ...]:
+        """The facets whose values each get a vector graph in a new graph item generation: those the
+        setting names (``none``: no facet), else the catalog schema's ``schema_facets``."""
+        if not self.graph_index:
+            return ()
+        if self.vector_partitions is None:
+            return tuple(schema_facets)
+        return parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS")
 
     @property
     def api_token_list(self) -> list[str]:
@@ -164,7 +174,9 @@ class Settings:
 
 
 def parse_facet_names(raw: str, var: str) -> tuple[str, ...]:
-    """A comma-separated list of facet names (empty: none), each a valid field name."""
+    """A comma-separated list of facet names (``none`` or empty: none), each a valid field name."""
+    if raw.strip().lower() == "none":
+        return ()
     names = tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
     for name in names:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
@@ -227,6 +239,7 @@ _ENV_NAMES = {
     "green_timeout_s": "FACETREC_GREEN_TIMEOUT_S",
     "templates_dir": "FACETREC_TEMPLATES_DIR",
     "rows_config": "FACETREC_ROWS_CONFIG",
+    "catalog_config": "FACETREC_CATALOG_CONFIG",
     "retrieval_mode": "FACETREC_RETRIEVAL_MODE",
     "script_lang": "FACETREC_SCRIPT_LANG",
     "num_candidates_factor": "FACETREC_NUM_CANDIDATES_FACTOR",

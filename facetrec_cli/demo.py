@@ -2,9 +2,9 @@
 
 1. start the local Elasticsearch node (unless ES_URL points at a cluster),
 2. run the nightly pipeline on the catalog (Spark ETL, training, evaluation, embedding, a new
-   generation, validation, one alias swap): MovieLens-100k by default (rows: app/rows-movielens.yaml),
+   generation, validation, one alias swap): MovieLens-100k by default (rows: catalogs/movielens-100k/rows.yaml),
    or the synthetic Scribd-like catalog with ``--catalog synthetic`` (`make demo CATALOG=synthetic`;
-   rows: app/rows.yaml, with the user filters language and country),
+   rows: catalogs/synthetic/rows.yaml, with the user filters language and country),
 3. start the service under gunicorn on 127.0.0.1:8000 with that catalog's rows,
 4. print the evaluation table and sample homepages for a few users,
 
@@ -129,6 +129,6 @@ def register(sub) -> None:
     p.add_argument("action", nargs="?", choices=["run", "stop"], default="run",
                    help="run the demo (default) or stop the service it started")
     p.add_argument("--catalog", choices=sorted(CATALOGS), default="movielens",
-                   help="movielens: MovieLens-100k with app/rows-movielens.yaml (default); synthetic: the Scribd-like "
-                        "synthetic catalog with app/rows.yaml and its user filters (language, country)")
+                   help="movielens: MovieLens-100k with catalogs/movielens-100k/rows.yaml (default); synthetic: the Scribd-like "
+                        "synthetic catalog with catalogs/synthetic/rows.yaml and its user filters (language, country)")
     p.set_defaults(func=cmd_demo)

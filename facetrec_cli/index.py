@@ -100,7 +100,7 @@ def cmd_index_publish(args, settings: Settings) -> int:
     from ingest.indexing.reindex import run_reindex
 
     result = run_reindex(
-        _client(settings), settings, RowCatalog.load(settings.rows_config),
+        _client(settings), settings, RowCatalog.from_settings(settings),
         items=parquet_records(args.items) if args.items else None, users=parquet_records(args.users),
         expected_items=parquet_count(args.items) if args.items else None, expected_users=parquet_count(args.users),
         model_version=args.model_version, generation=args.generation, force_merge=args.force_merge)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from facetrec.settings import Settings
 
@@ -44,8 +45,18 @@ def cmd_etl(args, settings: Settings) -> int:
 
     if args.dataset:
         pipeline.step_prepare_data(args.dataset, args.work_dir)
+    elif args.catalog_config:
+        _require_inputs(args)
+        pipeline.step_inputs(args.work_dir, args.catalog_config, args.events, args.catalog, args.users)
     print(json.dumps(pipeline.step_etl(args.work_dir), indent=2))
     return 0
+
+
+def _require_inputs(args) -> None:
+    missing = [flag for flag, value in (("--events", args.events), ("--catalog", args.catalog)) if not value]
+    if missing:
+        raise SystemExit(f"facetrec: error: --catalog-config needs {' and '.join(missing)} (the input files: a file, "
+                         "a directory of part files or a glob; Parquet, CSV or JSON lines)")
 
 
 def cmd_train(args, settings: Settings) -> int:
@@ -93,11 +104,26 @@ def cmd_pipeline_run(args, settings: Settings) -> int:
     from ingest import pipeline
 
     model_o, train_o = _split(_overrides(args.set))
-    summary = pipeline.run_pipeline(args.dataset, args.work_dir, settings, rows_config=args.rows,
+    if args.catalog_config:
+        _require_inputs(args)
+    dataset = None if args.catalog_config else (args.dataset or "movielens-100k")
+    summary = pipeline.run_pipeline(dataset, args.work_dir, settings, rows_config=args.rows,
                                     generation=args.generation, train=not args.skip_train, model_overrides=model_o,
-                                    train_overrides=train_o, metrics=make_metrics(settings, "pipeline"))
+                                    train_overrides=train_o, metrics=make_metrics(settings, "pipeline"),
+                                    catalog_config=args.catalog_config, events=args.events, catalog=args.catalog,
+                                    users=args.users)
     print(json.dumps(summary["publish"], indent=2, default=str))
     return 0
+
+
+def _input_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog-config", type=Path, metavar="FILE",
+                   help="your catalog's schema file (catalog.yaml: columns, facets and their types, user filters, "
+                        "event columns; docs/your-data.md)")
+    p.add_argument("--events", metavar="URI", help="with --catalog-config: the events (a file, a directory of part "
+                                                  "files or a glob; Parquet, CSV or JSON lines; any URI Spark reads)")
+    p.add_argument("--catalog", metavar="URI", help="with --catalog-config: the item catalog")
+    p.add_argument("--users", metavar="URI", help="with --catalog-config: optional user features")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,10 +135,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         return work(sub.add_parser(name, help=help_text, description=description))
 
     p = step("etl", "Spark ETL of events + catalog into sequences, splits, vocabularies",
-             "Spark ETL of <work>/raw (events, catalog, users) into per-user sequences, leave-last-out splits, "
-             "vocabularies and item features under <work>/etl.")
+             "Spark ETL of the run's inputs (<work>/inputs.json: a bundled data set's, or your catalog's) into "
+             "per-user sequences, leave-last-out splits, vocabularies and item features under <work>/etl; bad rows "
+             "are counted per reason and sampled under <work>/etl/rejected.")
     p.add_argument("--dataset", choices=["movielens-100k", "synthetic"],
-                   help="first write this bundled data set as the raw input")
+                   help="first write this bundled data set as the input")
+    _input_arguments(p)
     p.set_defaults(func=cmd_etl)
     p = step("train", "train the two-tower model (early stopping, checkpoint)",
              "Train the two-tower model on <work>/etl with early stopping on the validation split; the checkpoint "
@@ -145,9 +173,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = work(psub.add_parser("run", help="data -> ETL -> train -> rank -> evaluate -> embed -> publish (one alias swap)",
                              description="Data -> ETL -> train -> rank -> evaluate -> embed -> publish: a new pair of "
                                          "generations, validated, then one alias swap."))
-    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"], default="movielens-100k",
-                   help="the bundled data set (default: %(default)s)")
-    p.add_argument("--rows", help="row config (default: the data set's: app/rows-movielens.yaml or app/rows.yaml)")
+    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"],
+                   help="a bundled data set (default: movielens-100k, unless --catalog-config names your catalog)")
+    _input_arguments(p)
+    p.add_argument("--rows", help="row config (default: the rows.yaml beside the catalog schema: "
+                                  "catalogs/<name>/rows.yaml)")
     p.add_argument("--generation", help="generation id (default: now, UTC)")
     p.add_argument("--skip-train", action="store_true", help="reuse the existing checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/training setting (repeatable)")

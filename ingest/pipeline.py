@@ -3,8 +3,9 @@
 Each step reads and writes files under one work directory, so the CLI, the Airflow DAG and the
 demo run exactly the same code, and any step can be rerun on its own.
 
-    <work>/raw/        events, catalog, users (input schema; see ingest.embedding.datasets)
-    <work>/etl/        Spark ETL output
+    <work>/inputs.json the catalog schema file and the inputs' URIs (events, catalog, users) the run reads
+    <work>/raw/        a bundled data set's input files (ingest.embedding.datasets)
+    <work>/etl/        Spark ETL output (with the catalog schema it used, catalog.json)
     <work>/model/      checkpoint.pt, train_summary.json
     <work>/ranker/     ranker.txt, ranker_items.npz, ranker.json (the ranking stage; registered with the encoder)
     <work>/eval.json   evaluation table (model vs MostPop vs Markov)
@@ -19,34 +20,62 @@ import json
 import time
 from pathlib import Path
 
-from facetrec.settings import PACKAGE_ROOT, Settings
+from facetrec.settings import CATALOGS_DIR, Settings
 
-DATASET_ROWS = {"movielens-100k": PACKAGE_ROOT / "app" / "rows-movielens.yaml",
-                "synthetic": PACKAGE_ROOT / "app" / "rows.yaml"}
+DATASETS = ("movielens-100k", "synthetic")   # the bundled data sets: catalogs/<name>/
+DATASET_ROWS = {name: CATALOGS_DIR / name / "rows.yaml" for name in DATASETS}
 
 
 def paths(work_dir) -> dict[str, Path]:
     work = Path(work_dir)
-    return {"raw": work / "raw", "etl": work / "etl", "model": work / "model", "eval": work / "eval.json",
-            "embeddings": work / "embeddings", "ranker": work / "ranker"}
+    return {"inputs": work / "inputs.json", "raw": work / "raw", "etl": work / "etl", "model": work / "model",
+            "eval": work / "eval.json", "embeddings": work / "embeddings", "ranker": work / "ranker"}
 
 
 def step_prepare_data(dataset: str, work_dir, **dataset_kwargs) -> dict:
-    from ingest.embedding.datasets import write_dataset
+    """Write a bundled data set's input files under <work>/raw and name them, with its catalog schema,
+    as the run's inputs."""
+    from ingest.embedding.datasets import BUNDLED, write_dataset
 
     files = write_dataset(dataset, paths(work_dir)["raw"], **dataset_kwargs)
-    return {k: str(v) for k, v in files.items()}
+    return step_inputs(work_dir, BUNDLED[dataset] / "catalog.yaml", files["events"], files["catalog"],
+                       files["users"])
+
+
+def step_inputs(work_dir, catalog_config, events, catalog, users=None) -> dict:
+    """Record the run's catalog schema file and input URIs (<work>/inputs.json); the schema is read
+    (and refused with the reason) here, before any work."""
+    from facetrec.catalog.schema import CatalogSchema
+
+    schema = CatalogSchema.load(catalog_config)
+    record = {"catalog_config": str(Path(catalog_config).resolve()), "catalog_name": schema.name,
+              "events": str(events), "catalog": str(catalog), "users": str(users) if users else None}
+    path = paths(work_dir)["inputs"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_inputs(work_dir) -> dict:
+    path = paths(work_dir)["inputs"]
+    if not path.is_file():
+        from facetrec.errors import ConfigurationError
+
+        raise ConfigurationError(f"{path} is missing: run the prepare step (a bundled data set) or name the inputs "
+                                 "(`facetrec pipeline run --catalog-config FILE --events URI --catalog URI`)")
+    return json.loads(path.read_text())
 
 
 def step_etl(work_dir, now_ts: int | None = None, tie_break: str = "hash") -> dict:
+    from facetrec.catalog.schema import CatalogSchema
     from ingest.embedding.etl import run_etl
     from ingest.embedding.spark import spark_session
 
-    p = paths(work_dir)
+    record = run_inputs(work_dir)
+    schema = CatalogSchema.load(record["catalog_config"])
     with spark_session("facetrec-etl") as spark:
-        users = p["raw"] / "users.parquet"
-        return run_etl(spark, p["raw"] / "events.parquet", p["raw"] / "catalog.parquet", p["etl"],
-                       users_path=users if users.exists() else None, now_ts=now_ts, tie_break=tie_break)
+        return run_etl(spark, schema, record["events"], record["catalog"], paths(work_dir)["etl"],
+                       users_path=record["users"], now_ts=now_ts, tie_break=tie_break)
 
 
 def step_train(work_dir, model_overrides: dict | None = None, train_overrides: dict | None = None,
@@ -171,6 +200,7 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
     from facetrec.es import make_client
     from facetrec.model import ranker as ranking
     from facetrec.model import user_encoder
+    from ingest.embedding.features import etl_schema
     from ingest.indexing.records import parquet_count, parquet_records
     from ingest.indexing.reindex import run_reindex
 
@@ -193,7 +223,8 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
         users = pq.read_table(users_path, columns=["user_embed"]).slice(0, 50).to_pydict()
         recall_sample = (np.array(users["user_embed"], dtype=np.float32), items["item_id"],
                          np.array(items["item_embed"], dtype=np.float32))
-    catalog = RowCatalog.load(rows_config or settings.rows_config)
+    # The rows are checked against, and the pair records, the catalog schema the data was made with.
+    catalog = RowCatalog.load(rows_config or settings.rows_config, schema=etl_schema(p["etl"]))
     with _spark_for_loading() as spark:
         # On a Spark cluster the executors load the pair, partition by partition (fenced by the
         # driver's lock before and after); otherwise the driver streams the parquet itself.
@@ -219,18 +250,29 @@ def _spark_for_loading():
         yield spark
 
 
-def run_pipeline(dataset: str, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,
+def run_pipeline(dataset: str | None, work_dir, settings: Settings, *, rows_config=None, generation: str | None = None,
                  train: bool = True, model_overrides: dict | None = None, train_overrides: dict | None = None,
-                 ranker_overrides: dict | None = None,
-                 dataset_kwargs: dict | None = None, metrics=None, progress: bool = True, log=print) -> dict:
-    """The whole nightly job without Airflow."""
+                 ranker_overrides: dict | None = None, dataset_kwargs: dict | None = None,
+                 catalog_config=None, events=None, catalog=None, users=None,
+                 metrics=None, progress: bool = True, log=print) -> dict:
+    """The whole nightly job without Airflow: on a bundled ``dataset``, or on a catalog of your own
+    (``catalog_config``, the schema file, with the ``events``, ``catalog`` and optional ``users``
+    inputs). The rows: ``rows_config``, else the ``rows.yaml`` beside the schema file."""
     from facetrec.metrics import NoMetrics
 
     metrics = metrics or NoMetrics()
-    summary: dict = {"dataset": dataset, "work_dir": str(work_dir)}
-    rows_config = rows_config or DATASET_ROWS.get(dataset, settings.rows_config)
-    steps = [("prepare", lambda: step_prepare_data(dataset, work_dir, **(dataset_kwargs or {}))),
-             ("etl", lambda: step_etl(work_dir))]
+    if (dataset is None) == (catalog_config is None):
+        raise ValueError("give a bundled data set, or a catalog schema file with its inputs (not both)")
+    summary: dict = {"dataset": dataset, "catalog_config": str(catalog_config) if catalog_config else None,
+                     "work_dir": str(work_dir)}
+    if dataset is not None:
+        rows_config = rows_config or DATASET_ROWS[dataset]
+        prepare = lambda: step_prepare_data(dataset, work_dir, **(dataset_kwargs or {}))  # noqa: E731
+    else:
+        beside = Path(catalog_config).parent / "rows.yaml"
+        rows_config = rows_config or (beside if beside.is_file() else settings.rows_config)
+        prepare = lambda: step_inputs(work_dir, catalog_config, events, catalog, users)  # noqa: E731
+    steps = [("prepare", prepare), ("etl", lambda: step_etl(work_dir))]
     if train or not (paths(work_dir)["model"] / "checkpoint.pt").exists():
         steps.append(("train", lambda: step_train(work_dir, model_overrides, train_overrides, progress)))
         steps.append(("rank", lambda: step_rank(work_dir, ranker_overrides, log=log)))

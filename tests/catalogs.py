@@ -17,6 +17,25 @@ import numpy as np
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
+def schema_of(facets: dict[str, str], user_filters=(), name: str = "test", features=(), **items):
+    """A catalog schema of these facets (name -> type), the named ones user filters or features of the
+    item tower: for tests whose rows filter on a few facets of their own."""
+    from facetrec.catalog.schema import CatalogSchema
+
+    return CatalogSchema.from_dict({"name": name, "items": {**items, "facets": {
+        facet: {"type": kind, **({"user_filter": True} if facet in user_filters else {}),
+                **({"feature": True} if facet in features else {})}
+        for facet, kind in facets.items()}}})
+
+
+def bundled_schema(name: str):
+    """The catalog schema of a bundled catalog (catalogs/<name>/catalog.yaml)."""
+    from facetrec.catalog.schema import CatalogSchema
+    from facetrec.settings import CATALOGS_DIR
+
+    return CatalogSchema.load(CATALOGS_DIR / name / "catalog.yaml")
+
+
 def movielens_records(dims: int = 64):
     """(items, users, item_vectors, model): records in run_reindex's input schema."""
     from ingest.embedding.datasets import load_movielens_100k

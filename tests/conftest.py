@@ -77,7 +77,7 @@ def published(es, es_settings):
     from ingest.indexing.reindex import run_reindex
 
     items, users, item_vectors, user_vectors = embedding_records(n_items=3000, n_users=100, dims=64, seed=11)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000001",
                 progress=False, sample_users=3)
     yield settings, catalog, items, users, item_vectors, user_vectors
@@ -107,7 +107,7 @@ def events_pair(es, es_settings, tmp_path_factory):
     users = [{**u, "user_embed": model.user_vector(u["seen_item_ids"])} for u in users]
     model.export(root / "embeddings")
     user_encoder.register(root / "embeddings", settings.models_root, EVENTS_MODEL)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version=EVENTS_MODEL, generation="20260101-000001",
                 progress=False, sample_users=3)
     yield settings, catalog, items, users, model
@@ -124,7 +124,6 @@ def movielens_model(es_settings, tmp_path_factory):
     """MovieLens-100k records without training (tests/catalogs.py) and a models root holding their
     exported user encoder (computed once per session)."""
     from catalogs import movielens_records
-
     from facetrec.model import user_encoder
 
     root = tmp_path_factory.mktemp("movielens")
@@ -137,7 +136,7 @@ def movielens_model(es_settings, tmp_path_factory):
 @pytest.fixture(scope="module")
 def movielens(es, es_settings, movielens_model):
     """(Per test module: events change users) MovieLens-100k published as the demo publishes it
-    (app/rows-movielens.yaml, the same ids and facets), with SVD item vectors and a seeded, exported
+    (catalogs/movielens-100k/rows.yaml, the same ids and facets), with SVD item vectors and a seeded, exported
     user tower instead of training, behind module-unique aliases."""
     from ingest.indexing.reindex import run_reindex
 
@@ -145,7 +144,7 @@ def movielens(es, es_settings, movielens_model):
     prefix = f"ml-{uuid.uuid4().hex[:8]}"
     settings = es_settings.replace(item_alias=f"{prefix}-item_index", user_alias=f"{prefix}-user_index",
                                    index_type="flat", models_root=models_root)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows-movielens.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "movielens-100k", "rows.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version=MOVIELENS_MODEL,
                 generation="20260101-000001", progress=False, sample_users=3)
     yield settings, catalog, items, users

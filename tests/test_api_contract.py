@@ -77,7 +77,7 @@ def test_facet_values_are_read_once_per_generation_and_follow_a_swap(es, es_sett
 
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type="flat", lock_lease_s=10.0)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     items, users, *_ = embedding_records(n_items=300, n_users=10, dims=64, seed=5)
     run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000001",
                 progress=False, sample_users=3)

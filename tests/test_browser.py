@@ -2,7 +2,7 @@
 
 It opens on the first sample user's rows (no click), offers only the retrieval modes every
 homepage row allows, and a select of the live values of each user filter. The MovieLens test
-serves what `make demo` serves (app/rows-movielens.yaml over MovieLens-100k) and takes the
+serves what `make demo` serves (catalogs/movielens-100k/rows.yaml over MovieLens-100k) and takes the
 README's screenshot, docs/homepage.png (FACETREC_SCREENSHOT=<path> writes it elsewhere, =0 not at all).
 """
 
@@ -161,14 +161,15 @@ def test_a_mode_is_offered_only_when_every_homepage_row_allows_it(published):
     from facetrec.catalog.rows import RowCatalog
 
     _, catalog, *_ = published
-    raw = {"facets": dict(catalog.facets), "user_filters": [],
-           "rows": [{"id": "a", "caller_modes": ["script_score"]}, {"id": "b", "caller_modes": ["script_score"]}]}
-    assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "knn"), ("script_score", "script_score")]
+    raw = {"rows": [{"id": "a", "caller_modes": ["script_score"]}, {"id": "b", "caller_modes": ["script_score"]}]}
+    schema = catalog.schema
+    assert page_context(RowCatalog.from_dict(raw, schema), "knn", None)["modes"] == [("", "knn"),
+                                                                                    ("script_score", "script_score")]
     raw["rows"][1] = {"id": "b"}
-    assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "knn")]
+    assert page_context(RowCatalog.from_dict(raw, schema), "knn", None)["modes"] == [("", "knn")]
     raw["rows"][1] = {"id": "b", "retrieval": "script_score"}
-    assert page_context(RowCatalog.from_dict(raw), "knn", None)["modes"] == [("", "each row's own"),
-                                                                            ("script_score", "script_score")]
+    assert page_context(RowCatalog.from_dict(raw, schema), "knn", None)["modes"] == [("", "each row's own"),
+                                                                                    ("script_score", "script_score")]
 
 
 def test_the_docs_page_renders_the_openapi_document(server, browser):

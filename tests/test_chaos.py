@@ -117,7 +117,7 @@ class Reader(threading.Thread):
 def chaos(es, es_settings, unique, tmp_path):
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type="flat", lock_lease_s=LEASE_S, generations_to_keep=2)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     world = World(tmp_path)
     yield settings, catalog, world
 

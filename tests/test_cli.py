@@ -87,7 +87,7 @@ def one_pair_env(es, es_settings, unique, monkeypatch):
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type="flat", lock_lease_s=10.0)
     items, users, *_ = embedding_records(n_items=200, n_users=5, dims=64, seed=3)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version="two-tower-20260101-abcdef0123",
                 generation="20260101-000001", progress=False, sample_users=3)
     for name, value in {"ES_URL": settings.es_url, "FACETREC_ITEM_ALIAS": settings.item_alias,

@@ -59,7 +59,7 @@ def test_homepages_and_events_are_served_through_a_node_failure(cluster, tmp_pat
         users = [{**u, "user_embed": model.user_vector(u["seen_item_ids"])} for u in users]
         model.export(tmp_path / "embeddings")
         user_encoder.register(tmp_path / "embeddings", settings.models_root, "m-cluster")
-        catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+        catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
         es = make_client(settings, request_timeout=60)
         run_reindex(es, settings, catalog, items=items, users=users, model_version="m-cluster",
                     generation="20260101-000001", progress=False, sample_users=3)
@@ -167,7 +167,7 @@ def test_a_publish_during_which_a_node_dies_goes_live_whole_or_not_at_all(cluste
     # the same outcome as a longer one, sooner.
     settings = settings.replace(green_timeout_s=20.0, lock_lease_s=10.0)
     items, users, _, _ = embedding_records(n_items=3000, n_users=300, dims=64, seed=41)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     es = make_client(settings, request_timeout=60)
 
     def publish(generation):

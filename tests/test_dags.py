@@ -82,7 +82,7 @@ def test_nightly_dag_end_to_end_rerun_and_failure(dagbag, pipeline_env, es, tmp_
 
     # Homepage traffic through the service during the DAG-driven swap: no request may fail.
     app = create_app(Settings.from_env().replace(es_request_timeout_s=5.0),
-                     RowCatalog.load(REPO / "app" / "rows.yaml"))
+                     RowCatalog.load(REPO / "catalogs" / "synthetic" / "rows.yaml"))
     client = app.test_client()
     stop, statuses, generations = threading.Event(), [], set()
 
@@ -111,8 +111,7 @@ def test_nightly_dag_end_to_end_rerun_and_failure(dagbag, pipeline_env, es, tmp_
     before = (gens.live_index("item"), gens.live_index("user"))
 
     impossible = tmp_path / "rows.yaml"
-    impossible.write_text("facets: {item_format: keyword}\nrows:\n  - {id: vinyl, title: Vinyl, "
-                          "filter: [{term: {item_format: vinyl}}]}\n")
+    impossible.write_text("rows:\n  - {id: vinyl, title: Vinyl, filter: [{term: {categories: vinyl}}]}\n")
     monkeypatch.setenv("FACETREC_ROWS_CONFIG", str(impossible))
     for t in dag.tasks:  # keep the retries (they run), skip the production 5-minute wait between them
         monkeypatch.setattr(t, "retry_delay", timedelta(seconds=0))

@@ -1,4 +1,5 @@
-"""Spark ETL transforms on tiny inline frames, and run_etl's reporting of what it drops."""
+"""Spark ETL transforms on tiny inline frames, and run_etl's reporting of what it drops (the inputs'
+own checks: tests/test_inputs.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import pandas as pd
 import pytest
 
+from catalogs import schema_of
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.model import ties
 from ingest.embedding import etl
 from ingest.embedding.datasets import DatasetError
@@ -20,13 +23,6 @@ def test_dedupe_keeps_the_earliest_event_per_user_and_item(spark):
     df = events_df(spark, [("u", "a", "read", 5), ("u", "a", "read", 3), ("u", "b", "read", 4), ("v", "a", "read", 9)])
     out = sorted(tuple(r) for r in etl.dedupe_events(df).collect())
     assert out == [("u", "a", "read", 3), ("u", "b", "read", 4), ("v", "a", "read", 9)]
-
-
-def test_future_and_unknown_items_are_dropped(spark):
-    df = events_df(spark, [("u", "a", "read", 5), ("u", "b", "read", 50), ("u", "zzz", "read", 6)])
-    catalog = spark.createDataFrame([("a", "A"), ("b", "B")], "item_id string, title string")
-    assert [r.item_id for r in etl.drop_future(df, now_ts=10).collect()] == ["a", "zzz"]
-    assert sorted(r.item_id for r in etl.drop_unknown_items(df, catalog).collect()) == ["a", "b"]
 
 
 def test_sequences_are_time_ordered_with_item_id_tie_break_and_split_leave_last_out(spark):
@@ -96,35 +92,48 @@ def write(tmp_path, name, frame):
     return path
 
 
+SCHEMA = schema_of({"categories": "keyword_list"}, name="tiny", features=("categories",))
+LENIENT = CatalogSchema.from_dict({**SCHEMA.to_dict(), "checks": {"max_rejected_share": 0.5}})
+
+
 def test_run_etl_reports_every_drop(spark, tmp_path):
     events = pd.DataFrame({"user_id": ["u"] * 5 + ["v"] * 2, "item_id": ["a", "b", "b", "c", "ghost", "a", "b"],
                            "event_type": "read", "timestamp": [1, 2, 2, 3, 4, 1, 10**12]})
     catalog = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
                             "categories": [["x"], ["x", "y"], []]})
-    report = etl.run_etl(spark, write(tmp_path, "e.parquet", events), write(tmp_path, "c.parquet", catalog),
+    report = etl.run_etl(spark, LENIENT, write(tmp_path, "e.parquet", events), write(tmp_path, "c.parquet", catalog),
                          tmp_path / "out", now_ts=1000)
     assert report["events_read"] == 7 and report["dropped_duplicates"] == 1
-    assert report["dropped_future_timestamps"] == 1 and report["dropped_unknown_items"] == 1
+    assert report["rejected"]["events"]["reasons"] == {"future_time": 1, "unknown_item": 1}
     assert report["users_kept"] == 1 and report["dropped_users_too_short"] == 1  # v keeps one event
     items = pd.read_parquet(tmp_path / "out" / "items.parquet").sort_values("item_idx")
     assert list(items["item_idx"]) == [1, 2, 3] and items["item_id"].iloc[0] == "a"  # most popular in train first
     vocab = json.loads((tmp_path / "out" / "vocab.json").read_text())
     assert vocab["item_facets"]["categories"] == ["x", "y"]
+    assert json.loads((tmp_path / "out" / "catalog.json").read_text())["name"] == "tiny"
+    sample = (tmp_path / "out" / "rejected" / "events" / "unknown_item.jsonl").read_text().splitlines()
+    assert [json.loads(line)["item_id"] for line in sample] == ["ghost"]
+
+
+def test_run_etl_fails_past_the_rejected_share_and_writes_no_output(spark, tmp_path):
+    events = pd.DataFrame({"user_id": ["u"] * 4, "item_id": ["a", "b", "c", "ghost"], "event_type": "read",
+                           "timestamp": [1, 2, 3, 4]})
+    catalog = write(tmp_path, "c.parquet", pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"]}))
+    with pytest.raises(DatasetError, match=r"1 of 4 events rows were rejected \(25.00%, above max_rejected_share "
+                                           r"1.00%.*unknown_item: 1.*Nothing was published"):
+        etl.run_etl(spark, SCHEMA, write(tmp_path, "e.parquet", events), catalog, tmp_path / "out", now_ts=1000)
+    assert not (tmp_path / "out" / "items.parquet").exists()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["failed"] is True
 
 
 def test_run_etl_names_missing_columns_and_rejects_empty_input(spark, tmp_path):
     catalog = write(tmp_path, "c.parquet", pd.DataFrame({"item_id": ["a"], "title": ["A"]}))
     bad = write(tmp_path, "bad.parquet", pd.DataFrame({"user": ["u"], "item_id": ["a"], "timestamp": [1]}))
-    with pytest.raises(DatasetError, match=r"events is missing required column\(s\) \['user_id', 'event_type'\]"):
-        etl.run_etl(spark, bad, catalog, tmp_path / "o1")
+    with pytest.raises(DatasetError, match=r"has no column 'user_id' \(the catalog schema names it\)"):
+        etl.run_etl(spark, SCHEMA, bad, catalog, tmp_path / "o1")
     empty = write(tmp_path, "empty.parquet", pd.DataFrame({"user_id": pd.Series([], dtype=str),
                                                            "item_id": pd.Series([], dtype=str),
                                                            "event_type": pd.Series([], dtype=str),
                                                            "timestamp": pd.Series([], dtype="int64")}))
     with pytest.raises(DatasetError, match="no events"):
-        etl.run_etl(spark, empty, catalog, tmp_path / "o2")
-    dup = write(tmp_path, "dup.parquet", pd.DataFrame({"item_id": ["a", "a"], "title": ["A", "A2"]}))
-    events = write(tmp_path, "ev.parquet", pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "event_type": ["r"],
-                                                         "timestamp": [1]}))
-    with pytest.raises(DatasetError, match="duplicated item_id"):
-        etl.run_etl(spark, events, dup, tmp_path / "o3")
+        etl.run_etl(spark, SCHEMA, empty, catalog, tmp_path / "o2")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from catalogs import schema_of
 from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.catalog.meta import pairing_fields
 from facetrec.catalog.rows import RowCatalog, RowConfigError
@@ -16,9 +17,9 @@ from facetrec.settings import Settings
 from ingest.indexing import templates
 
 FILTER = [{"terms": {"item_format": ["ebook", "audiobook"]}}]
-CATALOG = RowCatalog.from_dict({"facets": {"item_format": "keyword"}, "rows": [
+CATALOG = RowCatalog.from_dict({"rows": [
     {"id": "graph", "filter": FILTER},
-    {"id": "exact", "exact": True, "filter": FILTER}]})
+    {"id": "exact", "exact": True, "filter": FILTER}]}, schema_of({"item_format": "keyword"}))
 
 
 def _fields(searches: list[dict]) -> list[str]:

@@ -51,7 +51,7 @@ def world(es, es_settings, tmp_path_factory):
     models = {name: _model(root, name, seed) for name, seed in (("m-a", 31), ("m-b", 32), ("m-c", 33))}
     for name in models:
         user_encoder.register(root / name, settings.models_root, name)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     yield settings, catalog, models
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from catalogs import bundled_schema
 from facetrec.catalog.rows import RowCatalog
 from facetrec.serving.homepage import SearchConfig, recommend
 from ingest.embedding.synthetic import embedding_records
@@ -42,7 +43,7 @@ def settings(es_settings, unique):
 
 @pytest.fixture(scope="module")
 def catalog():
-    return RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    return RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
 
 
 def publish(es, settings, catalog, data, generation, **kwargs):
@@ -270,7 +271,7 @@ def test_sigkilled_loader_leaves_aliases_and_next_run_succeeds(es, es_settings, 
     script.write_text(KILLED_LOADER)
     env = {**os.environ, "ES_URL": es_settings.es_url, "FACETREC_LOCK_LEASE_S": str(LEASE_S)}
     proc = subprocess.Popen([sys.executable, str(script), settings.item_alias, settings.user_alias,
-                             os.path.join(REPO, "app", "rows.yaml")], env=env)
+                             os.path.join(REPO, "catalogs", "synthetic", "rows.yaml")], env=env)
     partial = f"{settings.item_alias}-20260101-000002"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -314,9 +315,9 @@ def test_validation_rejects_nan_vector_naming_the_item(es, settings, catalog, sm
 
 def test_validation_rejects_an_all_empty_row(es, settings, small_data):
     catalog = RowCatalog.from_dict({
-        "facets": {"item_format": "keyword"},
         "rows": [{"id": "for_you", "title": "For you"},
-                 {"id": "vinyl", "title": "Vinyl", "filter": [{"term": {"item_format": "vinyl"}}]}]})
+                 {"id": "vinyl", "title": "Vinyl", "filter": [{"term": {"item_format": "vinyl"}}]}]},
+        bundled_schema("synthetic"))
     with pytest.raises(ValidationFailed, match="check 'rows' failed: row 'vinyl' empty for 5 of 5 users"):
         publish(es, settings, catalog, small_data, "20260101-000001")
     assert live(es, settings) == (None, None)
@@ -660,7 +661,7 @@ def test_a_run_stalled_past_its_lease_is_fenced_off_and_changes_nothing_when_it_
     script.write_text(STALLED_PUBLISHER)
     env = {**os.environ, "ES_URL": es_settings.es_url, "FACETREC_LOCK_LEASE_S": "2"}
     proc = subprocess.Popen([sys.executable, "-u", str(script), settings.item_alias, settings.user_alias,
-                             os.path.join(REPO, "app", "rows.yaml"), "20260101-000002"], env=env,
+                             os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"), "20260101-000002"], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:

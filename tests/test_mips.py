@@ -67,7 +67,7 @@ def test_the_item_vector_scale_is_the_largest_usable_norm_of_any_re_readable_sou
 
 
 def test_the_page_asks_a_reduced_generation_with_reduced_vectors_and_a_raw_one_as_before():
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     rows = catalog.homepage_rows()[:2]
     target = SearchConfig(item_index="i", user_index="u", similarity="max_inner_product")
     vector = [3.0, 4.0]
@@ -89,7 +89,7 @@ def test_a_graph_generation_is_stored_reduced_and_served_with_raw_scores_and_exa
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type=index_type, script_lang="facetrec_vector")
     items, users, item_vectors, user_vectors = embedding_records(n_items=2000, n_users=30, dims=64, seed=21)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     result = run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False,
                          generation="20260101-000001", sample_users=3,
                          recall_sample=(user_vectors[:10], [r["item_id"] for r in items], item_vectors))
@@ -135,7 +135,7 @@ def test_a_users_only_refresh_pairs_with_the_scale_of_the_live_items(es, es_sett
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type="hnsw")
     items, users, _, _ = embedding_records(n_items=500, n_users=20, dims=64, seed=4)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False,
                 generation="20260101-000001", sample_users=2)
     item_index = f"{settings.item_alias}-20260101-000001"
@@ -171,7 +171,7 @@ def test_raw_and_reduced_pairs_roll_back_and_a_read_across_their_swap_is_read_ag
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type="hnsw", script_lang="facetrec_vector")
     items, users, item_vectors, _ = embedding_records(n_items=800, n_users=10, dims=64, seed=8)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     rows = catalog.homepage_rows()[:2]
     by_id = {r["item_id"]: i for i, r in enumerate(items)}
     run_reindex(es, settings.replace(mips_reduction=False), catalog, items=items, users=users, model_version="m",

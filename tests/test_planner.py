@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from catalogs import bundled_schema, schema_of
 from facetrec.catalog import partitions
 from facetrec.catalog.counts import GenerationStats
 from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
@@ -146,8 +147,8 @@ def test_overfetch_asks_for_enough_walk_results_for_a_filter_to_keep_k():
 
 
 def test_row_config_pins_a_plan():
-    catalog = RowCatalog.from_dict({"facets": {"f": "keyword"}, "rows": [
-        {"id": "a", "plan": "post_filter"}, {"id": "b", "exact": True}, {"id": "c"}]})
+    catalog = RowCatalog.from_dict({"rows": [
+        {"id": "a", "plan": "post_filter"}, {"id": "b", "exact": True}, {"id": "c"}]}, schema_of({"f": "keyword"}))
     assert [r.plan for r in catalog.rows.values()] == ["post_filter", "exact", None]
     for bad in ({"id": "x", "plan": "fast"}, {"id": "x", "plan": "partition", "exact": True}):
         with pytest.raises(RowConfigError):
@@ -220,9 +221,6 @@ def test_without_stats_rows_are_asked_as_before_the_planner():
 # --------------------------------------------------------------------------------------------
 
 E2E_ROWS = {
-    "facets": {"item_format": "keyword", "language": "keyword", "country": "keyword", "categories": "keyword",
-               "popularity": "float", "published_at": "date"},
-    "user_filters": ["language", "country"],
     "rows": [{"id": "for_you"},
              {"id": "audiobooks", "filter": [{"term": {"item_format": "audiobook"}}]},
              {"id": "ebooks", "filter": [{"term": {"item_format": "ebook"}}]},
@@ -256,7 +254,7 @@ def layouts(es, es_settings):
 
     prefix = f"plan-{uuid.uuid4().hex[:8]}"
     items, users, item_vectors, _ = embedding_records(n_items=6000, n_users=30, dims=64, seed=23)
-    catalog = RowCatalog.from_dict(E2E_ROWS)
+    catalog = RowCatalog.from_dict(E2E_ROWS, bundled_schema("synthetic"))
     out = {}
     for layout, catalog_graph, shards in (("graph", "on", 1), ("partitions", "auto", 1), ("sharded", "on", 3)):
         settings = es_settings.replace(item_alias=f"{prefix}-{layout}-item_index", user_alias=f"{prefix}-{layout}-user_index",
@@ -264,7 +262,7 @@ def layouts(es, es_settings):
                                        walk_candidates=150, partition_candidates=100, exact_max_matches=150,
                                        catalog_graph=catalog_graph, shards=shards)
         if layout == "graph":
-            run_reindex(es, settings.replace(vector_partitions=""), catalog, items=items, users=users, model_version="m",
+            run_reindex(es, settings.replace(vector_partitions="none"), catalog, items=items, users=users, model_version="m",
                         generation="20260101-000001", progress=False, sample_users=3, force_merge=True)
         run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000002",
                     progress=False, sample_users=3, force_merge=True)

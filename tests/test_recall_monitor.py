@@ -14,6 +14,7 @@ import yaml
 
 from app import create_app
 from app.state import service_of
+from catalogs import bundled_schema
 from facetrec.catalog.rows import RowCatalog
 from facetrec.metrics import NoMetrics
 from facetrec.serving.homepage import SearchConfig, recommend
@@ -52,13 +53,13 @@ def degraded(es, es_settings):
     items, users, *_ = embedding_records(n_items=3000, n_users=30, dims=64, seed=5)
     # The shipped rows, every one on the graph at the setting's candidates (no exact scans, no
     # pinned plans, no per-row factors).
-    with open(os.path.join(REPO, "app", "rows.yaml")) as f:
+    with open(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml")) as f:
         raw = yaml.safe_load(f)
     for row in raw["rows"]:
         row.pop("exact", None)
         row.pop("plan", None)
         row.pop("num_candidates_factor", None)
-    catalog = RowCatalog.from_dict(raw)
+    catalog = RowCatalog.from_dict(raw, bundled_schema("synthetic"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False, sample_users=2,
                 force_merge=True)
     yield settings, catalog, users

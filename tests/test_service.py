@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -18,7 +19,7 @@ from openapi_check import assert_matches_schema
 
 from app import create_app
 from app.state import service_of
-from facetrec.catalog.rows import RowCatalog
+from facetrec.catalog.rows import Row, RowCatalog
 from facetrec.es import script_languages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,12 +130,12 @@ def test_cold_user_gets_popular_rows_under_the_same_filters(client, published):
 
 def test_one_failing_row_does_not_sink_the_others(published):
     settings, catalog, _, users, *_ = published
-    # A row config that declares `popularity` (a float in the index) as a keyword: its search fails in ES.
-    raw = {"facets": {**catalog.facets, "popularity": "keyword"}, "user_filters": list(catalog.user_filters),
-           "rows": [{"id": "for_you", "title": "For you"},
-                    {"id": "broken", "title": "Broken", "filter": [{"term": {"popularity": "very"}}]},
-                    {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
-    app = create_app(settings.replace(es_request_timeout_s=5.0), RowCatalog.from_dict(raw))
+    # A row whose filter Elasticsearch refuses (`popularity`, a float in the index, asked as a keyword):
+    # what a row config that slipped past validation would send. Built without the config's checks.
+    broken = Row(id="broken", title="Broken", filter=({"term": {"popularity": "very"}},))
+    rows = {"for_you": catalog.rows["for_you"], "broken": broken, "ebooks": catalog.rows["ebooks"]}
+    app = create_app(settings.replace(es_request_timeout_s=5.0),
+                     dataclasses.replace(catalog, rows=rows, homepage=tuple(rows)))
     logged = _capture("facetrec.serving.homepage")
     response = app.test_client().get(f"/v1/users/{users[0]['user_id']}/homepage", headers={"X-Request-Id": "req-77"})
     page = response.json
@@ -347,7 +348,7 @@ def test_script_score_mode_ranks_and_scores_like_exact_knn(es, client, published
     if not script_languages(es):
         pytest.skip("this cluster has neither painless nor the facetrec_vector plugin")
     settings, catalog, items, users, item_vectors, user_vectors = published
-    raw = yaml.safe_load(open(os.path.join(REPO, "app", "rows.yaml")))
+    raw = yaml.safe_load(open(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml")))
     raw["caller_modes"] = ["knn", "script_score"]   # this test asks both modes of every row
     for row in raw["rows"]:
         row.pop("caller_modes", None)
@@ -369,10 +370,10 @@ def test_script_score_row_in_a_language_the_cluster_lacks_fails_alone(es, publis
     settings, catalog, _, users, *_ = published
     if "painless" in script_languages(es):
         pytest.skip("the cluster has painless")
-    raw = {"facets": catalog.facets, "user_filters": list(catalog.user_filters),
-           "rows": [{"id": "for_you", "title": "For you", "retrieval": "script_score"},
+    raw = {"rows": [{"id": "for_you", "title": "For you", "retrieval": "script_score"},
                     {"id": "ebooks", "title": "Ebooks", "filter": [{"term": {"item_format": "ebook"}}]}]}
-    app = create_app(settings.replace(es_request_timeout_s=5.0, script_lang="painless"), RowCatalog.from_dict(raw))
+    app = create_app(settings.replace(es_request_timeout_s=5.0, script_lang="painless"),
+                     RowCatalog.from_dict(raw, catalog.schema))
     logged = _capture("facetrec.serving.homepage")
     rows = {r["id"]: r for r in app.test_client().get(f"/v1/users/{users[2]['user_id']}/homepage").json["rows"]}
     assert rows["for_you"]["error_code"] == "search_rejected" and rows["for_you"]["items"] == []
@@ -567,7 +568,7 @@ def test_dot_product_similarity_serves_rows_from_raw_user_vectors(es, es_setting
     items = [{**r, "item_embed": unit[i]} for i, r in enumerate(items)]
     settings = es_settings.replace(item_alias=f"{unique}-item_index", user_alias=f"{unique}-user_index",
                                    index_type="flat", similarity="dot_product", lock_lease_s=10.0)
-    catalog = RowCatalog.load(os.path.join(REPO, "app", "rows.yaml"))
+    catalog = RowCatalog.load(os.path.join(REPO, "catalogs", "synthetic", "rows.yaml"))
     run_reindex(es, settings, catalog, items=items, users=users, model_version="unit", generation="20260101-000001",
                 progress=False, sample_users=3)
     page = create_app(settings.replace(es_request_timeout_s=5.0), catalog).test_client().get(

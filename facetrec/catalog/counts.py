@@ -22,6 +22,7 @@ from elasticsearch import ApiError, Elasticsearch
 from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.catalog.meta import GenerationMeta, read_meta
 from facetrec.catalog.rows import Row, row_filter
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.es import UNAVAILABLE_STATUSES
 
 log = logging.getLogger("facetrec.catalog.counts")
@@ -41,6 +42,7 @@ class GenerationStats:
     rows: Mapping[str, Mapping[str, Any]]                       # row id -> {"filter", "docs", "by": {facet: {value: n}}}
     index_type: str | None = None    # how its item vectors are indexed (None: not recorded)
     covering: str | None = None      # the facet whose partitions hold every item (then no catalog graph)
+    schema: CatalogSchema | None = None   # the catalog schema it was made with (None: not recorded)
 
     def estimate(self, row: Row, user_filters: Sequence[dict]) -> int | None:
         """The row's matches under these user filters (an estimate; None: the row was not counted,
@@ -119,7 +121,8 @@ def from_meta(meta: GenerationMeta, docs: int) -> GenerationStats:
     recorded = meta.row_stats
     return GenerationStats(index=meta.index, generation=meta.generation, docs=int(recorded.get("docs", docs)),
                            partitions=meta.partitions, exact_vectors=meta.exact_vectors,
-                           rows=dict(recorded.get("rows") or {}), index_type=meta.index_type, covering=meta.covering)
+                           rows=dict(recorded.get("rows") or {}), index_type=meta.index_type, covering=meta.covering,
+                           schema=meta.catalog_schema)
 
 
 class StatsCache:

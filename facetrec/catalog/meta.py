@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from elasticsearch import Elasticsearch
 
 from facetrec.catalog.fields import ITEM_VECTOR_FIELD
+from facetrec.catalog.schema import CatalogSchema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,12 @@ class GenerationMeta:
     @property
     def row_stats(self) -> Mapping[str, Any]:
         return self.raw.get("row_stats") or {}
+
+    @property
+    def catalog_schema(self) -> CatalogSchema | None:
+        """The catalog schema an item generation was made with (None: made before schemas were recorded)."""
+        raw = self.raw.get("catalog_schema")
+        return CatalogSchema.from_dict(raw, source=f"{self.index}'s catalog_schema") if raw else None
 
     def pairing_fields(self) -> dict:
         """``pairing_fields`` of this item generation."""

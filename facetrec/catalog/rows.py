@@ -4,13 +4,9 @@ Shared by the service (one ``_msearch`` per homepage), the row counts of each ge
 re-index validation gate (every row must return items against a new generation before the aliases
 move). How a row becomes a search is ``facetrec.serving.row_queries``.
 
-A row config file (YAML or JSON)::
+A row config file (YAML or JSON; ``rows.yaml`` beside its catalog's ``catalog.yaml``, which declares
+the facets rows filter on and the user filters: ``facetrec.catalog.schema``)::
 
-    facets:                 # filterable item fields and their value types
-      item_format: keyword
-      categories: keyword
-      published_at: date
-    user_filters: [language, country]   # facets a caller may pass as user filters
     rows:
       - id: audiobooks
         title: Audiobooks for you
@@ -41,10 +37,10 @@ from typing import Any, Sequence
 import yaml
 
 from facetrec.catalog.diversity_policy import DiversityPolicy
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.errors import BadRequest, ConfigurationError
-from facetrec.settings import RETRIEVAL_MODES
+from facetrec.settings import RETRIEVAL_MODES, Settings
 
-FACET_TYPES = ("keyword", "float", "integer", "date")
 ROW_PLANS = ("exact", "partition", "post_filter", "filtered_graph")   # facetrec.serving.planner
 CLAUSES = ("term", "terms", "range")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
@@ -89,35 +85,58 @@ class Row:
         return size_limit(self.size, self.max_size)
 
 
+SCHEMA_FILE = "catalog.yaml"   # a row config's catalog schema, beside it
+
+
 @dataclasses.dataclass(frozen=True)
 class RowCatalog:
+    """The configured rows, with the facets they may filter on and the user filters: those of the
+    catalog schema (``schema``; the live generation's once the service has read it)."""
     facets: dict[str, str]
     user_filters: tuple[str, ...]
     rows: dict[str, Row]
     homepage: tuple[str, ...]
+    schema: CatalogSchema | None = None
 
     @classmethod
-    def load(cls, path: Path) -> "RowCatalog":
-        text = Path(path).read_text()
+    def load(cls, path: Path, schema: CatalogSchema | None = None) -> "RowCatalog":
+        """A row config file, with the catalog schema ``schema`` or else the ``catalog.yaml`` beside it."""
+        path = Path(path)
+        if schema is None:
+            beside = path.parent / SCHEMA_FILE
+            if not beside.is_file():
+                raise RowConfigError(f"{path}: no catalog schema: put the catalog's {SCHEMA_FILE} beside the row "
+                                     "config, or name it (FACETREC_CATALOG_CONFIG, --catalog-config)")
+            schema = CatalogSchema.load(beside)
+        text = path.read_text()
         raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(raw, schema, source=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str = "rows config") -> "RowCatalog":
+    def from_settings(cls, settings: Settings) -> "RowCatalog":
+        """The configured row config (FACETREC_ROWS_CONFIG) over the configured catalog schema
+        (FACETREC_CATALOG_CONFIG, else the ``catalog.yaml`` beside the row config)."""
+        schema = CatalogSchema.load(settings.catalog_config) if settings.catalog_config else None
+        return cls.load(settings.rows_config, schema)
+
+    @classmethod
+    def from_dict(cls, raw: dict, schema: CatalogSchema | None = None, source: str = "rows config") -> "RowCatalog":
+        """Rows over ``schema``'s facets (None: a catalog without facets: rows without filters)."""
         if not isinstance(raw, dict):
             raise RowConfigError(f"{source}: expected a mapping at the top level")
-        facets = dict(raw.get("facets") or {})
-        for name, kind in facets.items():
-            if kind not in FACET_TYPES:
-                raise RowConfigError(f"{source}: facet {name!r} has type {kind!r}; expected one of {FACET_TYPES}")
+        moved = sorted({"facets", "user_filters"} & set(raw))
+        if moved:
+            raise RowConfigError(f"{source}: {moved[0]} are declared in the catalog schema ({SCHEMA_FILE}), not in "
+                                 "the row config")
+        facets = schema.facet_types if schema else {}
+        user_filters = schema.user_filters if schema else ()
         default_caller_modes = _modes(raw.get("caller_modes") or [], f"{source}: caller_modes")
-        user_filters = tuple(raw.get("user_filters") or ())
-        for name in user_filters:
-            if name not in facets:
-                raise RowConfigError(f"{source}: user filter {name!r} is not a declared facet")
         rows: dict[str, Row] = {}
         for entry in raw.get("rows") or []:
             row = _parse_row(entry, facets, source, default_caller_modes)
+            if row.diversity and row.diversity.max_per_category and not (schema and schema.items.categories):
+                raise RowConfigError(f"{source}: row {row.id!r}: max_per_category needs the catalog's category facet "
+                                     f"(items.categories in {SCHEMA_FILE})")
             if row.id in rows:
                 raise RowConfigError(f"{source}: duplicate row id {row.id!r}")
             rows[row.id] = row
@@ -127,10 +146,36 @@ class RowCatalog:
                 raise RowConfigError(f"{source}: homepage names unknown row {row_id!r}")
         if not homepage:
             raise RowConfigError(f"{source}: no rows configured")
-        return cls(facets=facets, user_filters=user_filters, rows=rows, homepage=homepage)
+        return cls(facets=facets, user_filters=user_filters, rows=rows, homepage=homepage, schema=schema)
 
     def homepage_rows(self) -> list[Row]:
         return [self.rows[row_id] for row_id in self.homepage]
+
+    @property
+    def user_filter_params(self) -> dict[str, str]:
+        """A user filter's request parameter -> the facet it filters."""
+        return self.schema.user_filter_params if self.schema else {}
+
+    def with_schema(self, schema: CatalogSchema) -> "RowCatalog":
+        """The same rows over another schema's facets and user filters (the live generation's)."""
+        return dataclasses.replace(self, facets=schema.facet_types, user_filters=schema.user_filters, schema=schema)
+
+    def unservable(self, schema: CatalogSchema) -> list[str]:
+        """Why ``schema`` (a generation's) cannot serve these rows: each filter on a facet it lacks or
+        holds with another type (empty: it can)."""
+        problems = []
+        for row in self.rows.values():
+            for clause in (*row.filter, *row.must_not):
+                (_, body), = clause.items()
+                (name, _), = body.items()
+                kind = schema.facet_types.get(name)
+                if kind is None:
+                    problems.append(f"row {row.id!r} filters on {name!r}, which the generation's catalog "
+                                    f"{schema.name!r} does not have")
+                elif kind != self.facets.get(name):
+                    problems.append(f"row {row.id!r} filters on {name!r} as {self.facets.get(name)}, the "
+                                    f"generation's catalog has it as {kind}")
+        return problems
 
 
 def _modes(value: Any, where: str) -> tuple[str, ...]:
@@ -224,7 +269,7 @@ def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "fi
         return {"terms": {name: [check_value(v, kind_of, where) for v in value]}}
     if not isinstance(value, dict) or not value or set(value) - set(RANGE_OPS):
         raise BadRequest(where, f"range needs bounds among {RANGE_OPS}")
-    if kind_of == "keyword":
+    if kind_of not in ("integer", "float", "date"):
         raise BadRequest(where, "range filters apply to numeric or date facets only")
     bounds: dict[str, Any] = {op: check_value(v, kind_of, where) for op, v in value.items()}
     if kind_of == "date":
@@ -233,7 +278,12 @@ def validate_clause(clause: Any, facets: dict[str, str], field_prefix: str = "fi
 
 
 def check_value(value: Any, kind: str, where: str) -> Any:
-    if kind == "keyword":
+    """A filter value of a facet of type ``kind`` (``facetrec.catalog.schema.FACET_TYPES``), or BadRequest."""
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise BadRequest(where, "expected true or false (a JSON boolean)")
+        return value
+    if kind in ("keyword", "keyword_list"):
         if not isinstance(value, str) or not value or len(value) > 256:
             raise BadRequest(where, "expected a non-empty string of at most 256 characters")
         if any(ord(ch) < 32 for ch in value):

@@ -94,11 +94,13 @@ class Facet:
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"type": self.type, "column": self.column}
-        for key in ("feature", "filter", "user_filter", "partition", "shown", "range", "separator", "buckets"):
+        for key in ("feature", "filter", "partition", "shown", "range", "separator", "buckets"):
             value = getattr(self, key)
             default = Facet.__dataclass_fields__[key].default
             if value != default:
                 out[key] = list(value) if isinstance(value, tuple) else value
+        if self.user_filter:
+            out["user_filter"] = True if self.user_filter == self.name else {"param": self.user_filter}
         return out
 
 
@@ -301,27 +303,14 @@ def _facet(name: Any, spec: Any, where: str) -> Facet:
         if not isinstance(value, bool):
             raise SchemaError(f"{where}.{key}: true or false")
         flags[key] = value
-    user_filter = spec.get("user_filter", False)
-    if isinstance(user_filter, Mapping) and set(user_filter) == {"param"} and isinstance(user_filter["param"], str) \
-            and NAME.fullmatch(user_filter["param"]):
-        param = user_filter["param"]
-    elif isinstance(user_filter, bool):
-        param = name if user_filter else None
-    else:
-        raise SchemaError(f"{where}.user_filter: true, false, or {{param: NAME}}")
+    param = _user_filter_param(spec.get("user_filter", False), name, where)
     if param and kind not in ("keyword", "keyword_list", "boolean", "integer"):
         raise SchemaError(f"{where}.user_filter: a user filter is a keyword, keyword_list, boolean or integer facet")
     if flags["partition"] and kind not in ("keyword", "keyword_list"):
         raise SchemaError(f"{where}.partition: only keyword facets get a vector graph per value")
     if param and not flags["filter"]:
         raise SchemaError(f"{where}: a user filter filters rows (filter: true)")
-    bounds = spec.get("range")
-    if bounds is not None:
-        if kind not in ("integer", "float") or not isinstance(bounds, list) or len(bounds) != 2 or not all(
-                b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in bounds) \
-                or (None not in bounds and bounds[0] > bounds[1]):
-            raise SchemaError(f"{where}.range: [low, high] of a numeric facet (either may be null)")
-        bounds = (bounds[0], bounds[1])
+    bounds = _range(spec.get("range"), kind, where)
     separator = spec.get("separator")
     if separator is not None and (kind != "keyword_list" or not isinstance(separator, str) or len(separator) != 1):
         raise SchemaError(f"{where}.separator: one character, for a keyword_list facet")
@@ -330,6 +319,25 @@ def _facet(name: Any, spec: Any, where: str) -> Facet:
         raise SchemaError(f"{where}.buckets: an integer in 2..256")
     return Facet(name=name, type=kind, column=_column(spec.get("column", name), f"{where}.column"),
                  user_filter=param, range=bounds, separator=separator, buckets=buckets, **flags)
+
+
+def _user_filter_param(raw: Any, name: str, where: str) -> str | None:
+    if isinstance(raw, Mapping) and set(raw) == {"param"} and isinstance(raw["param"], str) \
+            and NAME.fullmatch(raw["param"]):
+        return raw["param"]
+    if isinstance(raw, bool):
+        return name if raw else None
+    raise SchemaError(f"{where}.user_filter: true, false, or {{param: NAME}}")
+
+
+def _range(bounds: Any, kind: str, where: str) -> tuple[float | None, float | None] | None:
+    if bounds is None:
+        return None
+    if kind not in ("integer", "float") or not isinstance(bounds, list) or len(bounds) != 2 or not all(
+            b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in bounds) \
+            or (None not in bounds and bounds[0] > bounds[1]):
+        raise SchemaError(f"{where}.range: [low, high] of a numeric facet (either may be null)")
+    return bounds[0], bounds[1]
 
 
 def _events(raw: Any, source: str) -> EventColumns:

@@ -11,7 +11,7 @@ k and keeps ``size`` of them, in this order of concerns:
 * **backfill** — if the cap leaves the row short, the best capped-out candidates fill it, so a row
   stays full whenever there are enough candidates.
 
-Pure functions over the row's candidate items (dicts with ``id``, ``score``, ``categories``); the
+Pure functions over the row's candidate items (dicts with ``id``, ``score`` and the category facet); the
 service applies them after cross-row de-duplication, the study (``bench/diversity_study.py``) to
 offline rankings. Ties keep the candidates' order; inputs are never modified.
 """
@@ -24,8 +24,9 @@ from typing import Mapping, Sequence
 from facetrec.catalog.diversity_policy import DiversityPolicy
 
 
-def categories(item: Mapping) -> frozenset[str]:
-    value = item.get("categories")
+def categories(item: Mapping, field: str | None) -> frozenset[str]:
+    """The values of the catalog's category facet (``items.categories`` of its schema) an item holds."""
+    value = item.get(field) if field else None
     if value is None:
         return frozenset()
     return frozenset([value] if isinstance(value, str) else value)
@@ -42,13 +43,15 @@ def _jaccard(a: frozenset, b: frozenset) -> float:
 
 
 def apply(policy: DiversityPolicy, candidates: Sequence[Mapping], size: int,
-          vectors: Mapping[str, Sequence[float]] | None = None, by_order: bool = False) -> tuple[list[Mapping], dict]:
+          vectors: Mapping[str, Sequence[float]] | None = None, by_order: bool = False,
+          category_field: str | None = None) -> tuple[list[Mapping], dict]:
     """At most ``size`` of ``candidates`` (best first) under ``policy``, and what it did:
     ``{"policy", "candidates", "reranked", "backfilled"}`` — ``reranked`` counts the returned items
     that are not where relevance order alone would have put them. ``by_order``: relevance is the
-    candidates' order, not their scores (a ranked row: its order is the ranker's)."""
+    candidates' order, not their scores (a ranked row: its order is the ranker's). ``category_field``:
+    the item field the category cap and the fallback similarity read (the schema's ``items.categories``)."""
     pool = list(candidates)
-    cats = [categories(c) for c in pool]
+    cats = [categories(c, category_field) for c in pool]
     use_vectors = vectors is not None and all(c["id"] in vectors for c in pool)
     scores = [float(len(pool) - i) for i in range(len(pool))] if by_order else \
         [float(c.get("score") or 0.0) for c in pool]
@@ -98,6 +101,6 @@ def intra_list_diversity(vectors: Sequence[Sequence[float]]) -> float:
     return sum(1.0 - _cosine(a, b) for a, b in pairs) / len(pairs) if pairs else 0.0
 
 
-def category_coverage(items: Sequence[Mapping]) -> int:
+def category_coverage(items: Sequence[Mapping], field: str | None) -> int:
     """Distinct categories over a list's items."""
-    return len(frozenset().union(*(categories(i) for i in items))) if items else 0
+    return len(frozenset().union(*(categories(i, field) for i in items))) if items else 0

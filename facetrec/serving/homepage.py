@@ -20,6 +20,7 @@ from facetrec.catalog.fields import ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS
 from facetrec.catalog.meta import read_meta
 from facetrec.catalog.partitions import FIELD_PREFIX as PARTITION_FIELD_PREFIX
 from facetrec.catalog.rows import Row
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.errors import ClusterUnavailable
 from facetrec.es import UNAVAILABLE_STATUSES, cluster_errors_as_unavailable, error_reason, error_type, with_timeout
 from facetrec.es import script_lang as resolve_script_lang
@@ -89,6 +90,7 @@ class SearchConfig:
     thresholds: Thresholds = Thresholds()  # the row planner's (facetrec.serving.planner)
     stats: StatsCache | None = None        # the pairs' row counts and partitions; None: rows are not planned
     rankers: ranking.RankerRegistry | None = None   # the pairs' learned rankers; None: rows keep retrieval order
+    schema: CatalogSchema | None = None    # the configured catalog schema: for pairs that record none (or not known)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, item_index: str | None = None, user_index: str | None = None,
@@ -131,13 +133,16 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
                       item_exact_vectors=src.get("item_exact_vectors") is True, index=doc.get("_index"))
 
 
+INTERNAL_FIELDS = frozenset(("item_id", "popularity", "generation", ITEM_VECTOR_FIELD))
+
+
 def _item(hit: dict, source: str, mode: str, similarity: str, user: UserVector | None) -> dict:
+    """A response item: its id, its score and the catalog schema's displayed fields (the ``_source``
+    its search asked for: ``CatalogSchema.source_fields``)."""
     src = hit.get("_source", {})
     score = float(src.get("popularity") or 0.0) if source == "popular" else model_dot(hit, mode, similarity, user)
     item = {"id": hit["_id"], "score": round(score, 6)}
-    for key in ("title", "item_format", "language", "categories"):
-        if key in src:
-            item[key] = src[key]
+    item.update((key, value) for key, value in src.items() if key not in INTERNAL_FIELDS)
     return item
 
 
@@ -221,7 +226,8 @@ def _assemble_row(row: Row, searched, response: dict, target: SearchConfig, user
              for hit in hits]
     if row.diversity:   # after cross-row de-duplication, over the row's over-fetched candidates
         items, entry["diversity"] = diversity.apply(row.diversity, items, size, _item_vectors(hits, user),
-                                                    by_order=entry.get("ranked", False))
+                                                    by_order=entry.get("ranked", False),
+                                                    category_field=searched.category_field)
     if items:   # every hit of a page comes from one item generation (_mixed)
         entry["generation"] = hits[0].get("_source", {}).get("generation")
     entry["items"] = items
@@ -342,8 +348,9 @@ def _read_page(es: Elasticsearch, target: SearchConfig, user_id: str, rows: Sequ
     if user and any(row_mode(row, mode, target) == "script_score" for row in rows):
         with cluster_errors_as_unavailable():
             lang = resolve_script_lang(es, target.script_lang, target.request_timeout_s)
-    page = build_page_search(rows, user, user_filters, target, mode, sizes, script_lang=lang,
-                             stats=pair_stats(es, target, user))
+    stats = pair_stats(es, target, user)
+    page = build_page_search(rows, user, user_filters, target, mode, sizes, script_lang=lang, stats=stats,
+                             schema=(stats.schema if stats else None) or target.schema)
     with cluster_errors_as_unavailable():
         started = time.perf_counter()
         result = with_timeout(es, target.request_timeout_s).msearch(searches=page.lines, filter_path=MSEARCH_FILTER_PATH)

@@ -15,8 +15,9 @@ import dataclasses
 from typing import Any, Sequence
 
 from facetrec.catalog.counts import GenerationStats
-from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_SOURCE_FIELDS, ITEM_VECTOR_FIELD
+from facetrec.catalog.fields import BASE_SOURCE_FIELDS, EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.catalog.rows import Row
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.serving import mips
 from facetrec.serving.planner import Plan, Thresholds, overfetch, plan_row
 from facetrec.serving.row_queries import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, build_row_search, query_vector
@@ -37,6 +38,7 @@ class RowSearch:
     slot: int            # index of its response in the _msearch
     k: int               # hits it needs (its size, over-fetched for de-duplication and diversity)
     bucket: str | None = None
+    category_field: str | None = None   # the catalog's category facet (a diverse row's cap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +89,16 @@ def _legacy_plan(row: Row, user) -> Plan:
 
 def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], target, mode: str | None = None,
                       sizes: dict[str, int] | None = None, script_lang: str = "painless",
-                      stats: GenerationStats | None = None) -> PageSearch:
+                      stats: GenerationStats | None = None, schema: CatalogSchema | None = None) -> PageSearch:
     """The page's ``_msearch`` lines and how each row reads its answer. Rows later on the page ask
     for more (the sizes of the rows before them, at most MAX_OVERFETCH) so they can be backfilled
     after cross-row de-duplication; ``stats`` (the pair's, ``facetrec.catalog.counts``) lets the
-    planner choose per row, without them every row is asked as ``_legacy_plan`` says."""
+    planner choose per row, without them every row is asked as ``_legacy_plan`` says. ``schema``
+    (the pair's catalog schema) says what each hit carries (``source_fields``) and which facet a
+    diverse row caps."""
     thresholds: Thresholds = target.thresholds
+    source = schema.source_fields if schema is not None else list(BASE_SOURCE_FIELDS)
+    category_field = schema.items.categories if schema is not None else None
     vectors = query_vectors(user, target.similarity) if user else {}
     seen = list(dict.fromkeys(user.seen_item_ids)) if user else []
     timeout = f"{max(int(target.request_timeout_s * 800), 50)}ms"
@@ -110,7 +116,8 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
         if user is None or this_mode != "knn":
             body = build_row_search(row, user_vector=vectors[this_mode] if user else None, user_filters=user_filters,
                                     exclude_ids=seen, k=k, mode=this_mode, script_lang=script_lang,
-                                    num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor)
+                                    num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
+                                    source_fields=source)
             placed.append(_own(lines, target, body, row, k, "popular" if user is None else this_mode, timeout,
                                user is not None))
             continue
@@ -124,6 +131,7 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
             continue
         exact = plan.kind == "exact"
         body = build_row_search(row, user_vector=vectors["knn"], user_filters=user_filters, exclude_ids=seen, k=k,
+                                source_fields=source,
                                 mode="knn", num_candidates_factor=row.num_candidates_factor or target.num_candidates_factor,
                                 vector_field=plan.field, script_lang=script_lang, row_clauses=plan.pre,
                                 rescore_oversample=0.0 if plan.field == EXACT_VECTOR_FIELD else target.rescore_oversample,
@@ -137,10 +145,10 @@ def build_page_search(rows: Sequence[Row], user, user_filters: Sequence[dict], t
         slot = len(lines) // 2
         lines += [{"index": target.item_index, "request_cache": False},
                   _shared_body(shared, vectors["knn"], user_filters, seen, thresholds, timeout,
-                               target.rescore_oversample)]
+                               target.rescore_oversample, source)]
         for position, row, plan, k, _ in shared:
             placed[position] = RowSearch(row, plan.kind, slot, k, bucket=f"b{position}")
-    searches = [rs for rs in placed if rs is not None]
+    searches = [dataclasses.replace(rs, category_field=category_field) for rs in placed if rs is not None]
     return PageSearch(lines, searches)
 
 
@@ -155,7 +163,8 @@ def _own(lines: list[dict], target, body: dict, row: Row, k: int, plan: str, tim
 
 
 def _shared_body(shared: list[tuple[int, Row, Plan, int, int]], vector: list[float], user_filters: Sequence[dict],
-                 seen: list[str], thresholds: Thresholds, timeout: str, rescore_oversample: float = 0.0) -> dict:
+                 seen: list[str], thresholds: Thresholds, timeout: str, rescore_oversample: float = 0.0,
+                 source_fields: Sequence[str] = BASE_SOURCE_FIELDS) -> dict:
     """One search for every post-filtered row: each graph they need walked once, without a filter;
     the user filters and the seen items after the walks; a bucket per row with its best hits."""
     walks: dict[str, int] = {}
@@ -175,7 +184,7 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int, int]], vector: list[flo
         if rescore_oversample:   # quantized graphs: the walk's best rescored with the float vectors
             knn["rescore_vector"] = {"oversample": rescore_oversample}
         knns.append({"knn": knn})
-    source = list(ITEM_SOURCE_FIELDS)
+    source = list(source_fields)
     if any(row.diversity and row.diversity.needs_vectors for _, row, _, _, _ in shared):
         source.append(ITEM_VECTOR_FIELD)
     buckets = {f"b{position}": {"bool": {"filter": list(row.filter), "must_not": list(row.must_not)}}
@@ -203,9 +212,9 @@ def _scattered(query: dict, fields: Sequence[str]) -> dict:
 
 def build_searches(rows: Sequence[Row], user, user_filters: Sequence[dict], target, mode: str | None = None,
                    sizes: dict[str, int] | None = None, script_lang: str = "painless",
-                   stats: GenerationStats | None = None) -> list[dict]:
+                   stats: GenerationStats | None = None, schema: CatalogSchema | None = None) -> list[dict]:
     """The ``_msearch`` lines of a page (``build_page_search(...).lines``)."""
-    return build_page_search(rows, user, user_filters, target, mode, sizes, script_lang, stats).lines
+    return build_page_search(rows, user, user_filters, target, mode, sizes, script_lang, stats, schema).lines
 
 
 __all__ = ["PageSearch", "RowSearch", "build_page_search", "build_searches", "query_vectors", "row_mode",

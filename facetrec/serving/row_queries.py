@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Any, Iterable, Sequence
 
-from facetrec.catalog.fields import ITEM_SOURCE_FIELDS, ITEM_VECTOR_FIELD
+from facetrec.catalog.fields import BASE_SOURCE_FIELDS, ITEM_VECTOR_FIELD
 from facetrec.catalog.rows import Row, row_filter
 from facetrec.serving.scoring import SCRIPT_SCORE_SHIFT
 
@@ -27,7 +27,7 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
                      vector_field: str = ITEM_VECTOR_FIELD, script_lang: str = "painless",
                      rescore_oversample: float = 0.0, row_clauses: Sequence[dict] | None = None,
-                     candidates: int | None = None) -> dict:
+                     candidates: int | None = None, source_fields: Sequence[str] = BASE_SOURCE_FIELDS) -> dict:
     """The ``_search`` body for one row.
 
     * ``knn``: a knn query whose own filter holds the user and row filters (a true pre-filter that
@@ -48,7 +48,7 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
     exclude_ids = list(dict.fromkeys(exclude_ids))
     if row_clauses is not None:
         row = dataclasses.replace(row, filter=tuple(row_clauses))
-    body: dict[str, Any] = {"size": k, "_source": ITEM_SOURCE_FIELDS}
+    body: dict[str, Any] = {"size": k, "_source": list(source_fields)}
     if user_vector is None:
         body["query"] = row_filter(row, user_filters, exclude_ids)
         body["sort"] = [{"popularity": {"order": "desc", "missing": "_last"}}, {"item_id": "asc"}]

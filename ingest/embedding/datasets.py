@@ -1,26 +1,8 @@
-"""Input data sets in facetrec's input schema.
+"""The two bundled data sets, written as input files of their catalogs (``catalogs/<name>/``).
 
-Interaction events (one row per event)::
-
-    user_id     string   who
-    item_id     string   what (must exist in the catalog)
-    event_type  string   e.g. "rating", "read", "listen"
-    timestamp   int64    seconds since the epoch, UTC
-
-Item catalog (one row per item)::
-
-    item_id       string         required
-    title         string         required
-    item_format   string         optional facet (ebook, audiobook, ...)
-    language      string         optional facet
-    country       list<string>   optional facet: availability
-    categories    list<string>   optional facet
-    published_at  string (date)  optional
-
-Users (optional, one row per user): ``user_id`` plus categorical feature columns.
-
-Files may be parquet, CSV or JSON lines (by extension). Facets a data set does not have are left
-absent, never invented.
+Each is an example of what a team brings: an events table, a catalog table and (MovieLens) a users
+table, whose columns ``catalogs/<name>/catalog.yaml`` declares. Nothing here is read by the ETL's
+code: the ETL reads any catalog's files as its schema says (``ingest.embedding.inputs``).
 """
 
 from __future__ import annotations
@@ -34,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from facetrec.errors import ConfigurationError
+from facetrec.settings import CATALOGS_DIR
 from ingest.embedding import synthetic
 
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
-CATALOG_COLUMNS = ("item_id", "title")
-ITEM_FACETS = ("item_format", "language", "country", "categories")
+# The catalog (catalogs/<name>/: catalog.yaml and rows.yaml) of each bundled data set.
+BUNDLED = {"movielens-100k": CATALOGS_DIR / "movielens-100k", "synthetic": CATALOGS_DIR / "synthetic"}
 MOVIELENS_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                     "War", "Western")
@@ -46,8 +29,6 @@ MOVIELENS_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's",
 
 class DatasetError(ConfigurationError):
     """An input data set cannot be used; the message names the file, column or value."""
-
-    pass
 
 
 def _movielens_file(name: str) -> Path:

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from facetrec.catalog.fields import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
 from facetrec.model.user_encoder import ExportedUserEncoder, left_pad  # noqa: F401 - ExportedUserEncoder re-exported
-from ingest.embedding.datasets import ITEM_FACETS
 from ingest.embedding.features import TrainingData
 from ingest.embedding.model import SequenceUserEncoder, TwoTower
 
@@ -82,14 +81,18 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
             "n_items": int(len(items)), "n_users": int(len(users))}
 
 
+ETL_ONLY_COLUMNS = ("item_id", "item_idx", "train_count")   # the ETL's bookkeeping, not the item's
+
+
 def write_item_embeddings(path: Path, items: pd.DataFrame, vectors: np.ndarray, model_version: str) -> None:
-    """items.parquet as the indexer loads it: the ETL's items (in item_idx order) with their vectors,
-    facets, title, publication date and popularity."""
+    """items.parquet as the indexer loads it: the ETL's items (in item_idx order) with their vectors:
+    everything the catalog schema made of each item (title, image, url, its facets) and its popularity."""
     columns = {"item_id": pa.array(items["item_id"].astype(str)), "item_embed": _vector_column(vectors),
                "model_version": pa.array([model_version] * len(items))}
-    for facet in (*ITEM_FACETS, "title", "published_at", "popularity"):
-        if facet in items.columns:
-            columns[facet] = pa.array(items[facet].tolist())
+    table = pa.Table.from_pandas(items, preserve_index=False)
+    for name in table.column_names:
+        if name not in ETL_ONLY_COLUMNS:
+            columns[name] = table.column(name)
     pq.write_table(pa.table(columns), path)
 
 

@@ -1,13 +1,18 @@
-"""Spark ETL: interaction logs + item catalog -> clean, time-ordered per-user sequences with a
-leave-last-out split, item/facet vocabularies and popularity counts, written as parquet.
+"""Spark ETL: interaction logs + item catalog (shaped as the catalog schema says) -> clean,
+time-ordered per-user sequences with a leave-last-out split, item feature vocabularies and
+popularity counts, written as parquet.
 
-Every transform takes and returns DataFrames (unit-tested on tiny inline frames). Dropped rows
-are counted and reported, never silently lost.
+Every transform takes and returns DataFrames (unit-tested on tiny inline frames). Dropped rows are
+counted per reason and reported, a sample of each kept, never silently lost (``ingest.embedding.inputs``);
+more rejected rows than the schema allows fail the run before anything is published.
 
-    out/items.parquet   item_idx (1..N), item_id, title, facets, published_at, train_count, popularity
+    out/items.parquet   item_idx (1..N), item_id, title (image, url), the facets, train_count, popularity
     out/users.parquet   user_id, history (time-ordered item ids), train_items, valid_item, test_item, features
-    out/vocab.json      facet and user-feature vocabularies
-    out/report.json     counts: read, duplicates, future, unknown items, short users; data_version
+    out/vocab.json      the item tower's feature vocabularies (categorical values, numeric bucket bounds),
+                        user-feature vocabularies
+    out/catalog.json    the catalog schema the run used (training, export and publish read it from here)
+    out/report.json     counts: read, rejected per input and reason, duplicates, short users; data_version
+    out/rejected/       <input>/<reason>.jsonl: a sample of each kind of rejected row
 """
 
 from __future__ import annotations
@@ -20,50 +25,18 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.model import ties
-from ingest.embedding.datasets import CATALOG_COLUMNS, EVENT_COLUMNS, ITEM_FACETS, DatasetError
+from ingest.embedding import inputs
+from ingest.embedding.datasets import DatasetError
 
 MIN_EVENTS = 3  # train needs at least one item before the validation and test items
-
-
-def read_table(spark: SparkSession, path: str | Path) -> DataFrame:
-    path = str(path)
-    if path.endswith(".csv"):
-        return spark.read.option("header", True).option("inferSchema", True).csv(path)
-    if path.endswith((".jsonl", ".json")):
-        return spark.read.json(path)
-    return spark.read.parquet(path)
-
-
-def require_columns(df: DataFrame, columns, what: str) -> DataFrame:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DatasetError(f"{what} is missing required column(s) {missing}; it has {df.columns}")
-    return df
-
-
-def normalise_events(df: DataFrame) -> DataFrame:
-    require_columns(df, EVENT_COLUMNS, "events")
-    return df.select(F.col("user_id").cast("string"), F.col("item_id").cast("string"),
-                     F.col("event_type").cast("string"), F.col("timestamp").cast("long"))
-
-
-def drop_invalid(df: DataFrame) -> DataFrame:
-    return df.where(F.col("user_id").isNotNull() & F.col("item_id").isNotNull() & F.col("timestamp").isNotNull())
 
 
 def dedupe_events(df: DataFrame) -> DataFrame:
     """One event per (user, item): the earliest (ties broken by event_type)."""
     w = Window.partitionBy("user_id", "item_id").orderBy("timestamp", "event_type")
     return df.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
-
-
-def drop_future(df: DataFrame, now_ts: int) -> DataFrame:
-    return df.where(F.col("timestamp") <= F.lit(now_ts))
-
-
-def drop_unknown_items(events: DataFrame, catalog: DataFrame) -> DataFrame:
-    return events.join(catalog.select("item_id"), on="item_id", how="left_semi")
 
 
 def tie_order(tie_break: str = "hash"):
@@ -139,39 +112,86 @@ def vocabulary(df: DataFrame, column: str) -> list[str]:
     return sorted(str(r["v"]) for r in values)
 
 
-def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=None, now_ts: int | None = None,
-            max_history: int = 500, tie_break: str = "hash") -> dict:
+def numeric_buckets(items: DataFrame, facet) -> list[float]:
+    """Quantile bounds of a numeric or date feature over the catalog (dates as days since the epoch):
+    at most ``facet.buckets`` buckets, the item tower's embedding index of a value."""
+    value = F.datediff(F.to_date(F.col(facet.name)), F.lit("1970-01-01")) if facet.type == "date" \
+        else F.col(facet.name).cast("double")
+    present = items.select(value.alias("v")).where(F.col("v").isNotNull())
+    probabilities = [i / facet.buckets for i in range(1, facet.buckets)]
+    bounds = present.approxQuantile("v", probabilities, 0.001) if probabilities else []
+    return sorted(set(float(b) for b in bounds))
+
+
+def feature_vocabulary(items: DataFrame, schema: CatalogSchema) -> dict:
+    """What the item tower embeds, per feature facet of the schema: the values of a categorical
+    one, the bucket bounds of a numeric or date one."""
+    categorical = {f.name: vocabulary(items, f.name) for f in schema.feature_facets if f.categorical}
+    numeric = {f.name: numeric_buckets(items, f) for f in schema.feature_facets if not f.categorical}
+    return {"item_facets": categorical, "item_buckets": numeric}
+
+
+def read_inputs(spark: SparkSession, schema: CatalogSchema, events_uri, catalog_uri, users_uri=None) -> dict:
+    """The inputs, each checked against the schema's columns before any work (``inputs.check_columns``)."""
+    frames = {"catalog": inputs.read_input(spark, catalog_uri), "events": inputs.read_input(spark, events_uri)}
+    inputs.check_columns(frames["catalog"], inputs.catalog_columns(schema), f"the catalog {catalog_uri}",
+                         optional=tuple(f.column for f in schema.facets)
+                         + tuple(c for c in (schema.items.image, schema.items.url) if c))
+    inputs.check_columns(frames["events"], inputs.event_columns(schema), f"the events {events_uri}",
+                         optional=(schema.events.type,) if schema.events.type else ())
+    if users_uri is not None:
+        frames["users"] = inputs.read_input(spark, users_uri)
+        inputs.check_columns(frames["users"], inputs.user_columns(schema), f"the users {users_uri}")
+    return frames
+
+
+def run_etl(spark: SparkSession, schema: CatalogSchema, events_path, catalog_path, out_dir, users_path=None,
+            now_ts: int | None = None, max_history: int = 500, tie_break: str = "hash") -> dict:
+    """The whole ETL of one run (see the module doc); returns the report."""
     started = time.perf_counter()
     ties.check(tie_break)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     now_ts = int(now_ts if now_ts is not None else time.time())
+    frames = read_inputs(spark, schema, events_path, catalog_path, users_path)
+    rejections = inputs.Rejections(out, schema)
 
-    raw = normalise_events(read_table(spark, events_path)).cache()
-    catalog = require_columns(read_table(spark, catalog_path), CATALOG_COLUMNS, "catalog")
-    catalog = catalog.withColumn("item_id", F.col("item_id").cast("string"))
-    if catalog.count() == 0:
+    checked_catalog = inputs.catalog_frame(frames["catalog"], schema).cache()
+    catalog_counts = rejections.record("catalog", checked_catalog)
+    if catalog_counts["read"] == 0:
         raise DatasetError(f"the catalog {catalog_path} is empty")
-    dup_items = catalog.groupBy("item_id").count().where("count > 1").count()
-    if dup_items:
-        raise DatasetError(f"the catalog has {dup_items} duplicated item_id values")
+    catalog = checked_catalog.where(F.col(inputs.REJECTED).isNull()).drop(inputs.REJECTED, inputs.ORDER, "_raw")
 
-    counts = {"events_read": raw.count(), "tie_break": tie_break}
-    if counts["events_read"] == 0:
+    checked_events = inputs.event_frame(frames["events"], schema, now_ts)
+    known_ids = catalog.select("item_id").withColumn("_known", F.lit(True))
+    checked_events = (checked_events.join(known_ids, "item_id", "left")
+                      .withColumn(inputs.REJECTED, F.coalesce(
+                          F.col(inputs.REJECTED), F.when(F.col("_known").isNull(), F.lit("unknown_item"))))
+                      .drop("_known")).cache()
+    event_counts = rejections.record("events", checked_events)
+    if event_counts["read"] == 0:
         raise DatasetError(f"no events in {events_path}")
-    valid = drop_invalid(raw)
-    counts["dropped_null_fields"] = counts["events_read"] - valid.count()
-    deduped = dedupe_events(valid)
-    counts["dropped_duplicates"] = counts["events_read"] - counts["dropped_null_fields"] - deduped.count()
-    current = drop_future(deduped, now_ts)
-    counts["dropped_future_timestamps"] = deduped.count() - current.count()
-    known = drop_unknown_items(current, catalog).cache()
-    counts["dropped_unknown_items"] = current.count() - known.count()
-    counts["events_kept"] = known.count()
+    counts: dict = {"events_read": event_counts["read"], "tie_break": tie_break,
+                    "rejected": rejections.counts}
+    good = checked_events.where(F.col(inputs.REJECTED).isNull())
+    kept_types = good.where(~F.col("_filtered"))
+    counts["events_filtered_by_type"] = good.count() - kept_types.count()
+    valid = kept_types.select("user_id", "item_id", "event_type", "timestamp")
+    deduped = dedupe_events(valid).cache()
+    counts["dropped_duplicates"] = kept_types.count() - deduped.count()
+    counts["events_kept"] = deduped.count()
 
-    if tie_break == "numeric" and known.where(F.col("item_id").cast("long").isNull()).limit(1).count():
+    user_features = None
+    if "users" in frames:
+        checked_users = inputs.user_frame(frames["users"], schema).cache()
+        rejections.record("users", checked_users)
+        user_features = checked_users.where(F.col(inputs.REJECTED).isNull()).drop(inputs.REJECTED, "_raw")
+    (out / "report.json").write_text(json.dumps({**counts, "failed": True}, indent=2))
+    rejections.check()   # more rejected than the schema allows: the run fails here, before any output
+
+    if tie_break == "numeric" and deduped.where(F.col("item_id").cast("long").isNull()).limit(1).count():
         raise DatasetError("tie_break='numeric' needs numeric item ids")
-    sequences = user_sequences(known, tie_break)
+    sequences = user_sequences(deduped, tie_break)
     splits = leave_last_out(sequences).cache()
     counts["users_total"] = sequences.count()
     counts["users_kept"] = splits.count()
@@ -181,29 +201,23 @@ def run_etl(spark: SparkSession, events_path, catalog_path, out_dir, users_path=
 
     items = index_items(catalog, train_popularity(splits)).cache()
     counts["items"] = items.count()
-
     users = splits.withColumn("history", keep_last("history", max_history)).drop("history_ts")
-    if users_path is not None:
-        features = read_table(spark, users_path).withColumn("user_id", F.col("user_id").cast("string"))
-        users = users.join(features, "user_id", "left")
-    user_features = [c for c in users.columns if c not in ("user_id", "history", "train_items", "valid_item",
-                                                           "test_item")]
-    facets = [c for c in ITEM_FACETS if c in items.columns]
-    vocab = {"item_facets": {c: vocabulary(items, c) for c in facets},
-             "user_features": {c: vocabulary(users, c) for c in user_features}}
+    if user_features is not None:
+        users = users.join(user_features, "user_id", "left")
+    vocab = {**feature_vocabulary(items, schema),
+             "user_features": {c: vocabulary(users, c) for c in schema.users.features if c in users.columns}}
 
     items.orderBy("item_idx").write.mode("overwrite").parquet(str(out / "items.parquet"))
     users.orderBy("user_id").write.mode("overwrite").parquet(str(out / "users.parquet"))
     (out / "vocab.json").write_text(json.dumps(vocab, indent=2))
+    (out / "catalog.json").write_text(json.dumps(schema.to_dict(), indent=2))
     counts["data_version"] = hashlib.sha256(json.dumps(counts, sort_keys=True).encode()
                                             + json.dumps(vocab, sort_keys=True).encode()).hexdigest()[:12]
     # The newest event the batch saw (epoch seconds): events logged through the API after it are
     # re-applied to the generation this run publishes (facetrec.events.apply.replay).
-    counts["events_until"] = int(known.agg(F.max("timestamp")).first()[0])
+    counts["events_until"] = int(deduped.agg(F.max("timestamp")).first()[0])
     counts["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(counts, indent=2))
-    raw.unpersist()
-    known.unpersist()
-    splits.unpersist()
-    items.unpersist()
+    for frame in (checked_catalog, checked_events, deduped, splits, items):
+        frame.unpersist()
     return counts

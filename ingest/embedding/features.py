@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.model.user_encoder import left_pad, user_feature_indices  # noqa: F401 - left_pad re-exported (train)
 from ingest.embedding.datasets import title_tokens
 
@@ -39,6 +40,24 @@ def _as_list(value) -> list:
     if isinstance(value, float) and np.isnan(value):
         return []
     return [value]
+
+
+def etl_schema(etl_dir) -> CatalogSchema:
+    """The catalog schema an ETL output was made with (its ``catalog.json``)."""
+    path = Path(etl_dir) / "catalog.json"
+    return CatalogSchema.from_dict(json.loads(path.read_text()), source=str(path))
+
+
+def bucket_indices(values: pd.Series, bounds: list[float]) -> np.ndarray:
+    """A numeric or date feature's embedding index per item: 1 + its quantile bucket among ``bounds``
+    (the ETL's), 0 where the item has no value. Dates count days since the epoch."""
+    if values.dtype == object or pd.api.types.is_string_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        numbers = ((parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.days).astype("float64").to_numpy()
+    else:
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+    out = np.searchsorted(np.asarray(bounds, dtype=np.float64), numbers, side="right") + 1
+    return np.where(np.isnan(numbers), 0, out).astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -85,6 +104,9 @@ def load_training_data(etl_dir: str | Path, title_buckets: int = 4096, max_title
         rows = [[]] + [[index[str(v)] for v in _as_list(x) if str(v) in index] for x in items[facet]]
         item_facets[facet] = _pad(rows)
         facet_sizes[facet] = len(values)
+    for facet, bounds in vocab.get("item_buckets", {}).items():
+        item_facets[facet] = np.concatenate([[[0]], bucket_indices(items[facet], bounds)[:, None]]).astype(np.int64)
+        facet_sizes[facet] = len(bounds) + 1
     titles = [[]] + [[stable_hash(t, title_buckets) for t in title_tokens(str(t))] for t in items["title"]]
     train_counts = np.concatenate([[0], items["train_count"].to_numpy(dtype=np.float64)])
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from facetrec.catalog.fields import MAX_SEEN_ITEMS
 from facetrec.model import ranker as served
-from ingest.embedding.features import TrainingData
+from ingest.embedding.features import TrainingData, etl_schema
 
 
 @dataclasses.dataclass
@@ -51,8 +51,9 @@ def item_tables(data: TrainingData, etl_dir, holdout: int = 0) -> served.ItemTab
     sequences (what the served popularity is), or with ``holdout`` from what the towers trained on
     (each training sequence minus its last ``holdout`` items: the training queries' labels unseen)."""
     items = pd.read_parquet(Path(etl_dir) / "items.parquet").sort_values("item_idx")
-    published = np.concatenate([[np.nan], served.days_since_epoch(items["published_at"]) if "published_at" in items
-                                else np.full(len(items), np.nan)])
+    published_facet = etl_schema(etl_dir).items.published   # the catalog's publication date, if it has one
+    published = np.concatenate([[np.nan], served.days_since_epoch(items[published_facet])
+                                if published_facet and published_facet in items else np.full(len(items), np.nan)])
     from ingest.embedding.train import tower_sequences
 
     seqs = tower_sequences(data, holdout)

@@ -31,7 +31,8 @@ from facetrec.errors import FacetrecError
 from facetrec.es import serializers
 from facetrec.serving import mips
 
-ITEM_FACETS = ("item_format", "language", "country", "categories", "title", "popularity", "published_at")
+# What an item document holds besides its catalog's own fields (the schema's: ``item_fields``).
+ITEM_BASE_FIELDS = (("title", "text"), ("popularity", "float"))
 MAX_REPORTED_IDS = 50
 
 
@@ -127,13 +128,39 @@ def _listish(value: Any) -> Any:
     return value
 
 
+def item_fields(schema) -> tuple[tuple[str, str], ...]:
+    """(field, type) of everything an item document carries from its record, for a catalog schema
+    (``facetrec.catalog.schema.CatalogSchema``; None: only the fields every catalog has). Picklable:
+    Spark executors build documents with it."""
+    if schema is None:
+        return ITEM_BASE_FIELDS
+    shown = tuple((key, "keyword") for key in ("image", "url") if getattr(schema.items, key))
+    return (*ITEM_BASE_FIELDS, *shown, *((f.name, f.type) for f in schema.facets))
+
+
+def field_value(value: Any, kind: str) -> Any:
+    """A record's value as its document holds it (None: absent): lists for keyword lists, ISO 8601 for
+    dates, a JSON boolean for booleans."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    value = _listish(_iso(value))
+    if value == [] or value == "":
+        return None
+    if kind == "keyword_list" and isinstance(value, str):
+        return [value]
+    if kind == "boolean" and not isinstance(value, bool):
+        return bool(value) if isinstance(value, (int, float)) else {"true": True, "false": False}.get(str(value).lower())
+    return value
+
+
 def item_document(record: Mapping[str, Any], generation: str, dims: int, require_unit: bool,
                   item_vector_scale: float | None = None, exact_copy: bool = False,
-                  partitions: Mapping | None = None) -> tuple[str, dict]:
-    """The item's document; with ``item_vector_scale`` its vector is stored reduced (``facetrec.serving.mips``),
-    with ``exact_copy`` it is indexed a second time in the flat ``EXACT_VECTOR_FIELD`` (exact plans),
-    and with ``partitions`` once more in the partition field of each partitioned value it has
-    (``facetrec.catalog.partitions``)."""
+                  partitions: Mapping | None = None, fields: tuple[tuple[str, str], ...] = ITEM_BASE_FIELDS
+                  ) -> tuple[str, dict]:
+    """The item's document: its id, its ``fields`` (``item_fields``) and its vector; with
+    ``item_vector_scale`` the vector is stored reduced (``facetrec.serving.mips``), with ``exact_copy`` it
+    is indexed a second time in the flat ``EXACT_VECTOR_FIELD`` (exact plans), and with ``partitions``
+    once more in the partition field of each partitioned value it has (``facetrec.catalog.partitions``)."""
     item_id = str(record["item_id"])
     vector = check_vector(_listish(record.get("item_embed")), dims, require_unit)
     if item_vector_scale is not None:
@@ -147,14 +174,10 @@ def item_document(record: Mapping[str, Any], generation: str, dims: int, require
     if partitions:
         for field in vector_partitions.document_fields(record, partitions):
             doc[field] = vector
-    for field in ITEM_FACETS:
-        value = record.get(field)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        value = _listish(_iso(value))
-        if value == []:
-            continue
-        doc[field] = value
+    for field, kind in fields:
+        value = field_value(record.get(field), kind)
+        if value is not None:
+            doc[field] = value
     return item_id, doc
 
 
@@ -201,7 +224,8 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
               max_retries: int = 6, initial_backoff: float = 0.5, progress: bool = True,
               total: int | None = None, streams: int = 1, doc_fields: Mapping[str, Any] | None = None,
               check: Callable[[str], None] | None = None, item_vector_scale: float | None = None,
-              exact_copy: bool = False, partitions: Mapping | None = None) -> LoadReport:
+              exact_copy: bool = False, partitions: Mapping | None = None,
+              fields: tuple[tuple[str, str], ...] = ITEM_BASE_FIELDS) -> LoadReport:
     """Stream ``records`` into ``index`` with explicit ``_id``s, ``streams`` bulk requests in flight.
     ``doc_fields`` are added to every document (a user generation's ``item_generation``); item
     vectors are stored reduced when ``item_vector_scale`` is given (``facetrec.serving.mips``) and twice with
@@ -213,9 +237,9 @@ def bulk_load(es: Elasticsearch, index: str, kind: str, records: Iterable[Mappin
         raise ValueError(f"streams must be at least 1, got {streams}")
     report = LoadReport(index=index)
     build = DOCUMENT_BUILDERS[kind]
-    if kind == "item" and (item_vector_scale is not None or exact_copy or partitions):
+    if kind == "item":
         build = partial(item_document, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
-                        partitions=partitions)
+                        partitions=partitions, fields=fields)
     actions = _actions(records, build, report, index=index, kind=kind, generation=generation, dims=dims,
                        require_unit=require_unit, doc_fields=doc_fields, check=check)
     bar = tqdm(total=total, desc=f"loading {index}", unit="doc", disable=not progress, file=sys.stderr,
@@ -285,13 +309,14 @@ def _send_in_parallel(actions: Iterator[dict], send: Callable[[Iterable[dict]], 
 def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, index: str, kind: str,
                     generation: str, dims: int, require_unit: bool, doc_fields: dict | None,
                     item_vector_scale: float | None = None, exact_copy: bool = False,
-                    partitions: dict | None = None) -> Iterator[dict]:
+                    partitions: dict | None = None, fields: tuple = ITEM_BASE_FIELDS) -> Iterator[dict]:
     """Runs on a Spark executor: one client per partition, the same bulk code."""
     es = Elasticsearch([url.strip() for url in es_url.split(",")], serializers=serializers(), **client_options)
     try:
         report = bulk_load(es, index, kind, (row.asDict(recursive=True) for row in rows), generation=generation,
                            dims=dims, require_unit=require_unit, progress=False, doc_fields=doc_fields,
-                           item_vector_scale=item_vector_scale, exact_copy=exact_copy, partitions=partitions)
+                           item_vector_scale=item_vector_scale, exact_copy=exact_copy, partitions=partitions,
+                           fields=fields)
     finally:
         es.close()
     yield dataclasses.asdict(report)
@@ -300,7 +325,7 @@ def _load_partition(rows: Iterator[Any], *, es_url: str, client_options: dict, i
 def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims: int, require_unit: bool = False,
                client_options: dict | None = None, doc_fields: dict | None = None,
                check: Callable[[str], None] | None = None, item_vector_scale: float | None = None,
-               exact_copy: bool = False, partitions: dict | None = None) -> LoadReport:
+               exact_copy: bool = False, partitions: dict | None = None, fields: tuple = ITEM_BASE_FIELDS) -> LoadReport:
     """Load a Spark DataFrame partition by partition (in parallel on the executors). ``check`` runs
     on the driver before and after the job (executors cannot see the driver's lock)."""
     if check is not None:
@@ -308,7 +333,7 @@ def spark_load(df, *, es_url: str, index: str, kind: str, generation: str, dims:
     fn = partial(_load_partition, es_url=es_url, client_options=client_options or {"request_timeout": 120},
                  index=index, kind=kind, generation=generation, dims=dims, require_unit=require_unit,
                  doc_fields=doc_fields, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
-                 partitions=partitions)
+                 partitions=partitions, fields=fields)
     started = time.perf_counter()
     total = LoadReport(index=index)
     for part in df.rdd.mapPartitions(fn).collect():

@@ -172,14 +172,16 @@ class Generations:
     def create(self, family: str, generation: str, model_version: str, item_generation: str | None = None,
                item_vector_scale: float | None = None, exact_vectors: bool = False,
                partitions: dict | None = None, properties: dict | None = None,
-               index_type: str | None = None, covering: str | None = None) -> str:
+               index_type: str | None = None, covering: str | None = None,
+               catalog_schema: dict | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index
         stored reduced (``facetrec.serving.mips``) records its ``item_vector_scale``, one that also indexes the
         flat copy for exact rows records ``exact_vectors`` (``facetrec.catalog.meta.pairing_fields``), one
-        with vector partitions records them (``partitions``, ``facetrec.catalog.partitions``) and maps their
-        fields (``properties``, beside the template's)."""
+        with vector partitions records them (``partitions``, ``facetrec.catalog.partitions``), one of a
+        catalog records its schema (``catalog_schema``), and each maps its own fields (``properties``:
+        its catalog's facets and its partitions', beside the template's)."""
         index = self.index_name(family, generation)
         if index == self.live_index(family):
             raise AlreadyLive(f"{index} is already live; a rerun of a published generation has nothing to do")
@@ -199,6 +201,8 @@ class Generations:
             meta["index_type"] = index_type   # how item_embed is indexed (flat: every knn search is exact)
         if covering:
             meta["covering"] = covering       # its partitions hold every item: item_embed is flat, no catalog graph
+        if catalog_schema:
+            meta["catalog_schema"] = catalog_schema   # the catalog it was made with (facetrec.catalog.schema)
         self.es.indices.delete(index=index, ignore_unavailable=True)
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0, **LOADING_SETTINGS},
                                mappings={"_meta": meta, **({"properties": properties} if properties else {})})

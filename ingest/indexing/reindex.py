@@ -14,6 +14,7 @@ the same ``_aliases`` call.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from facetrec.catalog import partitions as vector_partitions
 from facetrec.catalog.counts import StatsCache, count_rows
 from facetrec.catalog.meta import pairing_fields
 from facetrec.catalog.rows import RowCatalog
+from facetrec.catalog.schema import CatalogSchema
 from facetrec.es import client_options, resolve_url
 from facetrec.events.apply import UserEvents
 from facetrec.metrics import Metrics, NoMetrics
@@ -34,9 +36,9 @@ from facetrec.serving import mips
 from facetrec.serving.homepage import SearchConfig
 from facetrec.settings import Settings
 from ingest.indexing import templates
-from ingest.indexing.bulk_load import bulk_load, spark_load
+from ingest.indexing.bulk_load import LoadReport, bulk_load, item_fields, spark_load
 from ingest.indexing.generations import VALIDATED, Generations, ModelMismatch, delete_unless_aliased, new_generation_id
-from ingest.indexing.lock import LockLost, reindex_lock
+from ingest.indexing.lock import LockLost, ReindexLock, reindex_lock
 from ingest.indexing.records import facet_value_counts, max_vector_norm
 from ingest.indexing.validate import (
     ValidationReport,
@@ -50,26 +52,26 @@ from ingest.indexing.validate import (
 
 def _load(es, settings: Settings, index: str, kind: str, source: Any, generation: str, progress: bool,
           total: int | None, doc_fields: dict | None, check, item_vector_scale: float | None,
-          partitions: dict | None = None, exact_copy: bool = False):
+          partitions: dict | None = None, exact_copy: bool = False, fields: tuple = ()):
     require_unit = kind == "item" and settings.similarity == "dot_product"
     if hasattr(source, "rdd"):  # a Spark DataFrame: each partition streams through the same bulk code
         return spark_load(source, es_url=resolve_url(settings), index=index, kind=kind,
                           generation=generation, dims=settings.vector_dims, require_unit=require_unit,
                           client_options={"request_timeout": 120, **client_options(settings)},
                           doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale,
-                          exact_copy=exact_copy, partitions=partitions)
+                          exact_copy=exact_copy, partitions=partitions, fields=fields)
     return bulk_load(es, index, kind, source, generation=generation, dims=settings.vector_dims,
                      require_unit=require_unit, progress=progress, total=total, streams=settings.bulk_streams,
                      doc_fields=doc_fields, check=check, item_vector_scale=item_vector_scale, exact_copy=exact_copy,
-                     partitions=partitions)
+                     partitions=partitions, fields=fields)
 
 
-def _partitions(settings: Settings, items: Any) -> tuple[dict, str | None]:
+def _partitions(settings: Settings, items: Any, schema: CatalogSchema | None) -> tuple[dict, str | None]:
     """The vector partitions of a new item generation (``facetrec.catalog.partitions``), from the counts of
     the partitioned facets' values in ``items`` (read before loading, like the vector scale), and
     the facet whose partitions cover the catalog when the generation is made without a catalog graph
     (``FACETREC_CATALOG_GRAPH=auto``), else None."""
-    facets = settings.partition_facets
+    facets = settings.partition_facets(schema.partition_facets if schema else ())
     if not facets:
         return {}, None
     counts = facet_value_counts(items, facets)
@@ -127,6 +129,158 @@ def _pair_items(gens: Generations, model_version: str) -> tuple[str, str]:
     return item_index, meta.get("generation") or item_index[len(gens.family_prefix("item")) + 1:]
 
 
+@dataclasses.dataclass(frozen=True)
+class PublishPlan:
+    """What one publish makes, decided under the lock before anything is created."""
+    generation: str
+    model_version: str
+    families: tuple[str, ...]          # ("item", "user"), or ("user",) for a users-only refresh
+    item_index: str                    # the new item index, or the live one a users-only refresh pairs with
+    item_generation: str
+    pin: dict[str, str] | None         # a users-only refresh: the item alias must stay where it is
+    scale: float | None                # item vectors stored reduced with this scale (facetrec.serving.mips)
+    partitions: dict                   # vector partitions (facetrec.catalog.partitions)
+    covering: str | None               # the facet whose partitions cover the catalog (no catalog graph)
+    exact_copy: bool                   # the item index also holds a flat copy of its vectors
+
+
+def plan_publish(gens: Generations, settings: Settings, items: Any, model_version: str,
+                 generation: str, schema: CatalogSchema | None = None) -> PublishPlan:
+    families = ("item", "user") if items is not None else ("user",)
+    if items is not None:
+        item_index, item_generation, pin = gens.index_name("item", generation), generation, None
+        scale = _item_vector_scale(settings, items)
+        partitions, covering = _partitions(settings, items, schema)
+    else:
+        (item_index, item_generation), scale, partitions, covering = _pair_items(gens, model_version), None, {}, None
+        pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
+    # Without a catalog graph the item vector field is flat: exact already, no flat copy needed.
+    return PublishPlan(generation, model_version, families, item_index, item_generation, pin, scale, partitions,
+                       covering, exact_copy=settings.exact_vector_copy and covering is None)
+
+
+class _Publish:
+    """The steps of one publish over its plan, each fenced by the lock; ``created`` is what a failure
+    removes again (never an index an alias names)."""
+
+    def __init__(self, es: Elasticsearch, settings: Settings, catalog: RowCatalog, gens: Generations,
+                 lock: ReindexLock, plan: PublishPlan, metrics: Metrics, progress: bool):
+        self.es, self.settings, self.catalog, self.gens, self.lock = es, settings, catalog, gens, lock
+        self.plan, self.metrics, self.progress = plan, metrics, progress
+        self.created: list[str] = []
+
+    def say(self, message: str) -> None:
+        _step(self.plan.generation, message)
+
+    def prepare(self) -> None:
+        """Remove what crashed runs left, and PUT the index templates (when they changed)."""
+        self.lock.fence("cleanup")
+        self.say("cleanup of partial generations")
+        removed = self.gens.cleanup_partial()
+        if removed:
+            print(f"facetrec: removed partial generations left by an earlier run: {', '.join(removed)}")
+        templates.apply(self.es, self.settings, self.plan.model_version)
+
+    def load(self, family: str, source: Any, expected: int | None, force_merge: bool) -> LoadReport:
+        """Create the family's new index, load it, check it is whole, and (items) record its row counts."""
+        plan, started, is_item = self.plan, time.perf_counter(), family == "item"
+        self.lock.fence(f"create {family}")
+        self.say(f"create {self.gens.index_name(family, plan.generation)}")
+        schema = self.catalog.schema
+        index = self.gens.create(
+            family, plan.generation, plan.model_version, item_generation=plan.item_generation,
+            item_vector_scale=plan.scale if is_item else None, exact_vectors=is_item and plan.exact_copy,
+            partitions=plan.partitions if is_item else None, index_type=self.settings.index_type if is_item else None,
+            covering=plan.covering, catalog_schema=schema.to_dict() if is_item and schema else None,
+            properties=self._item_properties() if is_item else None)
+        self.created.append(index)
+        self.say(f"load {index}" + (self._item_layout() if is_item else ""))
+        # Each user document carries what the service needs to ask its item generation.
+        pairing = {"item_generation": plan.item_generation, **pairing_fields(self.gens.meta(plan.item_index))} \
+            if family == "user" else None
+        report = _load(self.es, self.settings, index, family, source, plan.generation, self.progress, expected,
+                       pairing, self.lock.check, plan.scale, plan.partitions if is_item else None,
+                       is_item and plan.exact_copy, item_fields(self.catalog.schema))
+        check_load(report)
+        self.gens.finish_loading(index, force_merge=force_merge and is_item)
+        check_count(self.es, index, expected if expected is not None else report.attempted)
+        if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog.counts)
+            self.gens.update_meta(index, row_stats={"docs": report.indexed, "rows": count_rows(
+                self.es, index, list(self.catalog.rows.values()), self.catalog.user_filters, timeout_s=120)})
+        self.metrics.gauge("reindex.docs_indexed", report.indexed, tags=[f"family:{family}"])
+        self.metrics.timing("reindex.load", (time.perf_counter() - started) * 1000, tags=[f"family:{family}"])
+        return report
+
+    def _item_properties(self) -> dict:
+        """The new item index's own fields beside the template's: its catalog's (the schema's facets)
+        and its vector partitions'."""
+        properties = self.catalog.schema.item_properties() if self.catalog.schema else {}
+        if self.plan.partitions:
+            properties.update(templates.partition_properties(self.settings, self.plan.model_version,
+                                                             self.plan.partitions,
+                                                             catalog_graph=self.plan.covering is None))
+        return properties
+
+    def _item_layout(self) -> str:
+        plan = self.plan
+        return ((f" (item vectors reduced, scale {plan.scale:.6g})" if plan.scale is not None else "")
+                + (f" (vector partitions: {_describe(plan.partitions)})" if plan.partitions else "")
+                + (f" (no catalog graph: the {plan.covering} partitions cover it)" if plan.covering else ""))
+
+    def validate(self, sample_users: int, recall_sample: tuple | None, min_recall: float) -> ValidationReport:
+        """Every configured row serves sampled users from the new pair; a graph's recall is checked."""
+        plan, user_index = self.plan, self.gens.index_name("user", self.plan.generation)
+        self.say(f"validate {plan.item_index} + {user_index}")
+        target = SearchConfig.from_settings(self.settings, item_index=plan.item_index, user_index=user_index,
+                                            request_timeout_s=30.0, schema=self.catalog.schema,
+                                            stats=StatsCache(list(self.catalog.rows.values()), self.catalog.user_filters))
+        validation = ValidationReport()
+        check_rows(self.es, target, self.catalog.homepage_rows(), sample_user_ids(self.es, user_index, sample_users))
+        validation.checks += ["vectors", "bulk", "count", "rows"]
+        if recall_sample is not None and self.settings.graph_index and "item" in plan.families:
+            user_vectors, item_ids, item_vectors = recall_sample
+            validation.recall = check_recall(self.es, plan.item_index, user_vectors, item_ids, item_vectors, k=10,
+                                             num_candidates=100, minimum=min_recall, item_vector_scale=plan.scale)
+            validation.checks.append("recall")
+        self.metrics.increment("reindex.validation", tags=["result:passed"])
+        return validation
+
+    def replay_and_swap(self, user_events: UserEvents, events_since: datetime) -> dict:
+        """Re-apply the events logged since the batch input to the new users, mark the pair validated,
+        move the aliases in ONE call, then re-apply what was logged meanwhile."""
+        plan, user_index = self.plan, self.gens.index_name("user", self.plan.generation)
+        self.lock.fence("events")
+        replay_started = datetime.now(timezone.utc)
+        replayed = user_events.replay(user_index, events_since, progress=self.say)
+        self.lock.fence("mark validated")
+        for index in self.created:
+            self.gens.mark(index, VALIDATED)
+        self.lock.fence("swap")
+        self.say("swap aliases")
+        swap_and_confirm(self.gens, {f: self.gens.index_name(f, plan.generation) for f in plan.families}, pin=plan.pin)
+        self.metrics.increment("reindex.swap", tags=[f"families:{'+'.join(plan.families)}"])
+        replayed["after_swap"] = _replay_after_swap(user_events, user_index, events_since, replay_started,
+                                                    plan.generation, self.metrics)
+        return replayed
+
+    def abandon(self, exc: BaseException) -> None:
+        """After a failure before the swap: remove this run's own indices, unless the lock was lost
+        (another run may be rebuilding the same names: touch nothing)."""
+        self.metrics.increment("reindex.failed", tags=[f"error:{type(exc).__name__}"])
+        try:
+            self.lock.check("cleanup after a failure")
+        except LockLost as lost:
+            print(f"facetrec: {lost}; left {', '.join(self.created) or 'nothing'} for the lock's holder",
+                  file=sys.stderr)
+            return
+        delete_unless_aliased(self.es, self.created)
+
+    def retain(self) -> list[str]:
+        self.lock.fence("retention")
+        self.say("retention")
+        return self.gens.retain()
+
+
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
                 items: Iterable[Mapping] | Any | None, model_version: str, generation: str | None = None,
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
@@ -136,6 +290,9 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     """Publish a new generation. ``items=None`` refreshes users only (items stay as they are).
     ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
     ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading.
+
+    Under the lock: plan, prepare, load each family, validate, replay events and swap, retain
+    (``_Publish``); a failure before the swap removes what this run created and moves no alias.
 
     Event batches logged through the events API with an event newer than ``events_since`` (the
     newest event the batch input saw; default: when this run started) are re-applied to the new
@@ -147,114 +304,33 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     metrics = metrics or NoMetrics()
     gens = Generations(es, settings, arm=arm)
     generation = generation or new_generation_id()
-    families = ("item", "user") if items is not None else ("user",)
     started = time.perf_counter()
-    events_since = events_since or datetime.now(timezone.utc)
-    user_events = UserEvents(es, settings, encoders)
     with reindex_lock(es, settings) as lock:
+        families = ("item", "user") if items is not None else ("user",)
         _step(generation, f"locked; publishing {' and '.join(families)} of model {model_version}")
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
             print(f"facetrec: generation {generation} is already live; nothing to do")
             return {"generation": generation, "status": "already_live"}
-        if "item" in families:
-            item_index, item_generation, pin = gens.index_name("item", generation), generation, None
-            scale = _item_vector_scale(settings, items)
-            partitions, covering = _partitions(settings, items)
-        else:
-            (item_index, item_generation), scale, partitions, covering = _pair_items(gens, model_version), None, {}, None
-            pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
-        # Without a catalog graph the item vector field is flat: exact already, no flat copy needed.
-        exact_copy = settings.exact_vector_copy and covering is None
-        lock.fence("cleanup")
-        _step(generation, "cleanup of partial generations")
-        removed = gens.cleanup_partial()
-        if removed:
-            print(f"facetrec: removed partial generations left by an earlier run: {', '.join(removed)}")
-        templates.apply(es, settings, model_version)
-        created: list[str] = []
+        plan = plan_publish(gens, settings, items, model_version, generation, catalog.schema)
+        run = _Publish(es, settings, catalog, gens, lock, plan, metrics, progress)
+        run.prepare()
         try:
-            reports = {}
-            for family, source, expected in (("item", items, expected_items), ("user", users, expected_users)):
-                if family not in families:
-                    continue
-                step = time.perf_counter()
-                lock.fence(f"create {family}")
-                _step(generation, f"create {gens.index_name(family, generation)}")
-                is_item = family == "item"
-                index = gens.create(family, generation, model_version, item_generation=item_generation,
-                                    item_vector_scale=scale if is_item else None,
-                                    exact_vectors=is_item and exact_copy,
-                                    partitions=partitions if is_item else None,
-                                    index_type=settings.index_type if is_item else None, covering=covering,
-                                    properties=templates.partition_properties(settings, model_version, partitions,
-                                                                              catalog_graph=covering is None)
-                                    if is_item and partitions else None)
-                created.append(index)
-                _step(generation, f"load {index}" + (f" (item vectors reduced, scale {scale:.6g})"
-                                                      if is_item and scale is not None else "")
-                      + (f" (vector partitions: {_describe(partitions)})" if is_item and partitions else "")
-                      + (f" (no catalog graph: the {covering} partitions cover it)" if is_item and covering else ""))
-                # Each user document carries what the service needs to ask its item generation.
-                pairing = {"item_generation": item_generation, **pairing_fields(gens.meta(item_index))} \
-                    if family == "user" else None
-                report = _load(es, settings, index, family, source, generation, progress, expected,
-                               pairing, lock.check, scale, partitions if is_item else None, is_item and exact_copy)
-                reports[family] = report
-                check_load(report)
-                gens.finish_loading(index, force_merge=force_merge and family == "item")
-                check_count(es, index, expected if expected is not None else report.attempted)
-                if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog.counts)
-                    gens.update_meta(index, row_stats={"docs": report.indexed, "rows": count_rows(
-                        es, index, list(catalog.rows.values()), catalog.user_filters, timeout_s=120)})
-                metrics.gauge("reindex.docs_indexed", report.indexed, tags=[f"family:{family}"])
-                metrics.timing("reindex.load", (time.perf_counter() - step) * 1000, tags=[f"family:{family}"])
-
-            user_index = gens.index_name("user", generation)
-            _step(generation, f"validate {item_index} + {user_index}")
-            target = SearchConfig.from_settings(settings, item_index=item_index, user_index=user_index,
-                                          request_timeout_s=30.0,
-                                          stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
-            validation = ValidationReport()
-            check_rows(es, target, catalog.homepage_rows(), sample_user_ids(es, user_index, sample_users))
-            validation.checks += ["vectors", "bulk", "count", "rows"]
-            if recall_sample is not None and settings.graph_index and "item" in families:
-                user_vectors, item_ids, item_vectors = recall_sample
-                validation.recall = check_recall(es, item_index, user_vectors, item_ids, item_vectors, k=10,
-                                                 num_candidates=100, minimum=min_recall, item_vector_scale=scale)
-                validation.checks.append("recall")
-            metrics.increment("reindex.validation", tags=["result:passed"])
-
-            lock.fence("events")
-            replay_started = datetime.now(timezone.utc)
-            replayed = user_events.replay(user_index, events_since, progress=lambda m: _step(generation, m))
-            lock.fence("mark validated")
-            for index in created:
-                gens.mark(index, VALIDATED)
-            lock.fence("swap")
-            _step(generation, "swap aliases")
-            swap_and_confirm(gens, {f: gens.index_name(f, generation) for f in families}, pin=pin)
-            metrics.increment("reindex.swap", tags=[f"families:{'+'.join(families)}"])
-            replayed["after_swap"] = _replay_after_swap(user_events, user_index, events_since, replay_started,
-                                                        generation, metrics)
+            reports = {family: run.load(family, source, expected, force_merge)
+                       for family, source, expected in (("item", items, expected_items), ("user", users, expected_users))
+                       if family in plan.families}
+            validation = run.validate(sample_users, recall_sample, min_recall)
+            replayed = run.replay_and_swap(UserEvents(es, settings, encoders),
+                                           events_since or datetime.now(timezone.utc))
         except BaseException as exc:
-            metrics.increment("reindex.failed", tags=[f"error:{type(exc).__name__}"])
-            try:
-                lock.check("cleanup after a failure")
-            except LockLost as lost:  # another run may be rebuilding the same names: touch nothing
-                print(f"facetrec: {lost}; left {', '.join(created) or 'nothing'} for the lock's holder",
-                      file=sys.stderr)
-                raise exc
-            delete_unless_aliased(es, created)
+            run.abandon(exc)
             raise
-        lock.fence("retention")
-        _step(generation, "retention")
-        deleted = gens.retain()
+        deleted = run.retain()
         seconds = time.perf_counter() - started
         metrics.timing("reindex.total", seconds * 1000)
-        _step(generation, f"live ({', '.join(families)}) after {seconds:.1f}s; kept {settings.generations_to_keep} "
-                          f"pairs, deleted {', '.join(deleted) or 'none'}")
-        return {"generation": generation, "status": "swapped", "families": list(families),
-                "item_generation": item_generation, "model_version": model_version,
+        _step(generation, f"live ({', '.join(plan.families)}) after {seconds:.1f}s; kept "
+                          f"{settings.generations_to_keep} pairs, deleted {', '.join(deleted) or 'none'}")
+        return {"generation": generation, "status": "swapped", "families": list(plan.families),
+                "item_generation": plan.item_generation, "model_version": model_version,
                 "loaded": {f: r.indexed for f, r in reports.items()},
                 "docs_per_s": {f: round(r.docs_per_s) for f, r in reports.items()}, "validation": validation.checks,
                 "recall": validation.recall, "events_replayed": replayed, "deleted": deleted, "seconds": seconds}
