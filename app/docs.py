@@ -1,15 +1,21 @@
-"""GET /openapi.yaml (the API's OpenAPI document, app/openapi.yaml) and GET /docs (Swagger UI from the
-PyPI package ``swagger-ui-bundle``, served from this process: no CDN)."""
+"""GET /openapi.yaml (the API's OpenAPI document for the catalog the service runs: app/openapi.py) and
+GET /docs (Swagger UI from the PyPI package ``swagger-ui-bundle``, served from this process: no CDN)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 from flask import Blueprint, Response, abort, render_template_string, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
+from app.api import facet_values_if_readable, live_catalog
+from app.openapi import Samples, ServedDocument, served_document
+from app.state import service_of
+from facetrec.errors import Unavailable
+from facetrec.experiments import CONTROL
+
 bp = Blueprint("docs", __name__)
-OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+log = logging.getLogger("facetrec.service")
 ASSETS = {"swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "favicon-32x32.png",
           "favicon-16x16.png"}
 
@@ -35,9 +41,37 @@ window.ui = SwaggerUIBundle({url: "{{ spec }}", dom_id: "#swagger-ui", deepLinki
 """
 
 
+_served = ServedDocument()
+
+
+def _samples(ctx) -> Samples:
+    """A user the live user index holds (the most recently updated) and the two most popular items."""
+    try:
+        users = ctx.es.search(index=ctx.settings.user_alias, size=1, source=False,
+                              sort=[{"updated_at": "desc"}])["hits"]["hits"]
+        items = ctx.es.search(index=ctx.settings.item_alias, size=2, source=False,
+                              sort=[{"popularity": {"order": "desc", "missing": "_last"}}])["hits"]["hits"]
+    except Exception as exc:  # noqa: BLE001 - the document is served with placeholder examples
+        log.warning("samples for the OpenAPI examples not read", extra={"event": "openapi_samples",
+                                                                       "detail": str(exc)[:300]})
+        return Samples(None, [])
+    return Samples(users[0]["_id"] if users else None, [h["_id"] for h in items])
+
+
 @bp.get("/openapi.yaml")
 def openapi_document():
-    return Response(OPENAPI_PATH.read_bytes(), mimetype="application/yaml")
+    ctx = service_of()
+    catalog = live_catalog()
+    summary = facet_values_if_readable()
+    try:
+        experiment = ctx.arms.experiments.get()
+    except Unavailable:   # the experiment unreadable: the document names control only
+        experiment = None
+    arms = experiment.arm_names if experiment else [CONTROL]
+    key = (summary.item_index if summary else None, tuple(arms))
+    text = _served.get(key, lambda: served_document(catalog, summary, _samples(ctx), ctx.settings.retrieval_mode,
+                                                    list(arms)))
+    return Response(text, mimetype="application/yaml")
 
 
 @bp.get("/docs")

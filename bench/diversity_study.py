@@ -69,14 +69,14 @@ def main() -> int:
         candidates = [{"id": str(i), "score": float(row[i]), "categories": genre_of[i]} for i in top]
         item_vectors = {str(i): vectors[i].tolist() for i in top}
         for name, policy in POLICIES.items():
-            chosen = candidates[:SIZE] if policy is None else apply(policy, candidates, SIZE, item_vectors)[0]
+            chosen = candidates[:SIZE] if policy is None else apply(policy, candidates, SIZE, item_vectors, category_field="categories")[0]
             ids = [int(c["id"]) for c in chosen]
             t = totals[name]
             if int(target) in ids:
                 t["HR@10"] += 1
                 t["NDCG@10"] += 1 / math.log2(ids.index(int(target)) + 2)
             t["ILD"] += intra_list_diversity([vectors[i] for i in ids])
-            t["genres"] += category_coverage(chosen)
+            t["genres"] += category_coverage(chosen, "categories")
     users = len(seqs)
     results = {name: {k: float(v) / users for k, v in t.items()} for name, t in totals.items()}
 

@@ -19,7 +19,7 @@ import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_che
 import numpy as np
 import torch
 
-from ingest.embedding.datasets import write_dataset
+from ingest.embedding.datasets import bundled_schema, write_dataset
 from ingest.embedding.etl import run_etl
 from ingest.embedding.features import TrainingData, load_training_data
 from ingest.embedding.model import ModelConfig
@@ -29,7 +29,7 @@ from ingest.embedding.train import TrainConfig, build_model, train
 
 def etl_data(spark, name: str, work: Path, **kwargs) -> TrainingData:
     files = write_dataset(name, work / "raw", **kwargs)
-    run_etl(spark, files["events"], files["catalog"], work / "etl", users_path=files["users"])
+    run_etl(spark, bundled_schema(name), files["events"], files["catalog"], work / "etl", users_path=files["users"])
     return load_training_data(work / "etl")
 
 

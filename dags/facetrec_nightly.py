@@ -2,9 +2,11 @@
 one atomic alias swap, retention). Thin: every task calls a function in ingest.dag_tasks; nothing
 heavy happens at import time.
 
-Configuration (Airflow Variables are not needed): FACETREC_DATASET (movielens-100k | synthetic),
-FACETREC_WORK_ROOT, FACETREC_MODELS_ROOT, FACETREC_TRAIN_WEEKDAY (0 = Monday), plus the usual
-facetrec settings (ES_URL, ...). The same steps run without Airflow: `facetrec pipeline run`.
+Configuration (Airflow Variables are not needed): your catalog (FACETREC_CATALOG_CONFIG, its schema
+file, with FACETREC_EVENTS_URI, FACETREC_CATALOG_URI and optionally FACETREC_USERS_URI), or else a
+bundled data set (FACETREC_DATASET: movielens-100k | synthetic); FACETREC_WORK_ROOT,
+FACETREC_MODELS_ROOT, FACETREC_TRAIN_WEEKDAY (0 = Monday), plus the usual facetrec settings (ES_URL,
+...). The same steps run without Airflow: `facetrec pipeline run`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def _conf() -> dict:
         "models_root": dag_tasks.models_root(),
         "train_weekday": int(os.environ.get("FACETREC_TRAIN_WEEKDAY", "6")),
         "rows": os.environ.get("FACETREC_ROWS_CONFIG") or None,
+        "catalog_config": os.environ.get("FACETREC_CATALOG_CONFIG") or None,
+        "inputs": {"events": os.environ.get("FACETREC_EVENTS_URI"), "catalog": os.environ.get("FACETREC_CATALOG_URI"),
+                   "users": os.environ.get("FACETREC_USERS_URI") or None},
     }
 
 
@@ -48,6 +53,9 @@ def facetrec_nightly():
 
         conf = _conf()
         work_dir = dag_tasks.work_dir_for(conf["work_root"], _interval_end())
+        if conf["catalog_config"]:
+            dag_tasks.inputs(work_dir, conf["catalog_config"], **conf["inputs"])
+            return work_dir
         dataset_kwargs = {"n_items": int(os.environ.get("FACETREC_SYNTHETIC_ITEMS", "2000")),
                           "n_users": int(os.environ.get("FACETREC_SYNTHETIC_USERS", "1000"))} \
             if conf["dataset"] == "synthetic" else {}

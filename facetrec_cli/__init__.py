@@ -3,14 +3,16 @@
     facetrec index status | rollback | unlock | publish --items P --users P     (facetrec_cli/index.py)
     facetrec etl | train | evaluate | embed                                   (facetrec_cli/pipeline.py)
     facetrec pipeline run --dataset movielens-100k|synthetic                  (facetrec_cli/pipeline.py)
+    facetrec pipeline run --catalog-config FILE --events URI --catalog URI   (your catalog: docs/your-data.md)
     facetrec demo [stop] [--catalog movielens|synthetic]                      (facetrec_cli/demo.py)
     facetrec events replay --since T                                          (facetrec_cli/events.py)
     facetrec spark start | status | stop                                      (facetrec_cli/spark.py)
     facetrec experiment start | status | weight | promote | stop | report     (facetrec_cli/experiment.py)
+    facetrec kibana [--catalog-config FILE] [--out FILE]                     (facetrec_cli/kibana.py)
 
 Each command is a thin wrapper over an importable function (the Airflow DAGs call the same ones).
 The local node has its own small program, `facetrec-es start|stop|status|build-classpath`
-(facetrec/local/node.py).
+(facetrec_cli/es.py over facetrec/local/node.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from facetrec.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facetrec_cli import demo, events, experiment, index, pipeline, spark
+    from facetrec_cli import demo, events, experiment, index, kibana, pipeline, spark
 
     parser = argparse.ArgumentParser(prog="facetrec", description="The facetrec command line: index generations, "
                                      "the nightly pipeline and its steps, the demo, and the events log. "
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.register(sub)
     spark.register(sub)
     experiment.register(sub)
+    kibana.register(sub)
     return parser
 
 

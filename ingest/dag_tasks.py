@@ -33,6 +33,16 @@ def prepare(dataset: str, work_dir: str, dataset_kwargs: dict | None = None) -> 
     return pipeline.step_prepare_data(dataset, work_dir, **(dataset_kwargs or {}))
 
 
+def inputs(work_dir: str, catalog_config: str, events: str | None, catalog: str | None, users: str | None) -> dict:
+    """Your catalog's run: its schema file and input URIs (FACETREC_CATALOG_CONFIG, FACETREC_EVENTS_URI, ...)."""
+    if not events or not catalog:
+        from facetrec.errors import ConfigurationError
+
+        raise ConfigurationError("FACETREC_CATALOG_CONFIG needs FACETREC_EVENTS_URI and FACETREC_CATALOG_URI (the "
+                                 "events and the catalog: a file, a directory of part files or a glob)")
+    return pipeline.step_inputs(work_dir, catalog_config, events, catalog, users)
+
+
 def etl(work_dir: str) -> dict:
     return pipeline.step_etl(work_dir)
 

@@ -9,33 +9,19 @@ README's screenshot, docs/homepage.png (FACETREC_SCREENSHOT=<path> writes it els
 from __future__ import annotations
 
 import os
-import shutil
-import threading
 from collections import Counter
 
 import pytest
+from browser_support import serve, start_browser, wait_for_rows
 
-from app import create_app
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCREENSHOT = os.environ.get("FACETREC_SCREENSHOT", os.path.join(REPO, "docs", "homepage.png"))
-
-
-def _serve(settings, catalog):
-    from werkzeug.serving import make_server
-
-    app = create_app(settings.replace(es_request_timeout_s=5.0), catalog)
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_port}"
 
 
 @pytest.fixture(scope="module")
 def server(published):
     settings, catalog, *_ = published
-    httpd, url = _serve(settings, catalog)
+    httpd, url = serve(settings, catalog)
     yield url
     httpd.shutdown()
 
@@ -43,38 +29,16 @@ def server(published):
 @pytest.fixture(scope="module")
 def movielens_server(movielens):
     settings, catalog, *_ = movielens
-    httpd, url = _serve(settings, catalog)
+    httpd, url = serve(settings, catalog)
     yield url
     httpd.shutdown()
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1100", "--hide-scrollbars", "--force-device-scale-factor=1",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_browser(tmp_path_factory)
     yield driver
     driver.quit()
-
-
-def _rows(browser, count: int):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(browser, 20).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.row")) == count
-        and all(s.find_elements(By.CSS_SELECTOR, ".card") for s in d.find_elements(By.CSS_SELECTOR, "section.row")))
-    return browser.find_elements(By.CSS_SELECTOR, "section.row")
 
 
 def _first_sample_user(url: str) -> str:
@@ -92,7 +56,7 @@ def test_the_demo_page_opens_on_the_first_users_rows_and_its_screenshot_is_taken
     _, catalog, items, _ = movielens
     first = _first_sample_user(movielens_server)
     browser.get(movielens_server + "/")
-    sections = _rows(browser, len(catalog.homepage))               # no click: the page opens on them
+    sections = wait_for_rows(browser, len(catalog.homepage))               # no click: the page opens on them
     assert browser.find_element(By.ID, "user").get_attribute("value") == first
     assert browser.find_element(By.ID, "status").text.startswith(f"user {first} ·")
     assert [s.get_attribute("data-row-id") for s in sections] == list(catalog.homepage)
@@ -103,7 +67,7 @@ def test_the_demo_page_opens_on_the_first_users_rows_and_its_screenshot_is_taken
     # MovieLens has no user filters; the page says which facets the rows filter on.
     assert not browser.find_elements(By.CSS_SELECTOR, ".filter")
     facets = browser.find_element(By.ID, "facets").text
-    assert "categories keyword, 18 values" in facets and "published_at date" in facets and "no user filters" in facets
+    assert "categories keyword_list, 18 values" in facets and "published_at date" in facets and "no user filters" in facets
     # Every demo row is knn only: that is all the page offers (before: script_score, a 400 on every row).
     mode = Select(browser.find_element(By.ID, "mode"))
     assert [o.text for o in mode.options] == ["knn"] and not browser.find_element(By.ID, "mode").is_enabled()
@@ -119,7 +83,7 @@ def test_the_synthetic_page_filters_with_the_live_values_of_each_user_filter(ser
     _, catalog, items, users, *_ = published
     by_id = {r["item_id"]: r for r in items}
     browser.get(server + "/")
-    _rows(browser, len(catalog.homepage))
+    wait_for_rows(browser, len(catalog.homepage))
     language = Select(browser.find_element(By.CSS_SELECTOR, 'select.filter[data-name="language"]'))
     counts = Counter(i["language"] for i in items)
     assert [o.text for o in language.options] == ["any", *sorted(counts, key=lambda v: (-counts[v], v))]  # most first
@@ -134,7 +98,7 @@ def test_the_synthetic_page_filters_with_the_live_values_of_each_user_filter(ser
     browser.find_element(By.ID, "show").click()
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "status").text.startswith(
         f"user {users[5]['user_id']} ·"))
-    sections = _rows(browser, len(catalog.homepage))
+    sections = wait_for_rows(browser, len(catalog.homepage))
     audiobooks = sections[list(catalog.homepage).index("audiobooks")]
     titles = {c.text for c in audiobooks.find_elements(By.CSS_SELECTOR, ".card .title")}
     assert len(titles) == 10
@@ -146,7 +110,7 @@ def test_page_shows_a_bad_user_id_as_an_error(server, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server + "/")
-    _rows(browser, 6)    # the opening page is in; then ask for a bad user
+    wait_for_rows(browser, 6)    # the opening page is in; then ask for a bad user
     user_box = browser.find_element(By.ID, "user")
     user_box.clear()
     user_box.send_keys("x" * 200)

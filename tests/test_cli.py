@@ -163,3 +163,26 @@ def test_an_elasticsearch_refusal_is_a_sentence():
     message = explain(exc)
     assert message.startswith("Elasticsearch refused the request (403 security_exception): action"), message
     assert not CLASS_NAME.search(message), message
+
+
+def test_kibana_saved_objects_come_from_the_catalog_schema():
+    """ops/kibana/facetrec.ndjson is what `facetrec kibana` writes for the synthetic catalog; another
+    catalog gets a chart per filterable keyword, list and boolean facet, and nothing of the others."""
+    from pathlib import Path
+
+    from bookstore import CATALOG_YAML
+
+    from catalogs import bundled_schema
+    from facetrec.catalog.schema import CatalogSchema
+    from facetrec_cli.kibana import ndjson, saved_objects
+
+    committed = (Path(REPO) / "ops" / "kibana" / "facetrec.ndjson").read_text()
+    assert committed == ndjson(saved_objects(bundled_schema("synthetic")))
+    import yaml
+    books = saved_objects(CatalogSchema.from_dict(yaml.safe_load(CATALOG_YAML)))
+    charts = [o["id"] for o in books if o["type"] == "visualization"]
+    assert charts == ["facetrec-items-by-generation", "facetrec-items-by-format", "facetrec-items-by-language",
+                      "facetrec-items-by-in_stock", "facetrec-items-by-tags", "facetrec-items-by-author"]
+    dashboard = books[-1]
+    assert [r["id"] for r in dashboard["references"]] == charts
+    assert books[0]["attributes"]["timeFieldName"] == "released"

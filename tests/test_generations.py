@@ -16,6 +16,7 @@ import time
 import pytest
 
 from catalogs import bundled_schema
+from facetrec.catalog.meta import read_meta
 from facetrec.catalog.rows import RowCatalog
 from facetrec.serving.homepage import SearchConfig, recommend
 from ingest.embedding.synthetic import embedding_records
@@ -76,8 +77,13 @@ def test_templates_apply_twice_without_change_and_shape_new_generations(es, sett
     assert templates.apply(es, settings, "m1") == []
     assert es.indices.get_index_template(name=templates.template_name(settings, "item")) == before
 
-    index = Generations(es, settings).create("item", "20260101-000000", "m1")
-    props = es.indices.get_mapping(index=index)[index]["mappings"]["properties"]
+    schema = bundled_schema("synthetic")
+    index = Generations(es, settings).create("item", "20260101-000000", "m1", properties=schema.item_properties(),
+                                             catalog_schema=schema.to_json())
+    mapping = es.indices.get_mapping(index=index)[index]["mappings"]
+    props = mapping["properties"]
+    assert mapping["dynamic"] == "strict" and set(schema.facet_types) <= set(props)   # the catalog's facets
+    assert read_meta(es, index).catalog_schema.to_dict() == schema.to_dict()
     assert props["item_embed"]["dims"] == settings.vector_dims
     assert props["item_embed"]["similarity"] == "max_inner_product"
     assert props["item_embed"]["index_options"]["type"] == "flat"
@@ -419,16 +425,17 @@ def test_a_load_against_an_unreachable_cluster_stops_reading_records(es, setting
 
 
 def test_spark_partitions_load_with_the_same_bulk_code(es, settings, spark, small_data):
-    from ingest.indexing.bulk_load import spark_load
+    from ingest.indexing.bulk_load import item_fields, spark_load
     from ingest.indexing.generations import Generations
 
     items, _ = small_data
     rows = [{**r, "item_embed": [float(x) for x in r["item_embed"]]} for r in items]
     df = spark.createDataFrame(rows).repartition(4)
     templates.apply(es, settings, "m1")
-    index = Generations(es, settings).create("item", "20260101-000001", "m1")
+    schema = bundled_schema("synthetic")
+    index = Generations(es, settings).create("item", "20260101-000001", "m1", properties=schema.item_properties())
     report = spark_load(df, es_url=settings.es_url, index=index, kind="item", generation="20260101-000001",
-                        dims=64)
+                        dims=64, fields=item_fields(schema))
     es.indices.refresh(index=index)
     assert report.indexed == len(items) and report.invalid_count == 0 and report.failed_count == 0
     assert es.count(index=index)["count"] == len(items)

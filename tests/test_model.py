@@ -3,6 +3,7 @@ the exported user encoder against the eager model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from facetrec.catalog.schema import UserColumns
 from ingest.embedding.evaluate import evaluate_all, markov, most_popular, ranking_metrics
 from ingest.embedding.model import corrected_logits, log_expected_counts, sampled_softmax_loss
 
@@ -105,7 +107,7 @@ def tiny_data():
 @pytest.fixture(scope="module")
 def synthetic_run(spark, tmp_path_factory):
     """Synthetic data with a planted preference signal, through the real ETL, trained for seconds."""
-    from ingest.embedding.datasets import write_dataset
+    from ingest.embedding.datasets import bundled_schema, write_dataset
     from ingest.embedding.etl import run_etl
     from ingest.embedding.features import load_training_data
     from ingest.embedding.model import ModelConfig
@@ -113,7 +115,8 @@ def synthetic_run(spark, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("synthetic")
     files = write_dataset("synthetic", work / "raw", n_items=300, n_users=600, history=25, seed=4)
-    run_etl(spark, files["events"], files["catalog"], work / "etl", users_path=files["users"])
+    run_etl(spark, bundled_schema("synthetic"), files["events"], files["catalog"], work / "etl",
+            users_path=files["users"])
     data = load_training_data(work / "etl")
     summary = train(data, ModelConfig(dim=32, hidden=64, max_len=20, layers=1, dropout=0.1),
                     TrainConfig(epochs=15, patience=4, batch_size=32, lr=5e-3, seed=7), out_dir=work / "model",
@@ -196,7 +199,7 @@ def featured_run(spark, tmp_path_factory):
     trained briefly: the user tower's feature embedding is part of every user vector."""
     import pandas as pd
 
-    from ingest.embedding.datasets import write_dataset
+    from ingest.embedding.datasets import bundled_schema, write_dataset
     from ingest.embedding.etl import run_etl
     from ingest.embedding.features import load_training_data
     from ingest.embedding.model import ModelConfig
@@ -208,7 +211,8 @@ def featured_run(spark, tmp_path_factory):
     users["segment"] = [f"s{i % 5}" for i in range(len(users))]
     users.loc[users.index[:7], "segment"] = None  # missing values map to "unknown" everywhere
     users.to_parquet(files["users"], index=False)
-    run_etl(spark, files["events"], files["catalog"], work / "etl", users_path=files["users"])
+    schema = dataclasses.replace(bundled_schema("synthetic"), users=UserColumns(features=("segment",)))
+    run_etl(spark, schema, files["events"], files["catalog"], work / "etl", users_path=files["users"])
     data = load_training_data(work / "etl")
     assert data.user_feature_names == ["segment"]
     summary = train(data, ModelConfig(dim=16, hidden=32, max_len=20, layers=1, dropout=0.1, user_features=True),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.embedding.datasets import write_dataset
+from ingest.embedding.datasets import bundled_schema, write_dataset
 from ingest.embedding.etl import run_etl
 from ingest.embedding.evaluate import comparison_table, evaluate_all
 from ingest.embedding.features import load_training_data
@@ -19,7 +19,8 @@ from ingest.embedding.train import TrainConfig, train
 @pytest.mark.slow
 def test_short_movielens_training_beats_most_popular_and_markov_on_validation(spark, tmp_path):
     files = write_dataset("movielens-100k", tmp_path / "raw")
-    report = run_etl(spark, files["events"], files["catalog"], tmp_path / "etl", users_path=files["users"])
+    report = run_etl(spark, bundled_schema("movielens-100k"), files["events"], files["catalog"], tmp_path / "etl",
+                     users_path=files["users"])
     assert report["events_kept"] == 100_000 and report["users_kept"] == 943 and report["items"] == 1682
     data = load_training_data(tmp_path / "etl")
     assert data.facet_sizes == {"categories": 18}

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
+from catalogs import bundled_schema
 from facetrec.catalog.rows import RowCatalog, RowConfigError
 from facetrec.metrics import NoMetrics
 from facetrec.model import ranker as ranking
@@ -150,7 +151,8 @@ def test_row_rank_config_is_validated(rank, message):
     with pytest.raises(RowConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
         RowCatalog.from_dict({"rows": [{"id": "r", "size": 10, "rank": rank}]})
     row = RowCatalog.from_dict({"rows": [{"id": "r", "size": 10, "rank": {"candidates": 100},
-                                          "diversity": {"max_per_category": 2, "candidates_factor": 3}}]}).rows["r"]
+                                          "diversity": {"max_per_category": 2, "candidates_factor": 3}}]},
+                               bundled_schema("synthetic")).rows["r"]
     assert row.rank_candidates == 100 and row.candidates(10) == 100 and row.candidates(40) == 120
 
 
@@ -167,8 +169,9 @@ class _Counting(NoMetrics):
 def ranked_pair(movielens, tmp_path_factory):
     """The MovieLens pair with a real ranker registered for its model version (a copy of its models
     root, so the other modules' pair stays unranked)."""
-    from catalogs import movielens_ranker
     from conftest import MOVIELENS_MODEL
+
+    from catalogs import movielens_ranker
 
     settings, catalog, items, users = movielens
     root = tmp_path_factory.mktemp("ranked") / "models"

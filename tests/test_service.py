@@ -283,12 +283,12 @@ def test_metrics_arrive_over_real_udp(published):
     assert "facetrec.request.latency:" in text and "|ms" in text
     assert "endpoint:api.homepage" in text and "status:200" in text
     assert "facetrec.es.took:" in text and "row:podcasts" in text and "mode:knn" in text
-    assert "facetrec.serving.homepage.row.fallback:1|c" in text and "mode:popular" in text
+    assert "facetrec.homepage.row.fallback:1|c" in text and "mode:popular" in text
     assert "component:service" in text
     # Every page's metrics carry its experiment arm (control: no experiment runs).
     assert all("arm:control" in line for line in lines if "request.latency" in line and "api.homepage" in line)
-    assert "facetrec.serving.homepage.pages:1|c|#source:personalized,arm:control" in text
-    assert "facetrec.serving.homepage.pages:1|c|#source:popular,arm:control" in text
+    assert "facetrec.homepage.pages:1|c|#source:personalized,arm:control" in text
+    assert "facetrec.homepage.pages:1|c|#source:popular,arm:control" in text
 
 
 def test_knn_filter_is_the_same_for_every_user_and_seen_items_are_removed_outside_it():
@@ -352,7 +352,7 @@ def test_script_score_mode_ranks_and_scores_like_exact_knn(es, client, published
     raw["caller_modes"] = ["knn", "script_score"]   # this test asks both modes of every row
     for row in raw["rows"]:
         row.pop("caller_modes", None)
-    open_modes = RowCatalog.from_dict(raw)
+    open_modes = RowCatalog.from_dict(raw, catalog.schema)
     client = create_app(settings.replace(es_request_timeout_s=5.0), open_modes).test_client()
     row_of = {r["item_id"]: i for i, r in enumerate(items)}
     for u in (2, 3, 4):

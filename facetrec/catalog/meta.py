@@ -74,8 +74,11 @@ class GenerationMeta:
     @property
     def catalog_schema(self) -> CatalogSchema | None:
         """The catalog schema an item generation was made with (None: made before schemas were recorded)."""
-        raw = self.raw.get("catalog_schema")
-        return CatalogSchema.from_dict(raw, source=f"{self.index}'s catalog_schema") if raw else None
+        raw = self.raw.get("catalog_schema")   # its canonical JSON (a string: the facets' order is kept)
+        if not raw:
+            return None
+        source = f"{self.index}'s catalog_schema"
+        return CatalogSchema.from_json(raw, source) if isinstance(raw, str) else CatalogSchema.from_dict(raw, source)
 
     def pairing_fields(self) -> dict:
         """``pairing_fields`` of this item generation."""

@@ -43,7 +43,7 @@ def describe_row(row: Row, default_mode: str, on_homepage: bool) -> dict:
 
 def describe_catalog(catalog: RowCatalog, default_mode: str) -> dict:
     """The configured part of ``GET /v1/rows`` (the facets are added by the view)."""
-    return {"homepage": list(catalog.homepage), "user_filters": list(catalog.user_filters),
+    return {"homepage": list(catalog.homepage), "user_filters": list(catalog.user_filter_params),
             "default_mode": default_mode,
             "homepage_modes": common_modes(catalog.homepage_rows(), default_mode),
             "rows": [describe_row(r, default_mode, r.id in catalog.homepage) for r in catalog.rows.values()]}

@@ -179,7 +179,8 @@ class CatalogSchema:
                 "checks": dataclasses.asdict(self.checks)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The canonical form as JSON, in declaration order (a generation records it so)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     # ---- derived -------------------------------------------------------------------------------
     def facet(self, name: str) -> Facet | None:

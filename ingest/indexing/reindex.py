@@ -191,7 +191,7 @@ class _Publish:
             family, plan.generation, plan.model_version, item_generation=plan.item_generation,
             item_vector_scale=plan.scale if is_item else None, exact_vectors=is_item and plan.exact_copy,
             partitions=plan.partitions if is_item else None, index_type=self.settings.index_type if is_item else None,
-            covering=plan.covering, catalog_schema=schema.to_dict() if is_item and schema else None,
+            covering=plan.covering, catalog_schema=schema.to_json() if is_item and schema else None,
             properties=self._item_properties() if is_item else None)
         self.created.append(index)
         self.say(f"load {index}" + (self._item_layout() if is_item else ""))
