@@ -50,7 +50,8 @@ def base_document() -> dict:
 
 
 def value_schema(kind: str, listed: list | None) -> dict:
-    """The schema of one value of a facet of type ``kind`` (``listed``: its values, when complete)."""
+    """The schema of one value of a facet of type ``kind`` a caller may send (``listed``: its values,
+    when complete)."""
     if kind in ("keyword", "keyword_list"):
         if listed:
             return {"type": "string", "enum": listed[:MAX_LISTED]}
@@ -64,28 +65,54 @@ def value_schema(kind: str, listed: list | None) -> dict:
     return {"type": "string", "pattern": DATE, "description": "a day, yyyy-MM-dd"}
 
 
-def clause_schema(catalog: RowCatalog, summary: FacetSummary | None) -> dict:
-    """``Clause``: a term, terms or range filter on one of the catalog's facets."""
-    def values(name: str, kind: str) -> dict:
-        return value_schema(kind, summary.known_values(name) if summary else None)
+def served_value_schema(kind: str) -> dict:
+    """The schema of one value of a facet of type ``kind`` as the service returns it (an item's field,
+    a configured row's filter): its type only, none of the limits of what a caller may send."""
+    if kind == "boolean":
+        return {"type": "boolean"}
+    if kind == "integer":
+        return {"type": "integer"}
+    if kind == "float":
+        return {"type": "number"}
+    if kind == "date":
+        return {"type": "string", "description": "a day (yyyy-MM-dd) or an ISO 8601 time"}
+    return {"type": "string"}
 
+
+def _clause(facets: dict[str, str], values: Callable[[str, str], dict], max_terms: int | None,
+            bounds_extra: dict, description: str) -> dict:
+    """A term, terms or range filter on one of ``facets`` (name -> type), each value as ``values`` says."""
     def one_of(kind: str, body: Callable[[str, str], dict], facets: dict[str, str]) -> dict:
         return {"type": "object", "additionalProperties": False, "required": [kind], "properties": {kind: {
             "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
             "properties": {name: body(name, t) for name, t in facets.items()}}}}
 
-    facets = dict(catalog.facets)
+    if not facets:
+        return {"description": "this catalog has no facets: rows take no filters", "not": {}}
     ranged = {n: t for n, t in facets.items() if t in ("integer", "float", "date")}
+    terms = {"type": "array", "minItems": 1, **({"maxItems": max_terms} if max_terms else {})}
     variants = [one_of("term", values, facets),
-                one_of("terms", lambda n, t: {"type": "array", "minItems": 1, "maxItems": 10, "items": values(n, t)},
-                       facets)]
+                one_of("terms", lambda n, t: {**terms, "items": values(n, t)}, facets)]
     if ranged:
         variants.append(one_of("range", lambda n, t: {
             "type": "object", "minProperties": 1, "additionalProperties": False,
-            "properties": {op: values(n, t) for op in ("gt", "gte", "lt", "lte")}}, ranged))
-    if not facets:
-        return {"description": "this catalog has no facets: rows take no filters", "not": {}}
-    return {"description": f"a filter on one of the catalog's facets ({', '.join(facets)})", "oneOf": variants}
+            "properties": {**{op: values(n, t) for op in ("gt", "gte", "lt", "lte")}, **bounds_extra}}, ranged))
+    return {"description": f"{description} ({', '.join(facets)})", "oneOf": variants}
+
+
+def clause_schema(catalog: RowCatalog, summary: FacetSummary | None) -> dict:
+    """``Clause``: a term, terms or range filter a caller may send on one of the catalog's facets."""
+    def values(name: str, kind: str) -> dict:
+        return value_schema(kind, summary.known_values(name) if summary else None)
+
+    return _clause(dict(catalog.facets), values, 10, {}, "a filter on one of the catalog's facets")
+
+
+def row_clause_schema(catalog: RowCatalog) -> dict:
+    """``RowClause``: a configured row's filter as ``GET /v1/rows`` describes it (any value of the facet's
+    type; a date range names the format its bounds are read in)."""
+    return _clause(dict(catalog.facets), lambda name, kind: served_value_schema(kind), None,
+                   {"format": {"type": "string"}}, "a configured row's filter on one of the catalog's facets")
 
 
 def user_filter_schemas(catalog: RowCatalog, summary: FacetSummary | None) -> dict[str, dict]:
@@ -116,12 +143,18 @@ def served_document(catalog: RowCatalog, summary: FacetSummary | None, samples: 
                                    f"user filters {', '.join(f'`{p}`' for p in catalog.user_filter_params) or 'none'}.\n")
     components = doc["components"]["schemas"]
     components["Clause"] = clause_schema(catalog, summary)
+    components["RowClause"] = row_clause_schema(catalog)
     components["Item"]["properties"].update(_item_properties(catalog))
     filters = user_filter_schemas(catalog, summary)
     size_limit = min(row.size_limit for row in catalog.rows.values())
     per_page = max(1, min(MAX_ROWS, MAX_PAGE_HITS // size_limit))
     modes = common_modes(catalog.rows.values(), default_mode)
     row_ids = list(catalog.rows)
+    for item in doc["paths"].values():       # every user id a path takes: the ids check_user_id accepts
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] == "user_id":
+                    parameter["schema"] = dict(USER_ID)
     _homepage_parameters(doc, catalog, filters, row_ids, size_limit, per_page, modes, arms)
     components["RowsRequest"] = _rows_request(filters, row_ids, size_limit, per_page, modes, arms)
     components["EventsRequest"] = _events_request(now)
@@ -136,8 +169,7 @@ def _item_properties(catalog: RowCatalog) -> dict:
     props: dict[str, Any] = {key: {"type": "string"} for key in ("image", "url") if getattr(schema.items, key)}
     for facet in schema.facets:
         if facet.shown:
-            one = value_schema(facet.type, None)
-            one.pop("enum", None)
+            one = served_value_schema(facet.type)
             props[facet.name] = {"type": "array", "items": one} if facet.type == "keyword_list" else one
     return props
 
@@ -148,9 +180,7 @@ def _homepage_parameters(doc: dict, catalog: RowCatalog, filters: dict, row_ids:
     one = "(" + "|".join(re.escape(r) for r in row_ids) + ")"
     for parameter in operation["parameters"]:
         name = parameter["name"]
-        if name == "user_id":
-            parameter["schema"] = dict(USER_ID)
-        elif name == "rows":
+        if name == "rows":
             parameter["schema"] = {"type": "string", "pattern": f"^{one}(,{one}){{0,{per_page - 1}}}$"}
         elif name == "size":
             parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": size_limit}
@@ -195,14 +225,33 @@ def _rows_request(filters: dict, row_ids: list[str], size_limit: int, per_page: 
                 "arm": {"type": "string", "enum": arms}}}
 
 
+def _digits_between(low: str, high: str) -> str:
+    """A regular expression matching the decimal numbers of one width from ``low`` to ``high``."""
+    width = len(low) - 1
+    if low == high:
+        return low
+    if not width or (low[1:] == "0" * width and high[1:] == "9" * width):
+        return f"[{low[0]}-{high[0]}]" + (f"[0-9]{{{width}}}" if width else "")
+    if low[0] == high[0]:
+        return f"{low[0]}(?:{_digits_between(low[1:], high[1:])})"
+    parts = [f"{low[0]}(?:{_digits_between(low[1:], '9' * width)})"]
+    if int(high[0]) - int(low[0]) > 1:
+        parts.append(f"[{int(low[0]) + 1}-{int(high[0]) - 1}][0-9]{{{width}}}")
+    parts.append(f"{high[0]}(?:{_digits_between('0' * width, high[1:])})")
+    return "|".join(parts)
+
+
 def _events_request(now: dt.datetime) -> dict:
     """Event batches: times as ISO 8601 with a zone, or epoch numbers in the unit ``ts_unit`` says
-    (milliseconds by default); times up to the end of the day before this document was made."""
+    (milliseconds by default). Numbers up to the start of the day before this document was made; ISO
+    times in the years 1970 up to the year before that (the pattern cannot compare times, and a zone
+    moves a time by hours): a document served for days after it was made still never names a future time."""
     last = (now - dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    iso = {"type": "string", "pattern": "^(19[7-9][0-9]|20[0-9][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+    years = _digits_between("1970", str(last.year - 1))
+    iso = {"type": "string", "pattern": f"^({years})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
                                         "T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,3})?(Z|[+-]0[0-9]:00)$",
-           "description": "ISO 8601 with a zone (years 1970-2099 pass the pattern; a time ahead of the document's "
-                          "day is refused by the service)"}
+           "description": f"ISO 8601 with a zone (the years 1970-{last.year - 1} pass the pattern; a time ahead of "
+                          "the request is refused by the service)"}
 
     def batch(unit: str | None, low: float, high: float) -> dict:
         event = {"type": "object", "required": ["item_id", "ts"], "additionalProperties": False,

@@ -425,7 +425,8 @@ def test_a_load_against_an_unreachable_cluster_stops_reading_records(es, setting
 
 
 def test_spark_partitions_load_with_the_same_bulk_code(es, settings, spark, small_data):
-    from ingest.indexing.bulk_load import item_fields, spark_load
+    from facetrec.items.documents import item_fields
+    from ingest.indexing.bulk_load import spark_load
     from ingest.indexing.generations import Generations
 
     items, _ = small_data

@@ -214,7 +214,7 @@ def test_the_item_vector_scale_of_a_spark_dataframe_skips_nan_and_infinite_vecto
 
 
 def test_an_item_longer_than_the_generation_scale_is_an_invalid_document_not_a_wrong_vector():
-    from ingest.indexing.bulk_load import InvalidDocument, item_document
+    from facetrec.items.documents import InvalidDocument, item_document
 
     _, doc = item_document({"item_id": "a", "item_embed": [3.0, 4.0]}, "g", 2, False, item_vector_scale=5.0)
     assert doc["item_embed"] == pytest.approx([0.6, 0.8, 0.0])

@@ -602,7 +602,7 @@ def test_the_api_token_guards_everything_but_the_probes(published):
 def test_seen_items_are_excluded_up_to_the_documented_bound(es, published):
     """A user whose MAX_SEEN_ITEMS best items are all seen gets the next best, none of the seen."""
     from facetrec.catalog.fields import MAX_SEEN_ITEMS
-    from ingest.indexing.bulk_load import user_document
+    from facetrec.items.documents import user_document
 
     settings, catalog, items, users, item_vectors, user_vectors = published
     order = [items[i]["item_id"] for i in np.argsort(-(item_vectors @ user_vectors[9]))]

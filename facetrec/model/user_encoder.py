@@ -104,12 +104,27 @@ def model_dir(models_root: str | Path, model_version: str) -> Path:
     return Path(models_root) / model_version
 
 
+ITEM_ENCODER_FILES = ("item_encoder.pt", "item_encoder.json")
+_FILES = {"user": ENCODER_FILES, "item": ITEM_ENCODER_FILES}
+
+
+def _loader(kind: str):
+    if kind == "item":
+        from facetrec.model.item_encoder import ExportedItemEncoder
+
+        return ExportedItemEncoder
+    return ExportedUserEncoder
+
+
 def register(embeddings_dir: str | Path, models_root: str | Path, model_version: str) -> Path:
-    """Copy the embed step's exported encoder to ``<models_root>/<model_version>/`` (atomically per
-    file: written beside, then renamed), so a pair never goes live without its encoder."""
+    """Copy the embed step's exported encoders (the user encoder, and the item encoder where the
+    export has one) to ``<models_root>/<model_version>/`` (atomically per file: written beside, then
+    renamed), so a pair never goes live without its encoders."""
     dst = model_dir(models_root, model_version)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ENCODER_FILES:
+    names = [*ENCODER_FILES, *(ITEM_ENCODER_FILES if all((Path(embeddings_dir) / n).is_file()
+                                                         for n in ITEM_ENCODER_FILES) else ())]
+    for name in names:
         tmp = dst / f".{name}.tmp"
         shutil.copyfile(Path(embeddings_dir) / name, tmp)
         tmp.replace(dst / name)
@@ -118,33 +133,35 @@ def register(embeddings_dir: str | Path, models_root: str | Path, model_version:
 
 class EncoderRegistry:
     """Loaded encoders by model version (the few most recent kept), thread-safe: what the service
-    and the streaming job ask for a live pair's model."""
+    and the streaming job ask for a live pair's model. The user encoder by default; ``kind="item"``:
+    the item encoder a new item's vector comes from (``facetrec.model.item_encoder``)."""
 
-    def __init__(self, models_root: str | Path, keep: int = 2, threads: int | None = None):
+    def __init__(self, models_root: str | Path, keep: int = 2, threads: int | None = None, kind: str = "user"):
         self.models_root = Path(models_root)
         self.keep = keep
         self.threads = threads   # torch threads (the service: 1 per worker; one short sequence needs no more)
+        self.kind = kind
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model_version: str | None) -> ExportedUserEncoder:
+    def get(self, model_version: str | None) -> Any:
         if not model_version:
-            raise EncoderUnavailable("the live user index records no model version: republish it")
+            raise EncoderUnavailable(f"the live {self.kind} index records no model version: republish it")
         with self._lock:
             if model_version in self._loaded:
                 self._loaded.move_to_end(model_version)
                 return self._loaded[model_version]
             directory = model_dir(self.models_root, model_version)
-            if not all((directory / name).is_file() for name in ENCODER_FILES):
+            if not all((directory / name).is_file() for name in _FILES[self.kind]):
                 raise EncoderUnavailable(
-                    f"no exported user encoder for model {model_version!r} in {directory}: the publish step "
-                    "registers it (`facetrec pipeline run`); copy <work>/embeddings/user_encoder.{pt,json} there "
-                    "or set FACETREC_MODELS_ROOT to where they are")
+                    f"no exported {self.kind} encoder for model {model_version!r} in {directory}: the publish step "
+                    f"registers it (`facetrec pipeline run`); copy <work>/embeddings/{self.kind}_encoder.{{pt,json}} "
+                    "there or set FACETREC_MODELS_ROOT to where they are")
             if self.threads:
                 import torch
 
                 torch.set_num_threads(self.threads)
-            encoder = ExportedUserEncoder(directory)
+            encoder = _loader(self.kind)(directory)
             self._loaded[model_version] = encoder
             while len(self._loaded) > self.keep:
                 self._loaded.popitem(last=False)

@@ -8,7 +8,6 @@ code: the ETL reads any catalog's files as its schema says (``ingest.embedding.i
 from __future__ import annotations
 
 import importlib.metadata
-import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -112,10 +111,3 @@ def write_dataset(name: str, dest: Path, **kwargs) -> dict[str, Path]:
     catalog.to_parquet(paths["catalog"], index=False)
     users.to_parquet(paths["users"], index=False)
     return paths
-
-
-TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def title_tokens(title: str) -> list[str]:
-    return TOKEN.findall((title or "").lower())

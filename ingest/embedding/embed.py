@@ -26,7 +26,7 @@ from tqdm import tqdm
 from facetrec.catalog.fields import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
 from facetrec.model.user_encoder import ExportedUserEncoder, left_pad  # noqa: F401 - ExportedUserEncoder re-exported
 from ingest.embedding.features import TrainingData
-from ingest.embedding.model import SequenceUserEncoder, TwoTower
+from ingest.embedding.model import ContentItemEncoder, SequenceUserEncoder, TwoTower
 
 
 def item_matrix(model: TwoTower, n_items: int, batch: int = 8192, progress: bool = False) -> np.ndarray:
@@ -75,8 +75,9 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
     users = user_matrix(model, data, progress=progress)
     write_user_embeddings(out / "users.parquet", data.user_ids, users,
                           [[data.item_ids[i] for i in h] for h in data.histories], model_version)
-    vocab = json.loads((Path(etl_dir) / "vocab.json").read_text())["user_features"]
-    export_user_encoder(model, data, vectors, out, {name: vocab[name] for name in data.user_feature_names})
+    vocab = json.loads((Path(etl_dir) / "vocab.json").read_text())
+    export_user_encoder(model, data, vectors, out, {name: vocab["user_features"][name] for name in data.user_feature_names})
+    export_item_encoder(model, data, vocab, out)
     return {"items": out / "items.parquet", "users": out / "users.parquet", "user_encoder": out / "user_encoder.pt",
             "n_items": int(len(items)), "n_users": int(len(users))}
 
@@ -112,6 +113,35 @@ def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.nd
                              item_index=data.id_to_idx, feature_names=data.user_feature_names,
                              feature_vocab=user_feature_vocab, example_histories=data.histories[:2],
                              example_features=data.user_features[:2])
+
+
+def export_item_encoder(model: TwoTower, data: TrainingData, vocab: dict, out: Path) -> Path:
+    """Trace the item tower over content (``ContentItemEncoder``) to ``out/item_encoder.pt`` and write
+    ``out/item_encoder.json`` (what ``facetrec.model.item_encoder.ExportedItemEncoder`` loads): a known
+    item's vector from it equals its exported vector, a new item's comes from its title and facets."""
+    tower = model.item_tower.eval()
+    facets = []
+    for name in tower.facet_names:
+        if name in vocab.get("item_buckets", {}):
+            facets.append({"name": name, "categorical": False, "bounds": vocab["item_buckets"][name]})
+        else:
+            facets.append({"name": name, "categorical": True, "values": vocab["item_facets"][name]})
+    width = max([data.item_facets[name].shape[1] for name in tower.facet_names] or [1])
+    example_ids = torch.arange(1, min(3, data.n_items + 1))
+    example_facets = torch.zeros((len(example_ids), len(tower.facet_names), width), dtype=torch.int64)
+    for i, name in enumerate(tower.facet_names):
+        matrix = torch.from_numpy(data.item_facets[name])[example_ids]
+        example_facets[:, i, :matrix.shape[1]] = matrix
+    example = (example_ids, example_facets, torch.from_numpy(data.item_titles)[example_ids])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(ContentItemEncoder(tower).eval(), example, check_trace=False)
+    path = Path(out) / "item_encoder.pt"
+    traced.save(str(path))
+    (Path(out) / "item_encoder.json").write_text(json.dumps({
+        "item_index": data.id_to_idx, "facets": facets, "facet_width": width, "title_field": "title",
+        "title_buckets": data.title_buckets, "title_width": int(data.item_titles.shape[1])}))
+    return path
 
 
 def save_user_encoder(user_tower, item_vectors: np.ndarray, out: Path, *, max_len: int, item_index: dict[str, int],

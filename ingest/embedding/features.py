@@ -7,39 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from facetrec.catalog.schema import CatalogSchema
+from facetrec.model.item_features import as_list as _as_list
+from facetrec.model.item_features import numeric_value, title_indices
+from facetrec.model.item_features import pad as _pad
 from facetrec.model.user_encoder import left_pad, user_feature_indices  # noqa: F401 - left_pad re-exported (train)
-from ingest.embedding.datasets import title_tokens
-
-
-def stable_hash(token: str, buckets: int) -> int:
-    """A process-independent hash (Python's hash() is salted per process)."""
-    return zlib.crc32(token.encode()) % buckets + 1
-
-
-def _pad(rows: list[list[int]], width: int | None = None) -> np.ndarray:
-    width = width or max(1, max((len(r) for r in rows), default=1))
-    out = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        row = row[:width]
-        out[i, :len(row)] = row
-    return out
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [v for v in value if v is not None]
-    if isinstance(value, float) and np.isnan(value):
-        return []
-    return [value]
 
 
 def etl_schema(etl_dir) -> CatalogSchema:
@@ -50,12 +27,9 @@ def etl_schema(etl_dir) -> CatalogSchema:
 
 def bucket_indices(values: pd.Series, bounds: list[float]) -> np.ndarray:
     """A numeric or date feature's embedding index per item: 1 + its quantile bucket among ``bounds``
-    (the ETL's), 0 where the item has no value. Dates count days since the epoch."""
-    if values.dtype == object or pd.api.types.is_string_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
-        parsed = pd.to_datetime(values, errors="coerce", utc=True)
-        numbers = ((parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.days).astype("float64").to_numpy()
-    else:
-        numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+    (the ETL's), 0 where the item has no value. Dates count days since the epoch
+    (``facetrec.model.item_features``: a new item's is computed the same way)."""
+    numbers = np.array([numeric_value(v) for v in values], dtype=np.float64)
     out = np.searchsorted(np.asarray(bounds, dtype=np.float64), numbers, side="right") + 1
     return np.where(np.isnan(numbers), 0, out).astype(np.int64)
 
@@ -107,7 +81,7 @@ def load_training_data(etl_dir: str | Path, title_buckets: int = 4096, max_title
     for facet, bounds in vocab.get("item_buckets", {}).items():
         item_facets[facet] = np.concatenate([[[0]], bucket_indices(items[facet], bounds)[:, None]]).astype(np.int64)
         facet_sizes[facet] = len(bounds) + 1
-    titles = [[]] + [[stable_hash(t, title_buckets) for t in title_tokens(str(t))] for t in items["title"]]
+    titles = [[]] + [title_indices(t, title_buckets, max_title_tokens) for t in items["title"]]
     train_counts = np.concatenate([[0], items["train_count"].to_numpy(dtype=np.float64)])
 
     names = list(vocab["user_features"])

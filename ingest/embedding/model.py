@@ -34,6 +34,10 @@ class ModelConfig:
     item_facets: bool = True
     item_title: bool = True
     user_features: bool = False
+    # The share of item ids hidden from the item tower while training (their id embedding left out), so
+    # that title and facets alone make a usable vector: a new item's, until the next nightly run
+    # (facetrec.model.item_encoder; docs/model_study.md measures what it costs the warm items).
+    id_dropout: float = 0.0
 
 
 class ItemTower(nn.Module):
@@ -43,6 +47,7 @@ class ItemTower(nn.Module):
         d = cfg.dim
         self.facet_names = list(facet_sizes) if cfg.item_facets else []
         self.use_title = cfg.item_title
+        self.id_dropout = cfg.id_dropout
         self.id_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.facet_embs = nn.ModuleDict({f: nn.EmbeddingBag(n + 1, d, mode="mean", padding_idx=0)
                                          for f, n in facet_sizes.items() if f in self.facet_names})
@@ -58,14 +63,23 @@ class ItemTower(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         flat = idx.reshape(-1)
-        ids = self.id_emb(flat)
-        parts = [ids]
-        for f in self.facet_names:
-            parts.append(self.facet_embs[f](getattr(self, f"facet_{f}")[flat]))
+        facets = [getattr(self, f"facet_{f}")[flat] for f in self.facet_names]
+        titles = self.titles[flat] if self.use_title else flat[:, None]
+        shown = flat
+        if self.training and self.id_dropout > 0:   # hide some ids: the content alone must make the vector
+            shown = torch.where(torch.rand(flat.shape, device=flat.device) < self.id_dropout, torch.zeros_like(flat), flat)
+        return self.encode(shown, facets, titles).reshape(*idx.shape, -1)
+
+    def encode(self, ids: torch.Tensor, facets: list[torch.Tensor], titles: torch.Tensor) -> torch.Tensor:
+        """(B, D) item vectors from item indices (0: an item the model has no id for, a new item's),
+        each feature facet's value indices (B, k) in ``facet_names`` order, and title tokens (B, T)."""
+        emb = self.id_emb(ids)
+        parts = [emb]
+        for name, values in zip(self.facet_names, facets):
+            parts.append(self.facet_embs[name](values))
         if self.use_title:
-            parts.append(self.title_emb(self.titles[flat]))
-        out = ids + self.mlp(torch.cat(parts, dim=-1))
-        return out.reshape(*idx.shape, -1)
+            parts.append(self.title_emb(titles))
+        return emb + self.mlp(torch.cat(parts, dim=-1))
 
 
 class UserTower(nn.Module):
@@ -123,6 +137,20 @@ class TwoTower(nn.Module):
 
     def last_user_vector(self, seq: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
         return self.user_vectors(seq, user_features)[:, -1, :]
+
+
+class ContentItemEncoder(nn.Module):
+    """What is exported for a new item's vector: the item tower over content given as tensors: the
+    item's index (B,) (0: a new item), each feature facet's value indices (B, F, K) in the tower's
+    facet order (0-padded), its title tokens (B, T)."""
+
+    def __init__(self, item_tower: ItemTower):
+        super().__init__()
+        self.item_tower = item_tower
+
+    def forward(self, ids: torch.Tensor, facets: torch.Tensor, titles: torch.Tensor) -> torch.Tensor:
+        return self.item_tower.encode(ids, [facets[:, i, :] for i in range(len(self.item_tower.facet_names))],
+                                      titles)
 
 
 class SequenceUserEncoder(nn.Module):

@@ -30,13 +30,14 @@ from facetrec.catalog.rows import RowCatalog
 from facetrec.catalog.schema import CatalogSchema
 from facetrec.es import client_options, resolve_url
 from facetrec.events.apply import UserEvents
+from facetrec.items.documents import item_fields
 from facetrec.metrics import Metrics, NoMetrics
 from facetrec.model.user_encoder import EncoderRegistry
 from facetrec.serving import mips
 from facetrec.serving.homepage import SearchConfig
 from facetrec.settings import Settings
 from ingest.indexing import templates
-from ingest.indexing.bulk_load import LoadReport, bulk_load, item_fields, spark_load
+from ingest.indexing.bulk_load import LoadReport, bulk_load, spark_load
 from ingest.indexing.generations import VALIDATED, Generations, ModelMismatch, delete_unless_aliased, new_generation_id
 from ingest.indexing.lock import LockLost, ReindexLock, reindex_lock
 from ingest.indexing.records import facet_value_counts, max_vector_norm
