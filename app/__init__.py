@@ -16,6 +16,9 @@ from facetrec.errors import ConfigurationError
 from facetrec.es import alias_index, serving_client
 from facetrec.events.apply import UserEvents
 from facetrec.experiments import CONTROL, ExperimentCache
+from facetrec.items.apply import ItemChanges
+from facetrec.items.log import ItemChangeLog
+from facetrec.items.takedowns import Takedowns
 from facetrec.metrics import make_metrics
 from facetrec.model.user_encoder import EncoderRegistry
 from facetrec.serving.homepage import SearchConfig
@@ -64,7 +67,7 @@ def check_rows_against_live_generation(facets: FacetCache, catalog: RowCatalog) 
 
 def create_app(settings: Settings | None = None, catalog: RowCatalog | None = None) -> Flask:
     """Application factory: one Elasticsearch client per process (per gunicorn worker), created here."""
-    from app import api, auth, docs, errors, logs, page, state
+    from app import api, auth, docs, errors, items, logs, page, state
 
     settings = settings or Settings.from_env()
     catalog = catalog or RowCatalog.from_settings(settings)
@@ -75,9 +78,11 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
     # (or fail with 503) within the timeout.
     es = serving_client(settings)
     metrics = make_metrics(settings, component="service")
+    # Taken-down items, left out of every page whatever pair serves it (facetrec.items.takedowns).
+    takedowns = Takedowns(ItemChangeLog(es, settings), settings.takedown_poll_s)
     # The row planner's per-generation stats: read from each item generation's _meta once.
     search = SearchConfig.from_settings(settings, stats=StatsCache(list(catalog.rows.values()), catalog.user_filters),
-                                        schema=catalog.schema)
+                                        schema=catalog.schema, takedowns=takedowns)
     facets = FacetCache(es, settings.item_alias, catalog)
     check_rows_against_live_generation(facets, catalog)
     # Experiment arms: each user's arm, and each arm's search config, metrics and recall monitor (app.arms).
@@ -91,11 +96,16 @@ def create_app(settings: Settings | None = None, catalog: RowCatalog | None = No
         recall_monitor=arms.serving(CONTROL).monitor,
         # Fresh events go to the live user index of control and of every other arm of the experiment.
         events=UserEvents(es, settings, EncoderRegistry(settings.models_root, threads=1),
-                          arm_user_aliases=experiments.arm_user_aliases)))
+                          arm_user_aliases=experiments.arm_user_aliases),
+        # Item changes go to the live item index of control and of every other arm, each vector by its model.
+        items=ItemChanges(es, settings, EncoderRegistry(settings.models_root, threads=1, kind="item"),
+                          takedowns=takedowns, arm_item_aliases=experiments.arm_item_aliases),
+        takedowns=takedowns))
     logs.init_app(app)
-    auth.init_app(app, settings.api_token_list)
+    auth.init_app(app, settings.api_token_list, settings.admin_token_list)
     errors.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(items.bp)
     app.register_blueprint(page.bp)
     app.register_blueprint(docs.bp)
     return app

@@ -28,6 +28,7 @@ import yaml
 from werkzeug.datastructures import MultiDict
 
 from app.requests import (
+    AD_HOC_SIZE,
     MAX_ROWS,
     parse_events_body,
     parse_homepage_args,
@@ -146,8 +147,13 @@ def served_document(catalog: RowCatalog, summary: FacetSummary | None, samples: 
     components["RowClause"] = row_clause_schema(catalog)
     components["Item"]["properties"].update(_item_properties(catalog))
     filters = user_filter_schemas(catalog, summary)
+    # Sizes and rows per request such that no request the document allows asks for more than MAX_PAGE_HITS
+    # items: a size every row allows, and as many rows as fit when each brings the most one row can (a size
+    # asked for, a configured row's own size, an ad-hoc row's default); a homepage's size fits its rows.
     size_limit = min(row.size_limit for row in catalog.rows.values())
-    per_page = max(1, min(MAX_ROWS, MAX_PAGE_HITS // size_limit))
+    largest = max(size_limit, AD_HOC_SIZE, *(row.size for row in catalog.rows.values()))
+    per_page = max(1, min(MAX_ROWS, MAX_PAGE_HITS // largest))
+    homepage_size_limit = max(1, min(size_limit, MAX_PAGE_HITS // max(per_page, len(catalog.homepage))))
     modes = common_modes(catalog.rows.values(), default_mode)
     row_ids = list(catalog.rows)
     for item in doc["paths"].values():       # every user id a path takes: the ids check_user_id accepts
@@ -155,8 +161,8 @@ def served_document(catalog: RowCatalog, summary: FacetSummary | None, samples: 
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "user_id":
                     parameter["schema"] = dict(USER_ID)
-    _homepage_parameters(doc, catalog, filters, row_ids, size_limit, per_page, modes, arms)
-    components["RowsRequest"] = _rows_request(filters, row_ids, size_limit, per_page, modes, arms)
+    _homepage_parameters(doc, catalog, filters, row_ids, homepage_size_limit, per_page, modes, arms)
+    components["RowsRequest"] = _rows_request(filters, row_ids, size_limit, per_page, modes, default_mode, arms)
     components["EventsRequest"] = _events_request(now)
     _examples(doc, catalog, summary, samples, default_mode, now)
     return doc
@@ -198,7 +204,7 @@ def _homepage_parameters(doc: dict, catalog: RowCatalog, filters: dict, row_ids:
 
 
 def _rows_request(filters: dict, row_ids: list[str], size_limit: int, per_page: int, modes: list[str],
-                  arms: list[str]) -> dict:
+                  default_mode: str, arms: list[str]) -> dict:
     configured = {"type": "string", "enum": row_ids}
     ad_hoc = {"type": "object", "required": ["id", "ad_hoc"], "additionalProperties": False,
               "description": "an ad-hoc row over the catalog's facets; its id must not be a configured row's",
@@ -213,16 +219,21 @@ def _rows_request(filters: dict, row_ids: list[str], size_limit: int, per_page: 
                "description": "a configured row, at another size",
                "properties": {"id": configured, "size": {"type": "integer", "minimum": 1, "maximum": size_limit},
                               "ad_hoc": {"type": "boolean", "enum": [False]}}}
-    return {"type": "object", "additionalProperties": False,
-            "description": "rows (each id once: a repeated row id is a 400), user filters, a mode and an arm",
-            "properties": {
-                "rows": {"type": "array", "minItems": 1, "maxItems": per_page, "uniqueItems": True,
-                         "items": {"oneOf": [configured, at_size, ad_hoc]}},
-                "filters": {"type": "object", "additionalProperties": False,
-                            "properties": {p: {"oneOf": [v, {"type": "array", "minItems": 1, "maxItems": 10, "items": v}]}
-                                           for p, v in filters.items()}},
-                "mode": {"type": "string", "enum": modes},
-                "arm": {"type": "string", "enum": arms}}}
+    out = {"type": "object", "additionalProperties": False,
+           "description": "rows (each id once: a repeated row id is a 400), user filters, a mode and an arm",
+           "properties": {
+               "rows": {"type": "array", "minItems": 1, "maxItems": per_page, "uniqueItems": True,
+                        "items": {"oneOf": [configured, at_size, ad_hoc]}},
+               "filters": {"type": "object", "additionalProperties": False,
+                           "properties": {p: {"oneOf": [v, {"type": "array", "minItems": 1, "maxItems": 10, "items": v}]}
+                                          for p, v in filters.items()}},
+               "mode": {"type": "string", "enum": modes},
+               "arm": {"type": "string", "enum": arms}}}
+    if set(modes) - {default_mode}:   # ad-hoc rows are served in the default mode only
+        out["description"] += f"; a mode other than {default_mode!r} only for configured rows"
+        out["anyOf"] = [{"properties": {"mode": {"enum": [default_mode]}}},
+                        {"properties": {"rows": {"items": {"oneOf": [configured, at_size]}}}}]
+    return out
 
 
 def _digits_between(low: str, high: str) -> str:

@@ -29,6 +29,7 @@ from facetrec.experiments import ExperimentError, check_arm_name
 from facetrec.settings import RETRIEVAL_MODES
 
 MAX_ROWS = 20
+AD_HOC_SIZE = 10          # an ad-hoc row's size when it names none
 QUERY_PARAMS = {"rows", "size", "mode", "arm"}
 MAX_SAMPLE_USERS = 100
 CONFIGURED_ROW_FIELDS = ("id", "size", "ad_hoc")   # ad_hoc: false, or left out
@@ -278,7 +279,7 @@ def _row_entry(entry: Any, catalog: RowCatalog, field: str, summary: _Once) -> t
     title = entry.get("title", row_id)
     if not isinstance(title, str) or len(title) > 200:
         raise BadRequest(f"{field}.title", "a string of at most 200 characters")
-    return Row(id=row_id, title=title, size=size or 10, filter=clauses["filter"], must_not=clauses["must_not"]), size
+    return Row(id=row_id, title=title, size=size or AD_HOC_SIZE, filter=clauses["filter"], must_not=clauses["must_not"]), size
 
 
 MAX_BATCH_ID = 64

@@ -11,6 +11,8 @@ from app.arms import Arms
 from facetrec.catalog.facets import FacetCache
 from facetrec.catalog.rows import RowCatalog
 from facetrec.events.apply import UserEvents
+from facetrec.items.apply import ItemChanges
+from facetrec.items.takedowns import Takedowns
 from facetrec.metrics import Metrics
 from facetrec.serving.homepage import SearchConfig
 from facetrec.serving.recall_monitor import RecallMonitor
@@ -30,6 +32,8 @@ class Service:
     arms: Arms                   # each user's experiment arm and what serving it needs
     recall_monitor: RecallMonitor   # control's
     events: UserEvents           # fresh events, to control and every arm
+    items: ItemChanges           # item changes (takedowns, new items), to control and every arm
+    takedowns: Takedowns         # the taken-down items every page leaves out
 
 
 def init_app(app: Flask, service: Service) -> None:

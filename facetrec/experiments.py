@@ -237,12 +237,19 @@ class ExperimentCache:
     def arm_user_aliases(self) -> dict[str, str]:
         """{arm: user alias} of the running experiment's arms besides control: where fresh events go
         too. Raises ExperimentUnknown when the last read failed."""
+        return {arm: aliases[1] for arm, aliases in self._arm_aliases().items()}
+
+    def arm_item_aliases(self) -> dict[str, str]:
+        """{arm: item alias} of the running experiment's arms besides control: where item changes go too."""
+        return {arm: aliases[0] for arm, aliases in self._arm_aliases().items()}
+
+    def _arm_aliases(self) -> dict[str, tuple[str, str]]:
         experiment = self.get()
         if not self._known:
             raise ExperimentUnknown("the running experiment could not be read: which arms a write must reach is unknown")
         if experiment is None:
             return {}
-        return {a.name: arm_aliases(self.settings, a.name)[1] for a in experiment.candidates}
+        return {a.name: arm_aliases(self.settings, a.name) for a in experiment.candidates}
 
 
 def describe(experiment: Experiment | None) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class Settings:
     partition_candidates: int = 1000       # FACETREC_PARTITION_CANDIDATES: num_candidates of a partition walk
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
+    admin_tokens: str | None = None        # FACETREC_ADMIN_TOKENS: bearer tokens for item changes (writes)
+    takedown_poll_s: float = 0.5           # FACETREC_TAKEDOWN_POLL_S: how often a process reads new item changes
     recall_sample_rate: float = 0.01       # FACETREC_RECALL_SAMPLE_RATE: pages re-asked exactly off the request path
     experiment_refresh_s: float = 5.0      # FACETREC_EXPERIMENT_REFRESH_S: the service re-reads the running experiment this often
     models_root: Path = STATE_ROOT / "models"  # FACETREC_MODELS_ROOT: <model_version>/user_encoder.{pt,json}
@@ -121,8 +123,9 @@ class Settings:
             if bad or len(set(hosts)) != len(hosts):
                 raise SettingsError(f"ES_URL={self.es_url!r}: expected one or more distinct comma-separated "
                                     f"http(s):// node URLs{f', not {bad[0]!r}' if bad else ''}")
-        if self.api_tokens is not None and any(len(t) < 16 for t in self.api_token_list):
-            raise SettingsError("FACETREC_API_TOKENS: each comma-separated token needs at least 16 characters")
+        for var, tokens in (("FACETREC_API_TOKENS", self.api_token_list), ("FACETREC_ADMIN_TOKENS", self.admin_token_list)):
+            if any(len(t) < 16 for t in tokens):
+                raise SettingsError(f"{var}: each comma-separated token needs at least 16 characters")
         if self.vector_partitions is not None:
             parse_facet_names(self.vector_partitions, "FACETREC_VECTOR_PARTITIONS")
 
@@ -163,8 +166,12 @@ class Settings:
     def api_token_list(self) -> list[str]:
         return [t.strip() for t in (self.api_tokens or "").split(",") if t.strip()]
 
+    @property
+    def admin_token_list(self) -> list[str]:
+        return [t.strip() for t in (self.admin_tokens or "").split(",") if t.strip()]
+
     def __repr__(self) -> str:  # never print secrets (tokens, passwords, API keys) in logs or tracebacks
-        hidden = {"api_tokens", "es_password", "es_api_key"}
+        hidden = {"api_tokens", "admin_tokens", "es_password", "es_api_key"}
         shown = ", ".join(f"{f.name}={'***' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)!r}"
                           for f in dataclasses.fields(self))
         return f"Settings({shown})"
@@ -200,6 +207,7 @@ _RANGES = (
     ("rescore_oversample", lambda v: v == 0 or 1.0 <= v <= 10.0, "0 (off) or 1..10"),
     ("recall_sample_rate", lambda v: 0.0 <= v <= 1.0, "0 (off) .. 1 (every page)"),
     ("experiment_refresh_s", lambda v: 0.1 <= v <= 300.0, "0.1..300 seconds"),
+    ("takedown_poll_s", lambda v: 0.05 <= v <= 60.0, "0.05..60 seconds"),
     ("exact_max_matches", lambda v: v >= 0, "0 (never) or more"),
     ("post_filter_min_share", lambda v: 0.0 < v <= 1.0, "a share in (0, 1]"),
     ("walk_candidates", lambda v: 10 <= v <= 10_000, "10..10000 (Elasticsearch's num_candidates limit)"),
@@ -250,6 +258,8 @@ _ENV_NAMES = {
     "partition_candidates": "FACETREC_PARTITION_CANDIDATES",
     "dedupe_across_rows": "FACETREC_DEDUPE_ACROSS_ROWS",
     "api_tokens": "FACETREC_API_TOKENS",
+    "admin_tokens": "FACETREC_ADMIN_TOKENS",
+    "takedown_poll_s": "FACETREC_TAKEDOWN_POLL_S",
     "recall_sample_rate": "FACETREC_RECALL_SAMPLE_RATE",
     "experiment_refresh_s": "FACETREC_EXPERIMENT_REFRESH_S",
     "models_root": "FACETREC_MODELS_ROOT",

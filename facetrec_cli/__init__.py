@@ -24,7 +24,7 @@ from facetrec.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facetrec_cli import demo, events, experiment, index, kibana, pipeline, spark
+    from facetrec_cli import demo, events, experiment, index, items, kibana, pipeline, spark
 
     parser = argparse.ArgumentParser(prog="facetrec", description="The facetrec command line: index generations, "
                                      "the nightly pipeline and its steps, the demo, and the events log. "
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     spark.register(sub)
     experiment.register(sub)
     kibana.register(sub)
+    items.register(sub)
     return parser
 
 

@@ -215,8 +215,9 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
             ranking.register(p["ranker"], directory)
         else:
             ranking.unregister(directory)
-    report = p["etl"] / "report.json"
-    events_until = json.loads(report.read_text()).get("events_until") if report.is_file() else None
+    report = json.loads((p["etl"] / "report.json").read_text()) if (p["etl"] / "report.json").is_file() else {}
+    events_until = report.get("events_until")
+    catalog_read_at = report.get("catalog_read_at")
     recall_sample = None
     if not users_only and settings.graph_index:
         items = pq.read_table(items_path, columns=["item_id", "item_embed"]).to_pydict()
@@ -235,6 +236,7 @@ def step_publish(work_dir, settings: Settings, rows_config=None, generation: str
                            expected_users=parquet_count(users_path), model_version=model_version,
                            generation=generation, recall_sample=recall_sample, metrics=metrics, progress=progress,
                            events_since=datetime.fromtimestamp(events_until, timezone.utc) if events_until else None,
+                           items_since=datetime.fromisoformat(catalog_read_at) if catalog_read_at else None,
                            arm=arm)
 
 

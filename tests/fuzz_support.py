@@ -28,6 +28,7 @@ from typing import Any
 import hypothesis
 import schemathesis
 from hypothesis import HealthCheck, Phase
+from hypothesis import strategies as st
 from schemathesis import checks
 from schemathesis.core import NOT_SET
 from schemathesis.core.failures import Failure, FailureGroup
@@ -94,6 +95,17 @@ def _describe(case: schemathesis.Case) -> str:
     return out
 
 
+def _failed_rows(response) -> list[str]:
+    """The errors of a page's rows whose search failed (a page is served with the other rows)."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return []
+    rows = body.get("rows") if isinstance(body, dict) else None
+    return [f"{row.get('id')}: {row.get('error_code')} {row['error']}" for row in rows or []
+            if isinstance(row, dict) and "error" in row]
+
+
 def _declares(case: schemathesis.Case, status: int) -> bool:
     return str(status) in case.operation.responses.status_codes
 
@@ -127,6 +139,8 @@ class _Judge:
             found("server error")
         elif not (200 <= status < 300 or declared_503 or (status == 409 and conflict)):
             found("schema-valid request refused")
+        elif 200 <= status < 300 and _failed_rows(response):
+            found("a row's search failed", "; ".join(_failed_rows(response)))
         try:
             case.validate_response(response, checks=CONFORMANCE)
         except FailureGroup as group:
@@ -142,29 +156,47 @@ def load(app) -> schemathesis.BaseSchema:
     return schema.include(path_regex=FUZZED)
 
 
+def example_users(schema: schemathesis.BaseSchema) -> dict[str, str]:
+    """Path -> the user id of its ``user_id`` parameter's first example (the document's known user)."""
+    out = {}
+    for path, item in schema.raw_schema["paths"].items():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "user_id" and parameter.get("examples"):
+                    out[path] = next(iter(parameter["examples"].values()))["value"]
+    return out
+
+
 def fuzz(app, max_examples: int = MAX_EXAMPLES, seed: int = SEED) -> FuzzReport:
-    """Send ``max_examples`` positive cases of each operation under /v1 of ``app``'s served document."""
+    """Send ``max_examples`` positive cases of each operation under /v1 of ``app``'s served document.
+
+    Where a path names a user, about half the cases name the user the document's examples name (one
+    the live generation holds, so personalized rows, ranking and the user's vector are reached), the
+    rest a generated user id (nearly always unknown: popular rows, new users)."""
     report = FuzzReport()
     judge = _Judge(report)
     started = time.perf_counter()
     schema = load(app)
+    users = example_users(schema)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {
         "GET /v1/users/{user_id}/homepage", "POST /v1/users/{user_id}/rows", "POST /v1/users/{user_id}/events",
         "GET /v1/rows", "GET /v1/facets", "GET /v1/sample-users"}, [op.label for op in operations]
     for operation in operations:
-        _fuzz_operation(operation, judge, max_examples, seed)
+        strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE)
+        if operation.path in users:
+            strategy = st.one_of(strategy, operation.as_strategy(generation_mode=GenerationMode.POSITIVE,
+                                                                 path_parameters={"user_id": users[operation.path]}))
+        _fuzz_operation(operation.label, strategy, judge, max_examples, seed)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _fuzz_operation(operation, judge: _Judge, max_examples: int, seed: int) -> None:
-    label = operation.label
-
+def _fuzz_operation(label: str, strategy, judge: _Judge, max_examples: int, seed: int) -> None:
     @hypothesis.seed(seed)
     @hypothesis.settings(max_examples=max_examples, database=None, deadline=None, phases=[Phase.generate],
                          print_blob=False, suppress_health_check=list(HealthCheck))
-    @hypothesis.given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    @hypothesis.given(case=strategy)
     def run(case):
         if not _distinct_rows(case.body):
             judge.report.skipped[label] += 1

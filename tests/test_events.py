@@ -92,8 +92,10 @@ def test_a_new_user_gets_a_vector_and_personalized_rows_after_the_first_events(e
     chosen = [items[5]["item_id"], items[9]["item_id"], "never-heard-of-it"]
     result = client.post(f"/v1/users/{user}/events",
                          json={"events": [{"item_id": i, "ts": _ts(3 - n)} for n, i in enumerate(chosen)]}).get_json()
-    assert result["status"] == "applied" and result["new_user"] and result["unknown_to_model"] == 1
+    assert result["status"] == "applied" and result["new_user"] and result["unknown_items"] == 1   # not in the catalog
+    assert result["unknown_to_model"] == 0 and result["items_added"] == 2
     src = user_doc(es, settings, user)["_source"]
+    assert src["seen_item_ids"] == chosen[:2]   # an item the catalog lacks is not in the history
     np.testing.assert_allclose(src["user_embed"], model.user_vector(chosen), atol=1e-5)
     assert src["item_generation"] == "20260101-000001"
     page = client.get(f"/v1/users/{user}/homepage?rows=for_you").get_json()

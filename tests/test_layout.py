@@ -206,7 +206,7 @@ def test_one_command_line_tree_holds_every_command():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert set(commands) == {"index", "etl", "train", "rank", "evaluate", "embed", "pipeline", "demo", "events", "spark", "experiment",
-                             "kibana"}
+                             "kibana", "items"}
     assert parser.parse_args(["index", "status"]).func.__module__ == "facetrec_cli.index"
     assert parser.parse_args(["events", "replay", "--since", "2026-01-01T00:00:00Z"]).func.__module__ == "facetrec_cli.events"
     assert parser.parse_args(["demo", "stop"]).action == "stop"

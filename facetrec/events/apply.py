@@ -71,7 +71,8 @@ class Applied:
     user_index: str
     model_version: str | None
     items_added: int = 0
-    unknown_to_model: int = 0     # items the model has no vector for: excluded from rows, not in the vector
+    unknown_to_model: int = 0     # items the model has no vector for (added today): excluded from rows, not in the vector
+    unknown_items: int = 0        # items the pair's catalog does not hold: left out of the history
     new_user: bool = False
     attempts: int = 1
     arms: dict[str, str] = dataclasses.field(default_factory=dict)   # {experiment arm: its status} (besides control)
@@ -271,12 +272,14 @@ class UserEvents:
         if batch.batch_id in remembered:
             return Applied(batch.user_id, batch.batch_id, "duplicate", index, info.model_version, attempts=attempt)
         encoder = self.encoders.get(info.model_version)
-        added = batch.item_ids
+        absent = self._absent_items(info, batch.item_ids)
+        added = [i for i in batch.item_ids if i not in absent]
         history = [*(src.get("seen_item_ids") or []), *added][-MAX_SEEN_ITEMS:]
         unknown = sum(1 for i in added if not encoder.knows(i))
         if not any(encoder.knows(i) for i in history):
             return Applied(batch.user_id, batch.batch_id, "no_known_items", index, info.model_version,
-                           unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
+                           unknown_to_model=unknown, unknown_items=len(absent), new_user=doc is None,
+                           attempts=attempt)
         if not info.remembers_batches:
             self._add_batch_ids_field(index)
         document = {**src, "seen_item_ids": history, "updated_at": self.clock().isoformat(),
@@ -284,8 +287,17 @@ class UserEvents:
         if doc is None:  # a user this generation does not know: paired like the bulk-loaded ones
             document.update(generation=info.generation, item_generation=info.item_generation, **info.pairing)
         applied = Applied(batch.user_id, batch.batch_id, "applied", index, info.model_version, items_added=len(added),
-                          unknown_to_model=unknown, new_user=doc is None, attempts=attempt)
+                          unknown_to_model=unknown, unknown_items=len(absent), new_user=doc is None, attempts=attempt)
         return _PendingWrite(index, history, document, encoder, applied)
+
+    def _absent_items(self, info: "_UserIndexInfo", item_ids: list[str]) -> set[str]:
+        """The batch's items the pair's item generation does not hold (a takedown, an id the catalog
+        never had): not added to the history (one ``mget`` of ids)."""
+        if not info.item_generation or not item_ids:
+            return set()
+        found = self.es.mget(index=f"{self.settings.item_alias}-{info.item_generation}", ids=list(dict.fromkeys(item_ids)),
+                             source=False)["docs"]
+        return {d["_id"] for d in found if not d.get("found")}
 
     def _read(self, target: str, user_id: str) -> dict | None:
         try:

@@ -91,6 +91,7 @@ class SearchConfig:
     stats: StatsCache | None = None        # the pairs' row counts and partitions; None: rows are not planned
     rankers: ranking.RankerRegistry | None = None   # the pairs' learned rankers; None: rows keep retrieval order
     schema: CatalogSchema | None = None    # the configured catalog schema: for pairs that record none (or not known)
+    takedowns: Any = None                  # the taken-down items every page leaves out (facetrec.items.takedowns)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, item_index: str | None = None, user_index: str | None = None,
@@ -172,9 +173,11 @@ def recommend(es: Elasticsearch, target: SearchConfig, user_id: str, rows: Seque
         except Exception:  # noqa: BLE001 - monitoring must never cost a page
             log.exception("page observer failed", extra={"event": "observer_failed", "request_id": request_id})
     ranker_status, ranker, ranked = _rank_page(es, target, user, rows, responses, mode, metrics)
+    # Taken-down items are left out whatever pair served the page (one it has not reached yet, too).
+    hidden = target.takedowns.ids() if target.takedowns is not None else frozenset()
     taken: set[str] = set()
     out_rows = [_assemble_row(row, searched, response, target, user, mode, sizes, ranked, taken, metrics,
-                              request_id, detailed_errors)
+                              request_id, detailed_errors, hidden)
                 for row, searched, response in zip(rows, page.rows, responses)]
     generation = next((r["generation"] for r in out_rows if r.get("generation")), None) or (user.pairs_with if user else None)
     return {"user_id": user_id, "generation": generation, "user_generation": user.generation if user else None,
@@ -200,9 +203,11 @@ def read_consistent_page(es: Elasticsearch, target: SearchConfig, user_id: str, 
 
 def _assemble_row(row: Row, searched, response: dict, target: SearchConfig, user: "UserVector | None",
                   mode: str | None, sizes: dict[str, int] | None, ranked: dict[int, list[int]], taken: set[str],
-                  metrics: Metrics, request_id: str | None, detailed_errors: bool) -> dict:
+                  metrics: Metrics, request_id: str | None, detailed_errors: bool,
+                  hidden: frozenset[str] = frozenset()) -> dict:
     """One row of the response from its search's response: the ranker's order where it ran, the items
-    earlier rows showed left out (``taken``, updated), diversity, the model's scores."""
+    earlier rows showed left out (``taken``, updated) and the taken-down ones (``hidden``), diversity,
+    the model's scores."""
     source = "personalized" if user else "popular"
     this_mode = "popular" if user is None else row_mode(row, mode, target)
     tags = [f"row:{row.id}", f"mode:{this_mode}", f"plan:{searched.plan}"]
@@ -220,8 +225,8 @@ def _assemble_row(row: Row, searched, response: dict, target: SearchConfig, user
     if id(response) in ranked:   # the ranker's order over the row's candidates, before de-duplication
         hits = [hits[i] for i in ranked[id(response)]]
         entry["ranked"] = True
-    hits = [hit for hit in hits
-            if not (target.dedupe_across_rows and hit["_id"] in taken)][:None if row.diversity else size]
+    hits = [hit for hit in hits if hit["_id"] not in hidden
+            and not (target.dedupe_across_rows and hit["_id"] in taken)][:None if row.diversity else size]
     items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user)
              for hit in hits]
     if row.diversity:   # after cross-row de-duplication, over the row's over-fetched candidates

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -149,6 +150,7 @@ def run_etl(spark: SparkSession, schema: CatalogSchema, events_path, catalog_pat
             now_ts: int | None = None, max_history: int = 500, tie_break: str = "hash") -> dict:
     """The whole ETL of one run (see the module doc); returns the report."""
     started = time.perf_counter()
+    read_at = datetime.now(timezone.utc)   # the catalog snapshot: item changes after it are replayed at publish
     ties.check(tie_break)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +218,7 @@ def run_etl(spark: SparkSession, schema: CatalogSchema, events_path, catalog_pat
     # The newest event the batch saw (epoch seconds): events logged through the API after it are
     # re-applied to the generation this run publishes (facetrec.events.apply.replay).
     counts["events_until"] = int(deduped.agg(F.max("timestamp")).first()[0])
+    counts["catalog_read_at"] = read_at.isoformat()
     counts["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(counts, indent=2))
     for frame in (checked_catalog, checked_events, deduped, splits, items):

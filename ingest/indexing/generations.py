@@ -173,7 +173,7 @@ class Generations:
                item_vector_scale: float | None = None, exact_vectors: bool = False,
                partitions: dict | None = None, properties: dict | None = None,
                index_type: str | None = None, covering: str | None = None,
-               catalog_schema: str | None = None) -> str:
+               catalog_schema: str | None = None, catalog_at: str | None = None) -> str:
         """Create an empty generation index from the template, tuned for loading. A leftover
         index of the same generation (an earlier failed run) is replaced; a live one is refused.
         A user index records the item generation it pairs with (``item_generation``); an item index
@@ -203,6 +203,8 @@ class Generations:
             meta["covering"] = covering       # its partitions hold every item: item_embed is flat, no catalog graph
         if catalog_schema:
             meta["catalog_schema"] = catalog_schema   # the catalog it was made with (facetrec.catalog.schema)
+        if catalog_at:
+            meta["catalog_at"] = catalog_at   # its catalog snapshot: item changes after it are replayed onto it
         self.es.indices.delete(index=index, ignore_unavailable=True)
         self.es.indices.create(index=index, settings={"refresh_interval": "-1", "number_of_replicas": 0, **LOADING_SETTINGS},
                                mappings={"_meta": meta, **({"properties": properties} if properties else {})})
@@ -309,7 +311,22 @@ class Generations:
         self.swap(targets)
         if live is not None:
             self.mark(live.user_index, ROLLED_BACK)
+        self._replay_items(target.item_index)
         return targets
+
+    def _replay_items(self, item_index: str) -> None:
+        """The pair a rollback returns to gets the item changes logged since its catalog snapshot and
+        every takedown in effect (a failure is reported: takedowns are honoured at read time anyway)."""
+        from facetrec.items.apply import ItemChanges
+
+        since = self.meta(item_index).get("catalog_at")
+        try:
+            ItemChanges(self.es, self.settings).replay(
+                item_index, datetime.fromisoformat(since) if since else None,
+                progress=lambda message: print(f"facetrec: [rollback] {message}", file=sys.stderr))
+        except Exception as exc:  # noqa: BLE001 - the aliases have moved; the log keeps the changes
+            print(f"facetrec: [rollback] item changes not re-applied to {item_index} ({type(exc).__name__}: {exc}); "
+                  "run `facetrec items replay`", file=sys.stderr)
 
     def retain(self, keep: int | None = None) -> list[str]:
         """Keep the live pair and the newest ``keep`` usable pairs; delete every other user index

@@ -30,6 +30,7 @@ from facetrec.catalog.rows import RowCatalog
 from facetrec.catalog.schema import CatalogSchema
 from facetrec.es import client_options, resolve_url
 from facetrec.events.apply import UserEvents
+from facetrec.items.apply import ItemChanges
 from facetrec.items.documents import item_fields
 from facetrec.metrics import Metrics, NoMetrics
 from facetrec.model.user_encoder import EncoderRegistry
@@ -143,10 +144,11 @@ class PublishPlan:
     partitions: dict                   # vector partitions (facetrec.catalog.partitions)
     covering: str | None               # the facet whose partitions cover the catalog (no catalog graph)
     exact_copy: bool                   # the item index also holds a flat copy of its vectors
+    items_since: datetime | None = None   # the catalog snapshot: item changes after it are replayed onto the pair
 
 
 def plan_publish(gens: Generations, settings: Settings, items: Any, model_version: str,
-                 generation: str, schema: CatalogSchema | None = None) -> PublishPlan:
+                 generation: str, schema: CatalogSchema | None = None, items_since: datetime | None = None) -> PublishPlan:
     families = ("item", "user") if items is not None else ("user",)
     if items is not None:
         item_index, item_generation, pin = gens.index_name("item", generation), generation, None
@@ -157,7 +159,8 @@ def plan_publish(gens: Generations, settings: Settings, items: Any, model_versio
         pin = {"item": item_index}  # the swap fails if the item alias moved meanwhile
     # Without a catalog graph the item vector field is flat: exact already, no flat copy needed.
     return PublishPlan(generation, model_version, families, item_index, item_generation, pin, scale, partitions,
-                       covering, exact_copy=settings.exact_vector_copy and covering is None)
+                       covering, exact_copy=settings.exact_vector_copy and covering is None,
+                       items_since=items_since if items is not None else None)
 
 
 class _Publish:
@@ -193,6 +196,7 @@ class _Publish:
             item_vector_scale=plan.scale if is_item else None, exact_vectors=is_item and plan.exact_copy,
             partitions=plan.partitions if is_item else None, index_type=self.settings.index_type if is_item else None,
             covering=plan.covering, catalog_schema=schema.to_json() if is_item and schema else None,
+            catalog_at=(plan.items_since or datetime.now(timezone.utc)).isoformat() if is_item else None,
             properties=self._item_properties() if is_item else None)
         self.created.append(index)
         self.say(f"load {index}" + (self._item_layout() if is_item else ""))
@@ -228,6 +232,14 @@ class _Publish:
                 + (f" (vector partitions: {_describe(plan.partitions)})" if plan.partitions else "")
                 + (f" (no catalog graph: the {plan.covering} partitions cover it)" if plan.covering else ""))
 
+    def replay_items(self, item_changes: ItemChanges) -> dict | None:
+        """The item changes logged since the catalog snapshot, and every takedown in effect, onto the
+        new item index (before it is validated and goes live)."""
+        if "item" not in self.plan.families:
+            return None
+        self.lock.fence("item changes")
+        return item_changes.replay(self.plan.item_index, self.plan.items_since, progress=self.say)
+
     def validate(self, sample_users: int, recall_sample: tuple | None, min_recall: float) -> ValidationReport:
         """Every configured row serves sampled users from the new pair; a graph's recall is checked."""
         plan, user_index = self.plan, self.gens.index_name("user", self.plan.generation)
@@ -246,9 +258,11 @@ class _Publish:
         self.metrics.increment("reindex.validation", tags=["result:passed"])
         return validation
 
-    def replay_and_swap(self, user_events: UserEvents, events_since: datetime) -> dict:
+    def replay_and_swap(self, user_events: UserEvents, events_since: datetime,
+                        item_changes: ItemChanges | None = None) -> dict:
         """Re-apply the events logged since the batch input to the new users, mark the pair validated,
-        move the aliases in ONE call, then re-apply what was logged meanwhile."""
+        move the aliases in ONE call, then re-apply what was logged meanwhile (events, and the item
+        changes the old live pair took during the publish)."""
         plan, user_index = self.plan, self.gens.index_name("user", self.plan.generation)
         self.lock.fence("events")
         replay_started = datetime.now(timezone.utc)
@@ -262,6 +276,9 @@ class _Publish:
         self.metrics.increment("reindex.swap", tags=[f"families:{'+'.join(plan.families)}"])
         replayed["after_swap"] = _replay_after_swap(user_events, user_index, events_since, replay_started,
                                                     plan.generation, self.metrics)
+        if item_changes is not None and "item" in plan.families:
+            replayed["items_after_swap"] = _items_after_swap(item_changes, plan.item_index,
+                                                             replay_started - CLOCK_SKEW, self.say, self.metrics)
         return replayed
 
     def abandon(self, exc: BaseException) -> None:
@@ -287,7 +304,8 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
                 recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
                 progress: bool = True, metrics: Metrics | None = None, events_since: datetime | None = None,
-                encoders: EncoderRegistry | None = None, arm: str | None = None) -> dict:
+                encoders: EncoderRegistry | None = None, arm: str | None = None,
+                items_since: datetime | None = None) -> dict:
     """Publish a new generation. ``items=None`` refreshes users only (items stay as they are).
     ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
     ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading.
@@ -299,6 +317,11 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     newest event the batch input saw; default: when this run started) are re-applied to the new
     user index: once before the swap (a failure fails the publish) and once after it for the
     batches that arrived meanwhile (``facetrec.events.apply``).
+
+    Item changes logged through the items API after ``items_since`` (the catalog snapshot the batch
+    input was read at; default: when this run started) and every takedown in effect are applied to
+    the new item index before it is validated, and the changes logged meanwhile again after the swap
+    (``facetrec.items.apply``).
 
     ``arm``: publish the pair behind an experiment arm's aliases instead of the control aliases
     (``facetrec.experiments``; the same lock, validation and swap, the control aliases untouched)."""
@@ -312,16 +335,18 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
             print(f"facetrec: generation {generation} is already live; nothing to do")
             return {"generation": generation, "status": "already_live"}
-        plan = plan_publish(gens, settings, items, model_version, generation, catalog.schema)
+        plan = plan_publish(gens, settings, items, model_version, generation, catalog.schema, items_since)
         run = _Publish(es, settings, catalog, gens, lock, plan, metrics, progress)
         run.prepare()
+        item_changes = ItemChanges(es, settings)
         try:
             reports = {family: run.load(family, source, expected, force_merge)
                        for family, source, expected in (("item", items, expected_items), ("user", users, expected_users))
                        if family in plan.families}
+            items_replayed = run.replay_items(item_changes)
             validation = run.validate(sample_users, recall_sample, min_recall)
             replayed = run.replay_and_swap(UserEvents(es, settings, encoders),
-                                           events_since or datetime.now(timezone.utc))
+                                           events_since or datetime.now(timezone.utc), item_changes)
         except BaseException as exc:
             run.abandon(exc)
             raise
@@ -334,11 +359,25 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 "item_generation": plan.item_generation, "model_version": model_version,
                 "loaded": {f: r.indexed for f, r in reports.items()},
                 "docs_per_s": {f: round(r.docs_per_s) for f, r in reports.items()}, "validation": validation.checks,
-                "recall": validation.recall, "events_replayed": replayed, "deleted": deleted, "seconds": seconds}
+                "recall": validation.recall, "events_replayed": replayed, "items_replayed": items_replayed,
+                "deleted": deleted, "seconds": seconds}
 
 
 # Events logged by another machine's clock up to this much before the first replay are read again.
 CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _items_after_swap(item_changes: ItemChanges, item_index: str, since: datetime, say, metrics: Metrics) -> dict | str:
+    """The item changes logged while the publish ran (the old live pair took them): the swap is done,
+    so a failure is reported (the changes stay in the log; takedowns are honoured at read time)."""
+    try:
+        return item_changes.replay(item_index, since, progress=say)
+    except Exception as exc:  # noqa: BLE001 - reported: the aliases have moved, the log keeps the changes
+        metrics.increment("reindex.items_replay_failed")
+        message = (f"item changes logged during the publish were not re-applied to {item_index} "
+                   f"({type(exc).__name__}: {exc}); they are in the item change log: run `facetrec items replay`")
+        print(f"facetrec: {message}", file=sys.stderr)
+        return f"failed: {message}"
 
 
 def _replay_after_swap(user_events: UserEvents, user_index: str, since: datetime, first_replay: datetime,
