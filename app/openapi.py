@@ -153,7 +153,7 @@ def served_document(catalog: RowCatalog, summary: FacetSummary | None, samples: 
     size_limit = min(row.size_limit for row in catalog.rows.values())
     largest = max(size_limit, AD_HOC_SIZE, *(row.size for row in catalog.rows.values()))
     per_page = max(1, min(MAX_ROWS, MAX_PAGE_HITS // largest))
-    homepage_size_limit = max(1, min(size_limit, MAX_PAGE_HITS // max(per_page, len(catalog.homepage))))
+    homepage_size_limit = max(1, min(size_limit, MAX_PAGE_HITS // len(catalog.homepage)))
     modes = common_modes(catalog.rows.values(), default_mode)
     row_ids = list(catalog.rows)
     for item in doc["paths"].values():       # every user id a path takes: the ids check_user_id accepts

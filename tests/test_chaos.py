@@ -136,9 +136,9 @@ def _publish(es, settings, catalog, world, generation, model, refresh=0, users_o
             time.sleep(0.2)
 
 
-def _publish_and_kill(settings, world, generation, model, refresh, users_only, phase, rng) -> str:
-    """Run `facetrec index publish` in a subprocess and SIGKILL it just after it announces ``phase``.
-    Returns what the kill interrupted."""
+def _publish_and_kill(settings, world, generation, model, refresh, users_only, phase, rng, at_phase=None) -> str:
+    """Run `facetrec index publish` in a subprocess and SIGKILL it just after it announces ``phase``
+    (after calling ``at_phase``, when given). Returns what the kill interrupted."""
     _, _, paths = world.data(model, refresh)
     cmd = [sys.executable, "-u", "-m", "facetrec_cli", "index", "publish", "--users", paths["users"],
            "--model-version", f"m{model}", "--generation", generation]
@@ -154,6 +154,8 @@ def _publish_and_kill(settings, world, generation, model, refresh, users_only, p
         for line in proc.stderr:
             lines.append(line)
             if marker in line:
+                if at_phase is not None:
+                    at_phase()
                 time.sleep(rng.uniform(0, 0.04))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -268,3 +270,41 @@ def test_publishes_killed_at_every_step_never_break_or_mix_the_live_pair(es, cha
     assert {phase for phase in PHASES if any(f"'{phase}'" in k for k in kills)} == set(PHASES), log
     assert reader.failed == [] and reader.mixed == []
     assert reader.pages > 100 and len(reader.pairs_seen) >= 5, (reader.pages, reader.pairs_seen)
+
+
+@pytest.mark.slow
+def test_a_takedown_during_a_publish_killed_at_its_steps_is_absent_from_the_pair_that_goes_live(es, chaos):
+    """A takedown lands while a publish runs; the publish is SIGKILLed just after the step; the next
+    run of the same generation goes live without the item (its replay of the change log), for a
+    takedown at each step; the read path never serves it meanwhile either."""
+    from facetrec.items.apply import ItemChanges
+    from facetrec.items.changes import ItemChange
+
+    settings, catalog, world = chaos
+    rng = random.Random(20261207)
+    _publish(es, settings, catalog, world, "20260101-000001", model=1)
+    world.register("20260101-000001", 1, 0, False, "20260101-000001")
+    items, _, _ = world.data(1)
+    changes = ItemChanges(es, settings)
+    app = create_app(settings.replace(es_request_timeout_s=5.0), catalog)
+    victims = []
+    for n, phase in enumerate(("create", "load", "validate", "swap"), start=2):
+        generation = f"20260101-{n:06d}"
+        victim = items[10 + n]["item_id"]
+        victims.append(victim)
+
+        def take_down(victim=victim):
+            changes.submit(ItemChange(victim, f"td-{victim}", "delete", {}))
+
+        outcome = _publish_and_kill(settings, world, generation, 1, 0, False, phase, rng, at_phase=take_down)
+        assert outcome.startswith("killed"), outcome
+        result = _publish(es, settings, catalog, world, generation, model=1)
+        assert result["status"] in ("swapped", "already_live"), result
+        live = Generations(es, settings).live_index("item")
+        assert live.endswith(generation), (phase, live)
+        for gone in victims:
+            assert not es.exists(index=live, id=gone), f"{gone} (taken down during '{phase}') is in {live}"
+        assert es.count(index=live)["count"] == N_ITEMS - len(victims)
+        served = {i["id"] for u in range(N_USERS) for row in app.test_client().get(
+            f"/v1/users/u{u}/homepage?rows=for_you,ebooks&size=20").json["rows"] for i in row["items"]}
+        assert not served & set(victims), (phase, served & set(victims))

@@ -22,6 +22,7 @@ def catalogs(movielens, events_pair):
             "synthetic": create_app(syn_settings.replace(es_request_timeout_s=5.0), syn_catalog)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["movielens", "synthetic"])
 def test_the_fuzzer_finds_no_valid_request_refused_and_no_server_error(catalogs, name):
     assert_clean(fuzz(catalogs[name]))
@@ -42,6 +43,7 @@ def _odd_rows(schema) -> RowCatalog:
                                  "homepage": [r["id"] for r in small]}, schema)
 
 
+@pytest.mark.slow
 def test_the_fuzzer_finds_nothing_on_rows_of_odd_shapes(es, events_pair):
     if not script_languages(es):
         pytest.skip("this cluster has neither painless nor the facetrec_vector plugin (rows ask script_score)")
