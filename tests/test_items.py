@@ -19,6 +19,7 @@ import pytest
 
 from app import create_app
 from facetrec.catalog.meta import read_meta
+from facetrec.catalog.rows import RowCatalog
 from facetrec.es import alias_index
 from facetrec.items.apply import ItemChanges
 from facetrec.items.changes import ItemChange
@@ -217,3 +218,23 @@ def test_the_schema_check_uses_the_live_catalog(client):
     recorded = client.post("/v1/items/changes", headers=AUTH, json={"changes": [
         {"op": "delete", "item_id": "not-in-any-pair", "change_id": "td-1"}]}).get_json()["changes"][0]
     assert set(recorded["pairs"].values()) == {"not_held"}   # recorded anyway: it may arrive tonight
+
+
+def test_row_counts_follow_item_changes(es, shop):
+    """The planner's estimates: a generation whose item count moved is counted again in the background."""
+    from facetrec.catalog.counts import StatsCache
+
+    settings, _ = shop
+    catalog = RowCatalog.from_settings(settings)
+    cache = StatsCache(list(catalog.rows.values()), catalog.user_filters, changes_check_s=0.0)
+    generation = read_meta(es, alias_index(es, settings.item_alias)).generation
+    before = cache.get(es, settings.item_alias, generation, 5.0).rows["comedy"]["docs"]
+    ItemChanges(es, settings).submit(ItemChange("comedy-new", "c-comedy", "put", {
+        "title": "A Very Funny Book", "item_format": "ebook", "language": "en", "categories": ["comedy"]}))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counted = cache.get(es, settings.item_alias, generation, 5.0).rows["comedy"]["docs"]
+        if counted == before + 1:
+            break
+        time.sleep(0.1)
+    assert counted == before + 1

@@ -29,6 +29,7 @@ log = logging.getLogger("facetrec.catalog.counts")
 MAX_TERMS = 500          # values counted per user-filter facet (more are estimated as absent)
 COUNT_TIMEOUT_S = 30.0   # a background count of a generation's rows (a size-0 aggregation of the catalog)
 RECOUNT_AFTER_S = 30.0   # a failed count is tried again on a page this long after
+CHANGES_CHECK_S = 60.0   # how often a generation's item count is compared with its counted one (item changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +137,12 @@ class StatsCache:
     dropped beyond ``keep``."""
 
     def __init__(self, rows: Sequence[Row], user_filter_facets: Sequence[str], keep: int = 8,
-                 count_timeout_s: float = COUNT_TIMEOUT_S, recount_after_s: float = RECOUNT_AFTER_S):
+                 count_timeout_s: float = COUNT_TIMEOUT_S, recount_after_s: float = RECOUNT_AFTER_S,
+                 changes_check_s: float = CHANGES_CHECK_S):
         self.rows, self.user_filter_facets, self.keep = list(rows), tuple(user_filter_facets), keep
         self.count_timeout_s, self.recount_after_s = count_timeout_s, recount_after_s
+        self.changes_check_s = changes_check_s
+        self._checked: dict[str, float] = {}   # generation -> when its item count was last compared
         self._by_generation: dict[str, GenerationStats] = {}
         self._counting: dict[str, tuple[float, threading.Thread]] = {}   # generation -> (started, its count)
         self._complete: set[str] = set()   # generations with every configured row counted: nothing to check
@@ -153,6 +157,9 @@ class StatsCache:
         their own searches report the error. Timeouts and an overloaded or unreachable cluster raise."""
         stats = self._by_generation.get(generation) if generation else None
         if stats is not None and generation in self._complete:
+            if time.monotonic() - self._checked.get(generation, 0.0) >= self.changes_check_s:
+                self._checked[generation] = time.monotonic()
+                self._start(f"row-recount-{generation}", self._recount_if_changed, es, generation, stats.index)
             return stats
         if stats is None:
             try:
@@ -203,6 +210,29 @@ class StatsCache:
                                       name=f"row-stats-{generation}", daemon=True)
             self._counting[generation] = (now, thread)
         thread.start()
+
+    @staticmethod
+    def _start(name: str, target, *args) -> None:
+        threading.Thread(target=target, args=args, name=name, daemon=True).start()
+
+    def _recount_if_changed(self, es: Elasticsearch, generation: str, index: str) -> None:
+        """Item changes during the day (``facetrec.items``) add and remove items: when the
+        generation's item count moved, every configured row is counted again (in the background)."""
+        try:
+            docs = es.options(request_timeout=self.count_timeout_s).count(index=index)["count"]
+            stats = self._by_generation.get(generation)
+            if stats is None or docs == stats.docs:
+                return
+            counted = self._count(es, index, list(self.rows), self.count_timeout_s)
+        except Exception as exc:   # noqa: BLE001 - a background count must never take a worker down
+            log.warning("rows not counted again after item changes", extra={
+                "event": "row_stats_failed", "index": index, "detail": str(exc)[:300]})
+            return
+        with self._lock:
+            current = self._by_generation.get(generation)
+            if current is not None:
+                self._by_generation[generation] = dataclasses.replace(current, docs=docs,
+                                                                      rows={**current.rows, **counted})
 
     def _count_generation(self, es: Elasticsearch, generation: str, index: str) -> None:
         stats = self._by_generation.get(generation)
