@@ -21,10 +21,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from flask import current_app
 from werkzeug.datastructures import MultiDict
 
 from app.requests import (
@@ -54,8 +56,10 @@ def value_schema(kind: str, listed: list | None) -> dict:
     """The schema of one value of a facet of type ``kind`` a caller may send (``listed``: its values,
     when complete)."""
     if kind in ("keyword", "keyword_list"):
-        if listed:
-            return {"type": "string", "enum": listed[:MAX_LISTED]}
+        # The listed values the service takes back (check_value: 1..256 characters, no control characters).
+        usable = [v for v in (listed or [])[:MAX_LISTED] if 1 <= len(v) <= 256 and not any(ord(c) < 32 for c in v)]
+        if usable:
+            return {"type": "string", "enum": usable}
         return {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00-\\x1f]+$"}
     if kind == "boolean":
         return {"type": "boolean"}
@@ -389,19 +393,22 @@ def _response_examples(operation: dict, errors: dict) -> None:
 
 
 class ServedDocument:
-    """The served document, built once per (live item generation, live arms) (thread-safe)."""
+    """The served document of each app, built once per (live item generation, live arms) (thread-safe).
+
+    Kept per Flask app: the key names the live pair, not the row config or the default mode an app
+    serves it with, so two apps of one process over one pair (other rows) each get their own."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._key: tuple | None = None
-        self._text: bytes | None = None
+        self._built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # app -> (key, text)
 
     def get(self, key: tuple, build: Callable[[], dict]) -> bytes:
+        app = current_app._get_current_object()
         with self._lock:
-            if key == self._key and self._text is not None:
-                return self._text
+            built = self._built.get(app)
+            if built is not None and built[0] == key:
+                return built[1]
         text = yaml.safe_dump(build(), sort_keys=False, width=120, allow_unicode=True).encode()
         with self._lock:
-            self._key, self._text = key, text
+            self._built[app] = (key, text)
         return text
-

@@ -112,9 +112,9 @@ def _declares(case: schemathesis.Case, status: int) -> bool:
 
 
 class _Judge:
-    def __init__(self, report: FuzzReport):
+    def __init__(self, report: FuzzReport, batches: dict[tuple[str, str], str]):
         self.report = report
-        self.batches: dict[tuple[str, str], str] = {}    # (user, batch_id) -> the events first sent with it
+        self.batches = batches    # (user, batch_id) -> the events first sent with it
 
     def _conflict_expected(self, case: schemathesis.Case) -> bool:
         """A 409 is the document's answer to a batch_id this run used before for the user with other events."""
@@ -177,14 +177,18 @@ def example_users(schema: schemathesis.BaseSchema) -> dict[str, str]:
     return out
 
 
-def fuzz(app, max_examples: int = MAX_EXAMPLES, seed: int = SEED) -> FuzzReport:
+def fuzz(app, max_examples: int = MAX_EXAMPLES, seed: int = SEED,
+         batches: dict[tuple[str, str], str] | None = None) -> FuzzReport:
     """Send ``max_examples`` positive cases of each operation under /v1 of ``app``'s served document.
+
+    ``batches``: the event batches earlier runs sent to the same user index ((user, batch_id) -> events;
+    filled in by this run): the user index remembers them, so a 409 may answer one sent again.
 
     Where a path names a user, about half the cases name the user the document's examples name (one
     the live generation holds, so personalized rows, ranking and the user's vector are reached), the
     rest a generated user id (nearly always unknown: popular rows, new users)."""
     report = FuzzReport()
-    judge = _Judge(report)
+    judge = _Judge(report, {} if batches is None else batches)
     started = time.perf_counter()
     schema = load(app, report)
     users = example_users(schema)

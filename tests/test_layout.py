@@ -169,13 +169,27 @@ def test_ingest_is_split_into_its_jobs():
 def test_the_core_is_in_subpackages_by_concept_each_saying_what_it_owns():
     top = {p.name for p in (REPO / "facetrec").glob("*.py")}
     assert top == {"__init__.py", "settings.py", "errors.py", "es.py", "metrics.py", "experiments.py"}
-    for concept in ("catalog", "serving", "events", "model", "local"):
+    for concept in ("catalog", "serving", "events", "model", "local", "items"):
         init = REPO / "facetrec" / concept / "__init__.py"
         assert ast.get_docstring(ast.parse(init.read_text())), f"facetrec/{concept} says what it owns"
 
 
+def test_the_wheel_names_every_package_of_the_checkout():
+    """setuptools packages only what pyproject.toml lists: a subpackage missing there imports from a
+    checkout and fails in the installed wheel."""
+    import tomllib
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    on_disk = {".".join(init.parent.relative_to(REPO).parts) for pkg in PACKAGES for init in (REPO / pkg).rglob("__init__.py")}
+    assert on_disk - listed == set()
+    data_dirs = {name: REPO / path for name, path in tool["package-dir"].items()}
+    assert set(data_dirs) == {"facetrec.index_templates", "facetrec.catalogs"} and set(data_dirs) <= listed
+    assert all(d.is_dir() for d in data_dirs.values())
+
+
 def test_the_top_level_keeps_the_product_s_shape():
-    for path in ("app", "index_templates", "ingest", "dags", "tests", "terraform", "pyproject.toml", "README.md"):
+    for path in ("app", "index_templates", "catalogs", "ingest", "dags", "tests", "terraform", "pyproject.toml",
+                 "README.md"):
         assert (REPO / path).exists(), path
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from bookstore import BAD_CATALOG, BAD_EVENTS, write_bookstore
 from browser_support import serve, start_browser, wait_for_rows
+from fuzz_support import assert_clean, fuzz
 from openapi_check import assert_valid_exchange
 
 from app import create_app
@@ -152,6 +153,12 @@ def test_the_page_shows_the_bookstore_s_own_fields_and_user_filter(bookstore, tm
     finally:
         httpd.shutdown()
         browser.quit()
+
+
+def test_the_fuzzer_finds_no_valid_request_refused_and_no_server_error_on_the_bookstore(client):
+    """The schema-driven fuzzer (tests/fuzz_support.py) against the bookstore's service: a float, a
+    boolean and a date facet in its clauses, its own item fields in every answer."""
+    assert_clean(fuzz(client.application))
 
 
 def test_the_next_run_adds_a_facet_and_a_rollback_serves_the_old_schema(es, bookstore, tmp_path):
