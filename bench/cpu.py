@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import psutil
@@ -154,13 +153,6 @@ def _nodes_process(es: Any) -> dict[str, dict]:
     return body.get("nodes", {})
 
 
-def _node_pids(es: Any) -> set[int]:
-    """The pids the nodes report (node info ``process.id``, ``GET _nodes/process``)."""
-    response = es.nodes.info(metric="process")
-    body = response.body if hasattr(response, "body") else response
-    return {int(n.get("process", {}).get("id", -1)) for n in body.get("nodes", {}).values()}
-
-
 def es_node_cpu_ms(es: Any) -> float:
     """Cumulative CPU milliseconds of the cluster's JVMs: the sum over nodes of node stats'
     ``process.cpu.total_in_millis`` (``GET _nodes/stats/process``), the whole JVM (search, GC,
@@ -168,60 +160,72 @@ def es_node_cpu_ms(es: Any) -> float:
 
     Elasticsearch caches these process stats and refreshes them about once a second
     (``monitor.process.refresh_interval``, 1 s by default), so a reading can be up to a second old:
-    take deltas over windows of many seconds (an error of up to ~1 s of one core per end), or,
-    for a local node, read the pid (``es_process_cpu``)."""
+    only deltas over windows of many seconds mean anything (an error of up to ~1 s of one core per
+    end). A node running on this machine is read from its pid instead (``es_process_cpu``)."""
     return float(sum(node.get("process", {}).get("cpu", {}).get("total_in_millis", 0)
                      for node in _nodes_process(es).values()))
 
 
-def _local_pids(home: Path | None) -> set[int]:
-    from facetrec.local.node import ClusterState
-    from facetrec.settings import Settings
+def _port_of(address: str | None) -> int | None:
+    """The port of a node's ``publish_address`` (``127.0.0.1:9200``, ``host/127.0.0.1:9200``, ``[::1]:9200``)."""
+    if not address or ":" not in address:
+        return None
+    try:
+        return int(address.rsplit(":", 1)[1])
+    except ValueError:
+        return None
 
-    home = (home or Settings.from_env().local_es_home).resolve()
-    state = ClusterState.load(home)
-    return {n.pid for n in state.nodes} if state else set()
+
+def _listens_on(pid: int, port: int) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def local_node_pids(es: Any) -> list[int] | None:
+    """The pids of the cluster's nodes when every node runs on this machine, found from the nodes' own
+    report (``GET _nodes/process,http``: each node's ``process.id`` and HTTP publish port) and
+    confirmed here: the process of that pid listens on that port. None when any node is elsewhere (a
+    remote cluster, a container with its own pid space) or cannot be confirmed: whatever home, data
+    directory or launcher started the node."""
+    response = es.nodes.info(metric="process,http")
+    body = response.body if hasattr(response, "body") else response
+    pids = []
+    for node in body.get("nodes", {}).values():
+        pid = int(node.get("process", {}).get("id", -1))
+        port = _port_of(node.get("http", {}).get("publish_address"))
+        if pid <= 0 or port is None or not psutil.pid_exists(pid) or not _listens_on(pid, port):
+            return None
+        pids.append(pid)
+    return sorted(pids) or None
 
 
 @dataclass
 class ESCPUReading:
     """A cumulative CPU reading of the cluster's JVMs: ``cpu_ms`` (milliseconds, user + system,
-    summed over nodes); ``source`` says how it was read: ``"psutil"`` (the kernel's counters for
-    ``pids``, exact at the instant) or ``"node_stats"`` (``_nodes/stats/process``, refreshed about
-    once a second)."""
+    summed over nodes); ``source`` says how it was read: ``"pid"`` (the kernel's counters of the
+    nodes' processes, exact at the instant) or ``"node_stats"`` (``_nodes/stats/process``, refreshed
+    about once a second: never good enough for a short window such as one row's searches)."""
 
     cpu_ms: float
     source: str
     pids: list[int] = field(default_factory=list)
 
+    @property
+    def exact(self) -> bool:
+        return self.source == "pid"
 
-def es_process_cpu(es: Any, local_pid: int | list[int] | None = None, home: Path | None = None) -> ESCPUReading:
-    """The cluster's cumulative JVM CPU, read from the OS when the node runs here.
 
-    ``local_pid``: the node's pid(s) when the caller knows them. Otherwise the pids recorded by
-    ``facetrec-es`` in ``<home>/cluster.json`` (``home`` defaults to the settings' local node home)
-    are used when they are exactly the pids the cluster reports in its node info (``process.id``)
-    and are alive here; for any other cluster (remote, in a container, partly local) the reading
-    falls back to ``es_node_cpu_ms``. Take the delta of two readings with the same ``source``."""
-    if local_pid is not None:
-        pids = [local_pid] if isinstance(local_pid, int) else list(local_pid)
-    else:
-        pids = []
-        try:
-            reported = _node_pids(es)
-            recorded = _local_pids(home)
-        except Exception:  # noqa: BLE001 - no node stats or no state file: fall back below
-            reported, recorded = set(), set()
-        if reported and reported <= recorded and all(psutil.pid_exists(p) for p in reported):
-            pids = sorted(reported)
+def es_process_cpu(es: Any, pids: list[int] | None = None) -> ESCPUReading:
+    """The cluster's cumulative JVM CPU: from the nodes' pids (``pids``, or those ``local_node_pids``
+    finds) when the nodes run here, else from node stats. Take deltas of readings of one source."""
+    pids = pids if pids is not None else local_node_pids(es)
     if pids:
-        try:
-            total = 0.0
-            for pid in pids:
-                t = psutil.Process(pid).cpu_times()
-                total += (t.user + t.system) * 1000.0
-            return ESCPUReading(cpu_ms=total, source="psutil", pids=pids)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            if local_pid is not None:
-                raise
+        total = 0.0
+        for pid in pids:
+            t = psutil.Process(pid).cpu_times()
+            total += (t.user + t.system) * 1000.0
+        return ESCPUReading(cpu_ms=total, source="pid", pids=list(pids))
     return ESCPUReading(cpu_ms=es_node_cpu_ms(es), source="node_stats")

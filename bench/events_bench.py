@@ -73,7 +73,7 @@ def publish(es, settings: Settings, args, models_root: Path) -> list[dict]:
                                                         np.zeros((len(users), 0), np.int64))
     users = [{**u, "user_embed": v} for u, v in zip(users, vectors)]
     run_reindex(es, settings, RowCatalog.load(REPO_ROOT / "catalogs" / "synthetic" / "rows.yaml"), items=items, users=users,
-                model_version=MODEL, sample_users=5, force_merge=True, expected_items=len(items),
+                model_version=MODEL, sample_users=5, expected_items=len(items),
                 expected_users=len(users))
     return items
 

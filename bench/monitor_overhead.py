@@ -62,8 +62,7 @@ def main() -> int:
                                            seed=1)
     if not args.reuse:
         es.indices.delete(index="bench-*", ignore_unavailable=True)
-        run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
-                    force_merge=args.index_type != "flat")
+        run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5)
     live = es.count(index=settings.item_alias)["count"]
     target = SearchConfig.from_settings(settings, request_timeout_s=5.0)
     metrics = Recorded()

@@ -100,14 +100,14 @@ def main() -> int:
                     "filter": USER_CLAUSES, "must_not": [{"ids": {"values": sorted(seen)}}]}}})
             for body in bodies:      # warm
                 es.search(index=index, body=body)
-            before = es_process_cpu(es, home=settings.local_es_home)
+            before = es_process_cpu(es)
             took, found = [], []
             for _ in range(args.repeat):
                 for body, truth in zip(bodies, truths):
                     response = es.search(index=index, body=body)
                     took.append(response["took"])
                     found.append(len({h["_id"] for h in response["hits"]["hits"]} & truth) / max(len(truth), 1))
-            after = es_process_cpu(es, home=settings.local_es_home)
+            after = es_process_cpu(es)
             cpu_ms = (after.cpu_ms - before.cpu_ms) / (args.users * args.repeat)
             print(f"{layout:<22} {candidates:>10} {cpu_ms:>7.2f} {pct(took, 50):>8.1f} {np.mean(found):>9.3f}")
     print(f"\ncommand: python bench/partition_layout.py {' '.join(sys.argv[1:])}")

@@ -156,7 +156,7 @@ def main() -> int:
     if not args.reuse:
         es.indices.delete(index="bench-*", ignore_unavailable=True)
         run_reindex(es, settings, catalog, items=items, users=users, model_version="bench", sample_users=5,
-                    force_merge=True, expected_items=len(items), expected_users=len(users))
+                    expected_items=len(items), expected_users=len(users))
     segments = es.indices.segments(index=settings.item_alias)
     n_segments = sum(len(s["segments"]) for shards in segments["indices"].values() for shard in shards["shards"].values() for s in shard)
     user_ids = [h["_id"] for h in es.search(index=settings.user_alias, size=args.users, source=False,

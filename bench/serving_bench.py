@@ -7,12 +7,15 @@
 One configuration, the shipped one (settings from the environment, ``catalogs/synthetic/rows.yaml``), the 6-row
 homepage with the user filters ``language=en&country=US``:
 
-1. publish (unless ``--reuse``): seconds, item docs/s, index bytes, the vector partitions;
+1. publish (unless ``--reuse``) as the nightly job does (``run_reindex`` with the settings' segment
+   policy, ``FACETREC_ITEM_SEGMENTS``), ``--builds`` times (recall is the worst row of the builds):
+   seconds (the merge included), item docs/s, index bytes, segments per index, the vector partitions;
 2. the service under gunicorn (``FACETREC_WORKERS`` workers); ``--warmup`` pages through it (the
    node's JIT needs more than a few hundred);
 3. sequential pages (``--sequential``): CPU milliseconds per homepage of the node, the service's
-   gunicorn processes and this client, from the operating system's counters (the node: its process
-   when it is the local one, else ``_nodes/stats``), the service's p50 against the same user GET +
+   gunicorn processes and this client, from the operating system's counters (the node: its pid,
+   found from the node's own report, whenever it runs on this machine; else ``_nodes/stats``, and
+   then no per-row figure: ``cpu_source``), the service's p50 against the same user GET +
    ``_msearch`` sent directly (the overhead ratio), Elasticsearch's ``took`` per page; then each
    row asked alone as the page plans it (its plan, its Elasticsearch CPU per request);
 4. load (``--rps`` for ``--duration`` s): an open-loop generator (vegeta, ``bench/loadgen.py``):
@@ -30,8 +33,8 @@ homepage with the user filters ``language=en&country=US``:
 p99_ms, errors, service_p50_ms, direct_p50_ms, overhead_ratio, es_took_p50_ms, rows: match_fraction,
 id_recall, score_recall, search, took_p50_ms) and adds es_cpu_ms_per_homepage,
 service_cpu_ms_per_homepage, loadgen_cpu_ms_per_homepage, client_cpu_ms_per_homepage, the load's
-CPU per homepage, and per row plan, es_cpu_ms, peer_ratio, peer_ef, peer_reached and the peer's
-frontier.
+CPU per homepage, cpu_source, segments (per index), builds, and per row plan, es_cpu_ms, peer_ratio,
+peer_ef, peer_reached, the peer's frontier and id_recall_builds / score_recall_builds.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +104,7 @@ def bench_rows_config() -> Path:
         row.pop("caller_modes", None)
     path = Path(tempfile.mkdtemp(prefix="facetrec-bench-")) / "rows.yaml"
     path.write_text(yaml.safe_dump(raw))
+    shutil.copy(Path(ROWS_CONFIG).parent / "catalog.yaml", path.parent)   # its catalog schema, beside it
     return path
 
 
@@ -172,21 +177,28 @@ class ExactRows:
 
 class Cores:
     """CPU ms of the node, the service (gunicorn master + workers) and this process, from the
-    operating system's counters (the node: its process when it is the local one facetrec-es started,
-    else the nodes' stats, which Elasticsearch refreshes about once a second: windows are long)."""
+    operating system's counters. The node is read from its pid(s) whenever it runs on this machine,
+    found from the node's own report whatever started it (``cpu.local_node_pids``); only a node
+    elsewhere is read from node stats, which Elasticsearch refreshes about once a second: ``exact``
+    False, and then no figure of a short window (a row asked alone) is reported."""
 
-    def __init__(self, es, settings: Settings, service_pid: int):
-        from cpu import ProcessCPU, es_process_cpu
+    def __init__(self, es, service_pid: int):
+        from cpu import ProcessCPU, es_process_cpu, local_node_pids
 
-        self.es, self.home = es, settings.local_es_home
-        self._node = es_process_cpu
-        self.node_source = es_process_cpu(es, home=self.home).source
+        self.es = es
+        self.node_pids = local_node_pids(es)
+        self._node = lambda: es_process_cpu(es, self.node_pids)
+        self.node_source = self._node().source
+        self.exact = self.node_source == "pid"
         self.service = ProcessCPU([service_pid], include_children=True)
         self.client = ProcessCPU([os.getpid()], include_children=False)
 
+    def describe(self) -> str:
+        return (f"node CPU from the pid(s) {', '.join(map(str, self.node_pids))} (the kernel's counters)" if self.exact
+                else "node CPU from _nodes/stats (refreshed ~1/s: per-row figures are not reported)")
+
     def snapshot(self) -> dict:
-        return {"node": self._node(self.es, home=self.home), "service": self.service.snapshot(),
-                "client": self.client.snapshot()}
+        return {"node": self._node(), "service": self.service.snapshot(), "client": self.client.snapshot()}
 
     def delta(self, before: dict, after: dict) -> dict:
         from cpu import ProcessCPU
@@ -241,7 +253,9 @@ def rows_alone(es, target: SearchConfig, catalog: RowCatalog, users: list[str], 
         before = cores.snapshot()
         took = [es.msearch(searches=page.lines)["took"] for page in pages]
         used = cores.delta(before, cores.snapshot())
-        out[row.id] = {"plan": pages[0].rows[0].plan, "took_p50_ms": pct(took, 50), "es_cpu_ms": used["node"] / n}
+        # A row's window is a second or two: node stats (refreshed ~1/s) cannot measure it.
+        out[row.id] = {"plan": pages[0].rows[0].plan, "took_p50_ms": pct(took, 50),
+                       "es_cpu_ms": used["node"] / n if cores.exact else None}
     return out
 
 
@@ -308,6 +322,12 @@ def load(base: str, users: list[str], rps: float, duration: float, cores: Cores)
             "latencies": list(result.latencies_ms)}
 
 
+def segment_counts(es, settings: Settings) -> dict[str, int]:
+    """Segments of the live item and user index (a walk visits each segment's graph)."""
+    return {family: len(es.cat.segments(index=alias, format="json"))
+            for family, alias in (("item", settings.item_alias), ("user", settings.user_alias))}
+
+
 def index_bytes(es, alias: str) -> int:
     stats = es.indices.stats(index=alias, metric="store")
     return int(stats["_all"]["primaries"]["store"]["size_in_bytes"])
@@ -332,6 +352,8 @@ def main() -> int:
     parser.add_argument("--plots", action="store_true", help="write the frontier and latency PNGs under docs/")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--reuse", action="store_true", help="serve the bench-* pair already loaded (same --items)")
+    parser.add_argument("--builds", type=int, default=2,
+                        help="graph builds whose recall is measured (the worst row of any is reported; the last is served)")
     parser.add_argument("--rows", type=Path, default=ROWS_CONFIG,
                         help="the row config to serve (default catalogs/synthetic/rows.yaml; the same six row ids)")
     args = parser.parse_args()
@@ -350,31 +372,41 @@ def main() -> int:
     exact = ExactRows(catalog, items, item_vectors)
     es = make_client(settings, request_timeout=3600)
     publish: dict = {}
+    target = SearchConfig.from_settings(settings, request_timeout_s=5.0,
+                                        stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
+    builds: list[dict] = []   # each graph build's recall per row (HNSW recall moves from build to build)
     if args.reuse:
         live = es.count(index=settings.item_alias)["count"]
         if live != len(items):
             raise SystemExit(f"--reuse: {settings.item_alias} holds {live:,} items, not {len(items):,}")
     else:
         es.indices.delete(index=f"{settings.item_alias}-*,{settings.user_alias}-*", ignore_unavailable=True)
-        started = time.perf_counter()
-        published = run_reindex(es, settings, catalog, items=items, users=users, model_version="bench",
-                                sample_users=5, force_merge=settings.index_type != "flat", expected_items=len(items),
-                                expected_users=len(users))
-        publish = {"publish_s": time.perf_counter() - started, "item_docs_per_s": published["docs_per_s"].get("item")}
+    for build in range(args.builds):
+        if build or not args.reuse:   # as the nightly job publishes: run_reindex, the settings' segment policy
+            started = time.perf_counter()
+            published = run_reindex(es, settings, catalog, items=items, users=users, model_version="bench",
+                                    sample_users=5, expected_items=len(items), expected_users=len(users))
+            publish = {"publish_s": time.perf_counter() - started,
+                       "item_docs_per_s": published["docs_per_s"].get("item")}
+        if args.builds > 1:
+            builds.append(quality(es, target, catalog, exact, users, user_vectors, args.quality_users))
+            print(f"build {build + 1}: id recall " + ", ".join(f"{r} {q['id_recall']:.3f}" for r, q in builds[-1].items()),
+                  file=sys.stderr)
     item_index = next(iter(es.indices.get_alias(name=settings.item_alias)))
     meta = es.indices.get_mapping(index=item_index)[item_index]["mappings"]["_meta"]
     publish.update(index_bytes=index_bytes(es, settings.item_alias), generation=meta.get("generation"),
+                   segments=segment_counts(es, settings),
                    partitions={f: {v: e["docs"] for v, e in vs.items()} for f, vs in (meta.get("partitions") or {}).items()})
 
     port = next(p for p in range(18000, 18100) if port_is_free(p))
     proc = start_service(settings, port)
     base = f"http://127.0.0.1:{port}"
-    target = SearchConfig.from_settings(settings, request_timeout_s=5.0,
-                                  stats=StatsCache(list(catalog.rows.values()), catalog.user_filters))
     user_ids = [u["user_id"] for u in users]
     result: dict = {"index_type": settings.index_type, "mode": "knn", "full_rank": args.full_rank}
     try:
-        cores = Cores(es, settings, proc.pid)
+        cores = Cores(es, proc.pid)
+        print(cores.describe(), file=sys.stderr)
+        result["cpu_source"] = cores.node_source
         for i in range(args.warmup):
             http_get(homepage_url(base, user_ids[i % len(user_ids)]))
         seq = sequential(base, es, target, catalog, user_ids, args.sequential, cores)
@@ -383,6 +415,12 @@ def main() -> int:
         rows = quality(es, target, catalog, exact, users, user_vectors, args.quality_users)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
+    if builds:   # the worst of the builds, each build's beside it
+        builds[-1] = rows
+        for row_id, q in rows.items():
+            q["id_recall_builds"] = [b[row_id]["id_recall"] for b in builds]
+            q["score_recall_builds"] = [b[row_id]["score_recall"] for b in builds]
+            q["id_recall"], q["score_recall"] = min(q["id_recall_builds"]), min(q["score_recall_builds"])
     for row_id, q in rows.items():
         q.update(took_p50_ms=alone[row_id]["took_p50_ms"], es_cpu_ms=alone[row_id]["es_cpu_ms"],
                  plan_alone=alone[row_id]["plan"])
@@ -395,7 +433,8 @@ def main() -> int:
         peer_result = peer(stored, exact, users, user_vectors, args.quality_users, settings.hnsw_m,
                            settings.hnsw_ef_construction, list(rows))
         for row_id, q in rows.items():
-            ratio, ef, reached = peer_ratio(q["es_cpu_ms"], q["id_recall"], peer_result["frontier"][row_id])
+            ratio, ef, reached = (None, None, None) if q["es_cpu_ms"] is None else \
+                peer_ratio(q["es_cpu_ms"], q["id_recall"], peer_result["frontier"][row_id])
             q.update(peer_ratio=ratio, peer_ef=ef, peer_reached=reached, peer_frontier=peer_result["frontier"][row_id],
                      numpy_exact_ms=peer_result["numpy_exact_ms"][row_id])
     result.update({
@@ -410,7 +449,7 @@ def main() -> int:
         "load_generator": loaded["generator"] if loaded else None,
         "service_p50_ms": seq["service_p50"], "direct_p50_ms": seq["direct_p50"],
         "overhead_ratio": seq["service_p50"] / seq["direct_p50"], "es_took_p50_ms": seq["took_p50"],
-        "rows": rows})
+        "segments": publish.get("segments"), "builds": max(len(builds), 1), "rows": rows})
 
     report(command, args, settings, publish, result, peer_result)
     if args.json:
@@ -427,10 +466,13 @@ def report(command: str, args, settings: Settings, publish: dict, r: dict, peer_
     print(f"\ncommand: {command}")
     print(f"catalog {args.items:,} items x 64 dims{' (full rank %.2g)' % args.full_rank if args.full_rank else ''}, "
           f"6-row homepage, user filters {USER_FILTER}; {settings.index_type} m {settings.hnsw_m} / "
-          f"ef_construction {settings.hnsw_ef_construction}, partitions {settings.vector_partitions or 'none'}")
+          f"ef_construction {settings.hnsw_ef_construction}, partitions "
+          f"{', '.join(f'{f} ({len(vs)} values)' for f, vs in (publish.get('partitions') or {}).items()) or 'none'}")
     if publish.get("publish_s"):
-        print(f"publish {publish['publish_s']:.0f} s, item docs/s {publish['item_docs_per_s'] or 0:,.0f}, "
+        print(f"publish {publish['publish_s']:.0f} s (merge included), item docs/s {publish['item_docs_per_s'] or 0:,.0f}, "
               f"item index {publish['index_bytes'] / 2**20:,.0f} MiB")
+    print(f"segments: {publish.get('segments')}; node CPU read from {r.get('cpu_source')}; recall: the worst row of "
+          f"{r.get('builds', 1)} graph build(s)")
     print(f"\nCPU ms per homepage (sequential): node {r['es_cpu_ms_per_homepage']:.1f}, service "
           f"{r['service_cpu_ms_per_homepage']:.1f}, client {r['client_cpu_ms_per_homepage']:.1f}; took p50 "
           f"{r['es_took_p50_ms']:.1f} ms; service p50 {r['service_p50_ms']:.1f} ms / direct {r['direct_p50_ms']:.1f} ms "
@@ -443,9 +485,10 @@ def report(command: str, args, settings: Settings, publish: dict, r: dict, peer_
     print(f"\n{'row':<13} {'plan (page)':<22} {'matches':>8} {'id rec':>7} {'score rec':>9} {'short':>6} "
           f"{'alone: plan':<15} {'ES cpu':>7} {'took':>5} {'peer ratio':>10} {'ef':>5} {'numpy ms':>8}")
     for row_id, q in r["rows"].items():
-        ratio = f"{q['peer_ratio']:.1f}{'' if q.get('peer_reached', True) else '*'}" if "peer_ratio" in q else "-"
+        ratio = f"{q['peer_ratio']:.1f}{'' if q.get('peer_reached', True) else '*'}" if q.get("peer_ratio") else "-"
+        cpu = "-" if q["es_cpu_ms"] is None else f"{q['es_cpu_ms']:.2f}"
         print(f"{row_id:<13} {q['plan']:<22} {q['match_fraction']:>7.1%} {q['id_recall']:>7.3f} {q['score_recall']:>9.4f} "
-              f"{q.get('short_share', float('nan')):>6.1%} {q['plan_alone']:<15} {q['es_cpu_ms']:>7.2f} {q['took_p50_ms']:>5.1f} {ratio:>10} "
+              f"{q.get('short_share', float('nan')):>6.1%} {q['plan_alone']:<15} {cpu:>7} {q['took_p50_ms']:>5.1f} {ratio:>10} "
               f"{q.get('peer_ef', '-')!s:>5} {q.get('numpy_exact_ms', float('nan')):>8.2f}")
     if peer_result:
         print(f"\n* FAISS's largest ef ({PEER_EFS[-1]}) did not reach the row's recall; its cost there is used."
@@ -460,6 +503,8 @@ def write_plots(command: str, args, r: dict, loaded: dict | None) -> None:
     tag = f"{args.items // 1000}k{'_fullrank' if args.full_rank else ''}"
     points = []
     for row_id, q in r["rows"].items():
+        if q["es_cpu_ms"] is None:
+            continue
         points.append({"row": row_id, "group": row_id, "setting": f"ES {q['plan']}", "cost_ms": q["es_cpu_ms"],
                        "id_recall": q["id_recall"], "highlight": True})
         for p in q.get("peer_frontier", []):

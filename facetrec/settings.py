@@ -82,6 +82,8 @@ class Settings:
     bulk_streams: int = 2                  # FACETREC_BULK_STREAMS: bulk requests in flight while loading
     lock_lease_s: float = 60.0             # FACETREC_LOCK_LEASE_S: re-index lock lease (renewed every third)
     green_timeout_s: float = 300.0         # FACETREC_GREEN_TIMEOUT_S: a new generation must be green within this
+    item_segments: int = 1                 # FACETREC_ITEM_SEGMENTS: a graph item index is force-merged to this many
+                                           # segments in the publish, before validation (0: left as loaded)
     templates_dir: Path = TEMPLATES_DIR     # FACETREC_TEMPLATES_DIR
 
     # --- Serving -------------------------------------------------------------------------------
@@ -200,6 +202,7 @@ _RANGES = (
     ("shards", lambda v: v >= 1, "at least 1 shard"),
     ("replicas", lambda v: v >= 0, "0 or more replicas"),
     ("green_timeout_s", lambda v: 1.0 <= v <= 3600.0, "1..3600 seconds"),
+    ("item_segments", lambda v: v >= 0, "0 (leave the segments as loaded) or at least 1"),
     ("lock_lease_s", lambda v: 1.0 <= v <= 3600.0, "1..3600 seconds"),
     ("bulk_streams", lambda v: v >= 1, "at least 1"),
     ("num_candidates_factor", lambda v: 1 <= v <= 1000,
@@ -245,6 +248,7 @@ _ENV_NAMES = {
     "bulk_streams": "FACETREC_BULK_STREAMS",
     "lock_lease_s": "FACETREC_LOCK_LEASE_S",
     "green_timeout_s": "FACETREC_GREEN_TIMEOUT_S",
+    "item_segments": "FACETREC_ITEM_SEGMENTS",
     "templates_dir": "FACETREC_TEMPLATES_DIR",
     "rows_config": "FACETREC_ROWS_CONFIG",
     "catalog_config": "FACETREC_CATALOG_CONFIG",

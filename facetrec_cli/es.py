@@ -64,6 +64,8 @@ def status_lines(info: dict) -> list[str]:
         return [f"no local node recorded in {info['home']} (start one with `facetrec-es start`)"]
     lines = [f"cluster {info['url']}: {'running' if info['running'] else 'not running'}, health "
              f"{info.get('health') or 'unknown'} (home {info['home']})"]
+    if info.get("java"):
+        lines.append(f"java {info['java']}")
     rows = [[n["name"], n["pid"], "yes" if n["alive"] else "no", n["http_port"], n["log"]] for n in info["nodes"]]
     return lines + format_table(["node", "pid", "alive", "http port", "log"], rows, right=(1, 3), indent="  ")
 

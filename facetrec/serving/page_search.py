@@ -19,11 +19,10 @@ from facetrec.catalog.fields import BASE_SOURCE_FIELDS, EXACT_VECTOR_FIELD, ITEM
 from facetrec.catalog.rows import Row
 from facetrec.catalog.schema import CatalogSchema
 from facetrec.serving import mips
-from facetrec.serving.planner import Plan, Thresholds, overfetch, plan_row
+from facetrec.serving.planner import Plan, Thresholds, plan_row, walk_size
 from facetrec.serving.row_queries import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, build_row_search, query_vector
 
 MAX_OVERFETCH = 200   # later rows ask for at most this many more items, to backfill after de-duplication
-SHARED_BUCKETS = "rows"
 # A bucket's top hits are capped by the index setting index.max_inner_result_window (100 unless
 # set otherwise): a row needing more walks on its own, with its filter inside the walk.
 MAX_SHARED_HITS = 100
@@ -58,8 +57,7 @@ class PageSearch:
             if rs.bucket is None:   # a filtered response (filter_path) has no hits key when it found none
                 out.append({**response, "hits": {"hits": response.get("hits", {}).get("hits", [])}})
                 continue
-            bucket = response.get("aggregations", {}).get(SHARED_BUCKETS, {}).get("buckets", {}).get(rs.bucket, {})
-            hits = bucket.get("top", {}).get("hits", {}).get("hits", [])
+            hits = response.get("aggregations", {}).get(rs.bucket, {}).get("top", {}).get("hits", {}).get("hits", [])
             out.append({"took": response.get("took", 0), "timed_out": response.get("timed_out", False),
                         "shared": True, "hits": {"hits": hits[:rs.k]}})
         return out
@@ -173,7 +171,7 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int, int]], vector: list[flo
         # (its bucket still holds k, for the backfill after de-duplication: the page's other walks
         # fill it too). Over-fetching every walk by the earlier rows' sizes as well cost a 1M
         # homepage ~40% more node CPU (docs/benchmarks.md).
-        needed = overfetch(shown + len(seen), plan.share)
+        needed = walk_size(shown, len(seen), plan.share)
         for field in plan.fields:
             walks[field] = max(walks.get(field, 0), needed)
     knns = []
@@ -187,16 +185,20 @@ def _shared_body(shared: list[tuple[int, Row, Plan, int, int]], vector: list[flo
     source = list(source_fields)
     if any(row.diversity and row.diversity.needs_vectors for _, row, _, _, _ in shared):
         source.append(ITEM_VECTOR_FIELD)
-    buckets = {f"b{position}": {"bool": {"filter": list(row.filter), "must_not": list(row.must_not)}}
-               for position, row, _, _, _ in shared}
+    # One filter aggregation per row, each keeping (and fetching) only as many hits as its row reads.
+    buckets = {f"b{position}": {"filter": {"bool": {"filter": list(row.filter), "must_not": list(row.must_not)}},
+                                "aggs": {"top": {"top_hits": {"size": k, "_source": source}}}}
+               for position, row, _, k, _ in shared}
     query: dict[str, Any] = {"bool": {"must": [knns[0] if len(knns) == 1 else {"dis_max": {"queries": knns}}],
                                       "filter": list(user_filters)}}
     if seen:
         query["bool"]["must_not"] = [{"ids": {"values": seen}}]
-    return {"size": 0, "track_total_hits": False, "timeout": timeout, "query": query,
-            "aggs": {SHARED_BUCKETS: {"filters": {"filters": buckets},
-                                      "aggs": {"top": {"top_hits": {"size": max(k for _, _, _, k, _ in shared),
-                                                                    "_source": source}}}}}}
+    return {"size": 0, "track_total_hits": False, "timeout": timeout, "query": query, "aggs": buckets}
+
+
+def is_shared_search(body: dict) -> bool:
+    """Whether a line of the page's ``_msearch`` is its shared search (rows read from its buckets)."""
+    return body.get("size") == 0 and bool(body.get("aggs"))
 
 
 def _scattered(query: dict, fields: Sequence[str]) -> dict:

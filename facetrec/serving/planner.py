@@ -157,6 +157,17 @@ class _Plans:
                     estimated_matches=self.estimate)
 
 
+def walk_size(shown: int, seen: int, share: float | None) -> int:
+    """How many results an unfiltered walk returns so that ``shown`` of them pass a filter keeping
+    ``share`` once the user's ``seen`` items are removed after it. A seen item displaces a result only
+    when it passes the filter too, which it does at about the same ``share``: the walk needs
+    ``shown`` + ``seen x share`` passing results (``overfetch``), not ``shown + seen`` (which walked
+    up to 1/share times more than needed: docs/benchmarks.md, the page's walks)."""
+    if share is None or share >= 1.0:
+        return shown + seen
+    return overfetch(shown + math.ceil(seen * max(share, 0.0)), share)
+
+
 def overfetch(k: int, share: float | None) -> int:
     """How many walk results to take so that at least ``k`` pass a filter keeping ``share`` of them
     (a normal-approximation margin of 2.5 standard deviations, as Elasticsearch's own post-filter

@@ -218,15 +218,17 @@ class Generations:
     def meta(self, index: str) -> dict:
         return self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
 
-    def finish_loading(self, index: str, force_merge: bool = False) -> None:
-        """Restore refresh and replicas (from the template's values), refresh, wait for health."""
+    def finish_loading(self, index: str, max_segments: int = 0) -> None:
+        """Restore refresh and replicas (from the template's values), refresh, force-merge to
+        ``max_segments`` when asked (before the replicas are built: they copy the merged segments),
+        wait for health."""
+        self.es.indices.refresh(index=index)
+        if max_segments:
+            self.es.options(request_timeout=3600).indices.forcemerge(index=index, max_num_segments=max_segments)
         self.es.indices.put_settings(index=index, settings={"refresh_interval": "1s",
                                                             "number_of_replicas": self.settings.replicas,
                                                             **{key: None for key in LOADING_SETTINGS}})
         self.es.indices.refresh(index=index)
-        if force_merge:
-            self.es.options(request_timeout=3600).indices.forcemerge(index=index, max_num_segments=1)
-            self.es.indices.refresh(index=index)
         self.wait_green(index)
 
     def wait_green(self, index: str) -> None:

@@ -185,7 +185,7 @@ class _Publish:
             print(f"facetrec: removed partial generations left by an earlier run: {', '.join(removed)}")
         templates.apply(self.es, self.settings, self.plan.model_version)
 
-    def load(self, family: str, source: Any, expected: int | None, force_merge: bool) -> LoadReport:
+    def load(self, family: str, source: Any, expected: int | None) -> LoadReport:
         """Create the family's new index, load it, check it is whole, and (items) record its row counts."""
         plan, started, is_item = self.plan, time.perf_counter(), family == "item"
         self.lock.fence(f"create {family}")
@@ -207,7 +207,13 @@ class _Publish:
                        pairing, self.lock.check, plan.scale, plan.partitions if is_item else None,
                        is_item and plan.exact_copy, item_fields(self.catalog.schema))
         check_load(report)
-        self.gens.finish_loading(index, force_merge=force_merge and is_item)
+        segments = self.settings.item_segments if is_item and self.settings.index_type != "flat" else 0
+        if segments:
+            self.say(f"merge {index} to {segments} segment{'s' if segments > 1 else ''}")
+        merge_started = time.perf_counter()
+        self.gens.finish_loading(index, max_segments=segments)
+        if segments:
+            self.metrics.timing("reindex.merge", (time.perf_counter() - merge_started) * 1000)
         check_count(self.es, index, expected if expected is not None else report.attempted)
         if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog.counts)
             self.gens.update_meta(index, row_stats={"docs": report.indexed, "rows": count_rows(
@@ -302,7 +308,7 @@ class _Publish:
 def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, users: Iterable[Mapping] | Any,
                 items: Iterable[Mapping] | Any | None, model_version: str, generation: str | None = None,
                 expected_users: int | None = None, expected_items: int | None = None, sample_users: int = 20,
-                recall_sample: tuple | None = None, min_recall: float = 0.9, force_merge: bool = False,
+                recall_sample: tuple | None = None, min_recall: float = 0.9,
                 progress: bool = True, metrics: Metrics | None = None, events_since: datetime | None = None,
                 encoders: EncoderRegistry | None = None, arm: str | None = None,
                 items_since: datetime | None = None) -> dict:
@@ -310,8 +316,10 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
     ``items`` must be re-readable when a graph generation stores reduced vectors (a list,
     ``parquet_records(path)`` or a Spark DataFrame): its largest norm is read before loading.
 
-    Under the lock: plan, prepare, load each family, validate, replay events and swap, retain
-    (``_Publish``); a failure before the swap removes what this run created and moves no alias.
+    Under the lock: plan, prepare, load each family (a graph item index force-merged to
+    ``FACETREC_ITEM_SEGMENTS`` segments: the segment policy of every publish, docs/benchmarks.md),
+    validate, replay events and swap, retain (``_Publish``); a failure before the swap removes what
+    this run created and moves no alias.
 
     Event batches logged through the events API with an event newer than ``events_since`` (the
     newest event the batch input saw; default: when this run started) are re-applied to the new
@@ -340,7 +348,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         run.prepare()
         item_changes = ItemChanges(es, settings)
         try:
-            reports = {family: run.load(family, source, expected, force_merge)
+            reports = {family: run.load(family, source, expected)
                        for family, source, expected in (("item", items, expected_items), ("user", users, expected_users))
                        if family in plan.families}
             items_replayed = run.replay_items(item_changes)
