@@ -150,6 +150,7 @@ def served_document(catalog: RowCatalog, summary: FacetSummary | None, samples: 
     components["Clause"] = clause_schema(catalog, summary)
     components["RowClause"] = row_clause_schema(catalog)
     components["Item"]["properties"].update(_item_properties(catalog))
+    components["ItemFields"]["properties"].update(_item_write_properties(catalog))
     filters = user_filter_schemas(catalog, summary)
     # Sizes and rows per request such that no request the document allows asks for more than MAX_PAGE_HITS
     # items: a size every row allows, and as many rows as fit when each brings the most one row can (a size
@@ -181,6 +182,24 @@ def _item_properties(catalog: RowCatalog) -> dict:
         if facet.shown:
             one = served_value_schema(facet.type)
             props[facet.name] = {"type": "array", "items": one} if facet.type == "keyword_list" else one
+    return props
+
+
+def _item_write_properties(catalog: RowCatalog) -> dict:
+    """``ItemFields``: what an item change may set (``facetrec.items.changes.item_fields_of``): image and
+    url where the catalog has them, every facet as a caller sends its values; null removes a field (patch)."""
+    schema = catalog.schema
+    if schema is None:
+        return {}
+    props: dict[str, Any] = {key: {"type": "string", "minLength": 1, "maxLength": 2048, "nullable": True}
+                             for key in ("image", "url") if getattr(schema.items, key)}
+    for facet in schema.facets:
+        one = value_schema(facet.type, None)
+        if facet.range and facet.type in ("integer", "float"):
+            low, high = facet.range
+            one = {**one, **({"minimum": low} if low is not None else {}), **({"maximum": high} if high is not None else {})}
+        props[facet.name] = {**({"type": "array", "items": one, "maxItems": 100} if facet.type == "keyword_list" else one),
+                             "nullable": True}
     return props
 
 

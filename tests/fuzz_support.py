@@ -34,7 +34,10 @@ from schemathesis.core import NOT_SET
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.generation import GenerationMode
 
-FUZZED = "^/v1/"
+# Every operation under /v1 but the item changes: they write the catalog every other test of the module
+# reads (takedowns, new items). Their documented schemas are checked against the service in
+# tests/test_items.py (examples sent and answers validated).
+FUZZED = "^/v1/(?!items)"
 SEED = 20260301
 MAX_EXAMPLES = 300         # per operation: six operations, a few hundred requests per catalog
 CONFORMANCE = [checks.status_code_conformance, checks.content_type_conformance, checks.response_headers_conformance,

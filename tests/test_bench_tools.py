@@ -248,3 +248,17 @@ def test_without_vegeta_or_go_the_error_says_so_and_auto_falls_back(server, tmp_
     result = loadgen.run_load_auto([f"{server}/ok"], rps=20, duration_s=0.5)
     assert result.generator == "python" and "vegeta is not at" in result.fallback_reason
     assert result.successes == result.requests == 10
+
+
+def test_the_node_s_cpu_is_read_from_its_pid_found_from_its_own_report(es, es_settings):
+    """Whatever started the node and wherever its home is, the benchmark finds its pid from what the node
+    reports (process.id + its HTTP port, confirmed by the process listening on it) and reads the kernel's
+    counters, exact at the instant; a pid that is not the node is never taken for it."""
+    pids = cpu.local_node_pids(es)
+    assert pids and all(p > 0 for p in pids)
+    before = cpu.es_process_cpu(es)
+    assert before.source == "pid" and before.exact and before.pids == pids
+    for _ in range(50):
+        es.search(index="*", size=0)
+    assert cpu.es_process_cpu(es).cpu_ms > before.cpu_ms
+    assert not cpu._listens_on(pids[0], 1) and not cpu._listens_on(1 << 30, 9200)

@@ -16,6 +16,7 @@ import uuid
 
 import numpy as np
 import pytest
+from openapi_check import assert_valid_exchange
 
 from app import create_app
 from facetrec.catalog.meta import read_meta
@@ -92,6 +93,34 @@ def test_item_changes_need_the_admin_token(client):
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "item.colour"
     bad = client.patch("/v1/items/x1", json={"item": {"item_format": 3}}, headers=AUTH)
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "item.item_format"
+
+
+def test_the_item_endpoints_answer_as_the_served_document_describes(client):
+    """Requests the served document allows (its ItemFields completed from the live catalog schema) are
+    accepted, and every answer, errors included, is one it describes."""
+    import yaml
+
+    document = yaml.safe_load(client.get("/openapi.yaml").data)
+    fields = document["components"]["schemas"]["ItemFields"]["properties"]
+    assert {"title", "item_format", "language", "country", "categories", "published_at"} <= set(fields)
+    assert fields["country"]["type"] == "array" and fields["item_format"]["nullable"] is True
+    item = {"title": "Documented", "item_format": "ebook", "language": "en", "country": ["US"],
+            "categories": ["history"], "published_at": "2026-01-02"}
+    exchanges = [
+        (client.put("/v1/items/doc-1", headers=AUTH, json={"item": item, "change_id": "doc-1-put"}), 200, True),
+        (client.put("/v1/items/doc-1", headers=AUTH, json={"item": item, "change_id": "doc-1-put"}), 200, True),
+        (client.patch("/v1/items/doc-1", headers=AUTH, json={"item": {"categories": None}}), 200, True),
+        (client.put("/v1/items/doc-1", headers=AUTH, json={"item": {**item, "title": "Other"},
+                                                           "change_id": "doc-1-put"}), 409, True),
+        (client.post("/v1/items/changes", headers=AUTH, json={"changes": [
+            {"op": "put", "item_id": "doc-2", "item": item}, {"op": "delete", "item_id": "doc-2"}]}), 200, True),
+        (client.delete("/v1/items/doc-1?change_id=doc-1-gone", headers=AUTH), 200, True),
+        (client.put("/v1/items/doc-1", headers=AUTH, json={"item": {"title": "X", "colour": "red"}}), 400, False),
+        (client.delete("/v1/items/doc-1"), 401, True),
+    ]
+    for response, status, valid_request in exchanges:
+        assert_valid_exchange(response, status, valid_request=valid_request, document=document)
+    assert exchanges[1][0].get_json()["status"] == "duplicate"
 
 
 def test_a_takedown_leaves_every_row_of_every_arm_within_the_bound_and_a_put_restores_it(es, client, shop):
