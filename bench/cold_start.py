@@ -15,7 +15,7 @@ Protocol, per data set (MovieLens-100k and the synthetic catalog, each through t
     ``ExportedItemEncoder.vectors`` on the item's title and facets, id index 0); the user tower reads
     the user's history without the cold items (a new item is not in the user encoder's table); seen
     items, cold ones included, are excluded from the candidates (``evaluate``);
-  * HR@10 / NDCG@10 are reported separately over the test events whose target is cold (the users who
+  * HR@10 / NDCG@10 (and Recall@50) are reported separately over the test events whose target is cold (the users who
     later consumed a new item) and those whose target is warm; MostPop scores cold items 0 (they have
     no training popularity); the reference is the same model trained on the whole catalog (nothing
     held out) on the same two sets of test events.
@@ -41,7 +41,7 @@ import _checkout  # noqa: E402,F401 - this checkout's packages first (bench/_che
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("HR@10", "NDCG@10")
+METRICS = ("HR@10", "NDCG@10", "Recall@50")
 DATASETS = {"movielens-100k": {}, "synthetic": {"n_items": 2000, "n_users": 1000, "history": 30, "seed": 0}}
 
 
@@ -191,11 +191,12 @@ def dataset_table(name: str, base: dict, runs: list[dict]) -> list[str]:
     n = {k: v["events"] for k, v in base["MostPop"].items()}
     lines = [f"### {name}: {base['n_items']:,} items, {base['cold_items']} of them cold; {base['users']:,} users "
              f"(data version {base['data_version']})", "",
-             "| model | test, cold target: HR@10 | NDCG@10 | test, warm target: HR@10 | NDCG@10 | valid, cold target: "
-             "HR@10 | best epoch |", "|---|---|---|---|---|---|---|",
-             f"| (events) | {n['test_cold']} | | {n['test_warm']} | | {n['valid_cold']} | |"]
+             "| model | test, cold target: HR@10 | NDCG@10 | Recall@50 | test, warm target: HR@10 | NDCG@10 | "
+             "valid, cold target: HR@10 | best epoch |", "|---|---|---|---|---|---|---|---|",
+             f"| (events) | {n['test_cold']} | | | {n['test_warm']} | | {n['valid_cold']} | |"]
     for label, m in ((k, v) for k, v in base.items() if k.startswith("MostPop")):
         lines.append(f"| {label} | {m['test_cold']['HR@10']:.4f} | {m['test_cold']['NDCG@10']:.4f} | "
+                     f"{m['test_cold']['Recall@50']:.4f} | "
                      f"{m['test_warm']['HR@10']:.4f} | {m['test_warm']['NDCG@10']:.4f} | "
                      f"{m['valid_cold']['HR@10']:.4f} | - |")
     for held_out in (True, False):
@@ -204,6 +205,7 @@ def dataset_table(name: str, base: dict, runs: list[dict]) -> list[str]:
             label = (f"two-tower, id_dropout {dropout:g}, cold held out ({len(mine)} seeds)" if held_out else
                      f"reference: id_dropout {dropout:g}, nothing held out ({len(mine)} seeds)")
             lines.append(f"| {label} | {_cell(mine, 'test_cold', 'HR@10')} | {_cell(mine, 'test_cold', 'NDCG@10')} | "
+                         f"{_cell(mine, 'test_cold', 'Recall@50')} | "
                          f"{_cell(mine, 'test_warm', 'HR@10')} | {_cell(mine, 'test_warm', 'NDCG@10')} | "
                          f"{_cell(mine, 'valid_cold', 'HR@10')} | {'/'.join(str(r['best_epoch']) for r in mine)} |")
     lines.append("")

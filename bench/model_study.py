@@ -40,6 +40,12 @@ VARIANTS = {
     "sampled_softmax": ("sampled softmax + logQ (512 uniform + in-batch negatives) instead of full", {},
                         {"loss": "sampled"}),
     "last_position": ("loss on the last position of each window only", {}, {"positions": "last"}),
+    "id_dropout_0.1": ("the shipped towers trained with 10% of item ids hidden (a new item's vector from its "
+                       "content: docs/cold_start.md)", {"id_dropout": 0.1}, {}),
+    "id_dropout_0.2": ("the same with 20% of item ids hidden", {"id_dropout": 0.2}, {}),
+    "interests_2": ("2 interest vectors per user, trained on the best of them (max over interests)",
+                    {"interests": 2}, {}),
+    "interests_4": ("4 interest vectors per user", {"interests": 4}, {}),
 }
 
 
@@ -57,9 +63,16 @@ def run_one(etl_dir: str, variant: str, seed: int, threads: int) -> dict:
                     progress=False, log=lambda *_: None)
     scorer = model_scorer(summary["model"], data)
     valid, test = evaluate(scorer, data, "valid"), evaluate(scorer, data, "test")
+    served_out = None
+    if summary["model"].cfg.interests > 1:   # an unfiltered row is searched with the current interest only
+        current = model_scorer(summary["model"], data, served=True)
+        sv, st = evaluate(current, data, "valid"), evaluate(current, data, "test")
+        served_out = {"valid": {k: sv[k] for k in ("HR@10", "NDCG@10")}, "test": {k: st[k] for k in ("HR@10", "NDCG@10")}}
     out = {"variant": variant, "seed": seed, "best_epoch": summary["best_epoch"], "loss": summary["loss"],
            "seconds": round(time.perf_counter() - started, 1),
            "valid": {k: valid[k] for k in ("HR@10", "NDCG@10")}, "test": {k: test[k] for k in ("HR@10", "NDCG@10")}}
+    if served_out:
+        out["current_interest"] = served_out
     # Boosting inside the search (ingest.embedding.hydration): the boost weights chosen on validation.
     from ingest.embedding.hydration import boost_coordinates, choose_weights, hydrated_scorer
     from ingest.embedding.ranker_training import item_tables
@@ -110,9 +123,9 @@ TIE_BREAK_TEXT = {"hash": "same-second events ordered by a seeded hash of (user,
 
 
 def table(runs: list[dict], base: dict, seeds: list[int], command: str, data_version: str,
-          tie_break: str = "hash") -> str:
-    lines = [f"Command: `{command}`  ", f"Data: MovieLens-100k through the Spark ETL (data version {data_version}); "
-             "time-ordered leave-last-out, full ranking over all 1,682 items, seen items excluded; "
+          tie_break: str = "hash", data: str = "MovieLens-100k", items: int = 1682) -> str:
+    lines = [f"Command: `{command}`  ", f"Data: {data} through the Spark ETL (data version {data_version}); "
+             f"time-ordered leave-last-out, full ranking over all {items:,} items, seen items excluded; "
              f"{TIE_BREAK_TEXT[tie_break]}.  ",
              f"Seeds: {seeds}; mean ± standard deviation over seeds; early stopping and all "
              "choices on validation only.", "",
@@ -129,6 +142,12 @@ def table(runs: list[dict], base: dict, seeds: list[int], command: str, data_ver
         epochs = "/".join(str(r["best_epoch"]) for r in mine)
         lines.append(f"| {variant} | {what} | {cell['valid', 'HR@10']} | {cell['valid', 'NDCG@10']} | "
                      f"{cell['test', 'HR@10']} | {cell['test', 'NDCG@10']} | {epochs} |")
+        current = [r["current_interest"] for r in mine if "current_interest" in r]
+        if current:
+            cell = {(s, m): _fmt([r[s][m] for r in current]) for s in ("valid", "test") for m in ("HR@10", "NDCG@10")}
+            lines.append(f"| {variant}, current interest | the same towers scored with the interest the user's last "
+                         f"item points to (what an unfiltered row is searched with) | {cell['valid', 'HR@10']} | "
+                         f"{cell['valid', 'NDCG@10']} | {cell['test', 'HR@10']} | {cell['test', 'NDCG@10']} | {epochs} |")
         hydrated = [r["hydrated"] for r in mine if "hydrated" in r]
         if hydrated:
             cell = {(s, m): _fmt([r[s][m] for r in hydrated]) for s in ("valid", "test") for m in ("HR@10", "NDCG@10")}
@@ -156,6 +175,9 @@ def main() -> int:
     parser.add_argument("--tie-break", choices=list(TIE_BREAK_TEXT), default="hash",
                         help="how the ETL orders same-second events (facetrec.model.ties; the others only to compare)")
     parser.add_argument("--out", default=str(REPO / "docs" / "model_study"), help="path prefix for .md and .json")
+    parser.add_argument("--keep", metavar="JSON", help="an earlier study's JSON (same ETL): its runs of the variants "
+                                                       "and seeds not run now are kept in the table")
+    parser.add_argument("--data", default="MovieLens-100k", help="what the ETL output holds (the table's header)")
     args = parser.parse_args()
     command = "python bench/model_study.py " + " ".join(sys.argv[1:])
 
@@ -172,6 +194,9 @@ def main() -> int:
             parser.error(f"--etl-dir {etl_dir} orders ties by {report.get('tie_break', 'item_id')!r}, "
                          f"not --tie-break {args.tie_break!r}")
         base = baselines(etl_dir)
+        from ingest.embedding.features import load_training_data
+
+        n_items = load_training_data(etl_dir).n_items
         data_version = report["data_version"]
         jobs = [(v, s) for v in args.variants for s in args.seeds]
         runs = []
@@ -185,8 +210,13 @@ def main() -> int:
                       f"test HR@10 {r['test']['HR@10']:.4f} NDCG@10 {r['test']['NDCG@10']:.4f}  "
                       f"(epoch {r['best_epoch']}, {r['seconds']:.0f}s; {time.perf_counter() - started:.0f}s so far)",
                       flush=True)
+    if args.keep:   # an earlier study's runs of the variants not run again (same data version)
+        earlier = json.loads(Path(args.keep).read_text())
+        fresh = {(r["variant"], r["seed"]) for r in runs}
+        runs += [r for r in earlier["runs"] if (r["variant"], r["seed"]) not in fresh and r["variant"] in VARIANTS]
+        command = f"{earlier['command']}; then {command}"
     runs.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
-    text = table(runs, base, args.seeds, command, data_version, args.tie_break)
+    text = table(runs, base, args.seeds, command, data_version, args.tie_break, args.data, n_items)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

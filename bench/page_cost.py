@@ -12,6 +12,7 @@ user filters ``language=en&country=US``. Variants (each a rewrite of the planned
   without collecting or fetching);
 - ``fixed``: as many ``match_all`` searches of ``size: 0`` as the page has (the fixed cost per search);
 - ``candidates_N``: every walk of the shared search with ``num_candidates`` N;
+  ``candidates_N_<value>_M...``: the partition of ``<value>`` walked with M;
 - ``shared_only`` / ``own_only``: just the shared search, or just the rows searched alone.
 
 Recall is the rows' first ``size`` hits against numpy's exact top under the same filters.
@@ -54,6 +55,35 @@ def no_source(lines: list[dict]) -> list[dict]:
     return out
 
 
+def ids_only(lines: list[dict]) -> list[dict]:
+    """Each hit's id from doc values and nothing stored: what fetching a hit costs beyond its id."""
+    out = copy.deepcopy(lines)
+    for body in _bodies(out):
+        for target in [body, *(a.get("aggs", {}).get("top", {}).get("top_hits", {}) for a in body.get("aggs", {}).values())]:
+            if target is body and body.get("size") == 0:
+                continue
+            target["_source"] = False
+            target["stored_fields"] = "_none_"
+            target["docvalue_fields"] = ["item_id"]
+    return out
+
+
+def docvalues(lines: list[dict]) -> list[dict]:
+    """Each hit's rendered fields read from doc values (title from title.keyword) instead of _source."""
+    out = copy.deepcopy(lines)
+    for body in _bodies(out):
+        for target in [body, *(a.get("aggs", {}).get("top", {}).get("top_hits", {}) for a in body.get("aggs", {}).values())]:
+            if target is body and body.get("size") == 0:
+                continue
+            fields = [f for f in target.get("_source", []) if isinstance(target.get("_source"), list)]
+            target["_source"] = False
+            target["stored_fields"] = "_none_"
+            target["docvalue_fields"] = [{"field": "title.keyword"} if f == "title" else
+                                         {"field": f, "format": "yyyy-MM-dd"} if f == "published_at" else f
+                                         for f in fields]
+    return out
+
+
 def searches_only(lines: list[dict]) -> list[dict]:
     out = copy.deepcopy(lines)
     for body in _bodies(out):
@@ -67,14 +97,17 @@ def fixed(lines: list[dict]) -> list[dict]:
                                                              "query": {"match_all": {}}})]
 
 
-def candidates(n: int):
+def candidates(n: int, per_value: dict[str, int] | None = None):
+    """Every walk of the shared search with num_candidates ``n``, or for a partition whose field names
+    a value of ``per_value``, that value's."""
     def rewrite(lines: list[dict]) -> list[dict]:
         out = copy.deepcopy(lines)
         for body in _bodies(out):
             if not is_shared_search(body):
                 continue
             for knn in _knns(body["query"]):
-                knn["num_candidates"] = max(n, knn["k"])
+                wanted = next((c for value, c in (per_value or {}).items() if f"__{value}_" in knn["field"]), n)
+                knn["num_candidates"] = max(wanted, knn["k"])
         return out
     return rewrite
 
@@ -98,12 +131,14 @@ def only(shared: bool):
 
 
 def variant(name: str):
-    fixed_variants = {"as_served": lambda lines: lines, "no_source": no_source, "searches_only": searches_only,
+    fixed_variants = {"as_served": lambda lines: lines, "no_source": no_source, "ids_only": ids_only, "docvalues": docvalues,
+                      "searches_only": searches_only,
                       "fixed": fixed, "shared_only": only(True), "own_only": only(False)}
     if name in fixed_variants:
         return fixed_variants[name]
-    if name.startswith("candidates_"):
-        return candidates(int(name.split("_", 1)[1]))
+    if name.startswith("candidates_"):   # candidates_1000 or candidates_1000_ebook_3000_podcast_500
+        parts = name.split("_")[1:]
+        return candidates(int(parts[0]), {value: int(c) for value, c in zip(parts[1::2], parts[2::2])})
     raise SystemExit(f"unknown variant {name!r}")
 
 
@@ -117,13 +152,14 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["as_served", "no_source", "searches_only", "fixed",
                                                           "shared_only", "own_only"])
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--rows", type=Path, default=ROWS_CONFIG, help="the row config (default: the synthetic one)")
     args = parser.parse_args()
     settings = Settings.from_env().replace(item_alias="bench-item_index", user_alias="bench-user_index")
     es = make_client(settings, request_timeout=600)
     pids = local_node_pids(es)
     if not pids:
         raise SystemExit("page_cost reads the node's CPU from its pid: run it beside a local node")
-    catalog = RowCatalog.load(ROWS_CONFIG)
+    catalog = RowCatalog.load(args.rows)
     items, users, item_vectors, user_vectors = embedding_records(args.items, max(args.users, args.quality_users),
                                                                  dims=64, seed=1)
     exact = ExactRows(catalog, items, item_vectors)
@@ -147,7 +183,7 @@ def main() -> int:
         took = [es.msearch(searches=bodies[i % len(bodies)])["took"] for i in range(args.pages)]
         cpu = (es_process_cpu(es, pids).cpu_ms - before.cpu_ms) / args.pages
         recall = {}
-        if name not in ("searches_only", "fixed", "shared_only", "own_only"):
+        if name not in ("searches_only", "fixed", "shared_only", "own_only", "ids_only", "docvalues"):
             found = {r.id: [] for r in rows}
             for u in range(args.quality_users):
                 page = pages[u]

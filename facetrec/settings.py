@@ -96,7 +96,8 @@ class Settings:
     exact_max_matches: int = 10_000        # FACETREC_EXACT_MAX_MATCHES: rows estimated this small scan exactly (planner)
     post_filter_min_share: float = 0.1     # FACETREC_POST_FILTER_MIN_SHARE: filters keeping this share go after the walk
     walk_candidates: int = 1000            # FACETREC_WALK_CANDIDATES: num_candidates of a shared walk of the whole graph
-    partition_candidates: int = 1000       # FACETREC_PARTITION_CANDIDATES: num_candidates of a partition walk
+    partition_candidates: int = 2500       # FACETREC_PARTITION_CANDIDATES: num_candidates of the walk of a facet's
+                                           # largest partition (smaller ones: scaled by the root of their size)
     dedupe_across_rows: bool = True        # FACETREC_DEDUPE_ACROSS_ROWS
     api_tokens: str | None = None          # FACETREC_API_TOKENS: comma-separated bearer tokens (unset: API open)
     admin_tokens: str | None = None        # FACETREC_ADMIN_TOKENS: bearer tokens for item changes (writes)

@@ -94,15 +94,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        '{"op": "put"|"patch"|"delete", "item_id", "item": {...}, "change_id"}): logged, '
                                        "then applied to every live pair.")
     isub = items.add_subparsers(dest="items_command", required=True)
-    p = isub.add_parser("apply", help="apply a JSON lines file of changes (every line checked first)")
+    p = isub.add_parser("apply", help="apply a JSON lines file of changes (every line checked first)",
+                        description="Check every line of a JSON lines file of item changes against the live "
+                                    "catalog schema, then log and apply them in order to every live pair (control "
+                                    "and each experiment arm); prints what each did.")
     p.add_argument("--file", required=True, type=Path, help="JSON lines, one change a line")
     p.set_defaults(func=cmd_items_apply)
     p = isub.add_parser("replay", help="re-apply logged changes (and every takedown in effect) to the live item "
-                                        "generation: what a publish and a rollback do by themselves")
+                                        "generation: what a publish and a rollback do by themselves",
+                        description="Re-apply the item changes logged after --since, and every takedown in effect, "
+                                    "to the live item generation (or --item-index): what a publish and a rollback do "
+                                    "by themselves, for when that step failed. Idempotent.")
     p.add_argument("--since", help="ISO 8601 time: changes received after it (default: all)")
     p.add_argument("--item-index", help="a concrete item generation (default: the one the item alias names)")
     p.set_defaults(func=cmd_items_replay)
-    p = isub.add_parser("stream", help="apply change files landing in a directory (Spark Structured Streaming)")
+    p = isub.add_parser("stream", help="apply change files landing in a directory (Spark Structured Streaming)",
+                        description="A Spark Structured Streaming job: each JSON lines file of item changes landing "
+                                    "in --source is logged and applied in order; the checkpoint makes a restart "
+                                    "apply nothing twice.")
     p.add_argument("--source", required=True, help="directory the change files (JSON lines) land in")
     p.add_argument("--checkpoint", required=True, help="the stream's checkpoint (restarts apply nothing twice)")
     p.add_argument("--available-now", action="store_true", help="process the files there now, then stop")

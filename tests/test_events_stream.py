@@ -227,14 +227,14 @@ def test_a_batched_write_that_meets_an_api_write_retries_that_user_alone(es, eve
     a, b = users[36]["user_id"], users[37]["user_id"]
     now = datetime.now(timezone.utc)
     encoder = stream_writer.encoders.get("m-events")
-    compute = encoder.user_vectors
+    compute = encoder.user_interests   # what the micro-batch computes its users' vectors with
 
     def meanwhile(*args, **kwargs):
-        encoder.user_vectors = compute        # once
+        encoder.user_interests = compute      # once
         api.submit(EventBatch(a, "api-meanwhile", (Event(items[600]["item_id"], now),)))
         return compute(*args, **kwargs)
 
-    encoder.user_vectors = meanwhile
+    encoder.user_interests = meanwhile
     results = stream_writer.apply_many([EventBatch(a, "stream-x", (Event(items[601]["item_id"], now),)),
                                         EventBatch(b, "stream-x", (Event(items[602]["item_id"], now),))])
     assert [(r.user_id, r.status) for r in results] == [(a, "applied"), (b, "applied")]

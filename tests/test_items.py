@@ -260,7 +260,7 @@ def test_row_counts_follow_item_changes(es, shop):
     before = cache.get(es, settings.item_alias, generation, 5.0).rows["comedy"]["docs"]
     ItemChanges(es, settings).submit(ItemChange("comedy-new", "c-comedy", "put", {
         "title": "A Very Funny Book", "item_format": "ebook", "language": "en", "categories": ["comedy"]}))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30   # a background count (counts and centroids)
     while time.monotonic() < deadline:
         counted = cache.get(es, settings.item_alias, generation, 5.0).rows["comedy"]["docs"]
         if counted == before + 1:

@@ -272,3 +272,89 @@ def test_daily_user_refresh_reproduces_nightly_user_vectors_with_user_features(f
     histories = [[data.item_ids[i] for i in h] for h in data.histories]
     without = encoder.user_vectors(histories, np.zeros((len(histories), 1), dtype=np.int64))
     assert np.abs(without - nightly_vectors).max() > 1e-3, "the feature must matter for this test to mean anything"
+
+
+# ---- multi-interest users (ModelConfig.interests) ------------------------------------------------
+
+def test_one_interest_is_the_model_it_was_and_k_interests_with_equal_heads_reduce_to_it(tiny_data):
+    """K = 1 adds no parameter (checkpoints and exported encoders of before load as they were) and
+    computes the user vector as before; a K = 2 tower whose interest heads are zero has two equal
+    interests, each the K = 1 vector, and the max-over-interests losses equal the one-vector losses."""
+    import torch
+
+    from ingest.embedding.model import ModelConfig, TwoTower, full_softmax_loss
+
+    def tower(**cfg):
+        return TwoTower(ModelConfig(dim=8, hidden=16, max_len=4, layers=1, dropout=0.0, **cfg), tiny_data.n_items, {},
+                        16, {}, torch.from_numpy(tiny_data.item_titles), [])
+
+    torch.manual_seed(3)
+    one = tower()
+    assert not any("interest" in key for key in one.state_dict())
+    two = tower(interests=2)
+    assert set(two.state_dict()) - set(one.state_dict()) == {"user_tower.interest_heads.weight",
+                                                              "user_tower.interest_heads.bias"}
+    two.load_state_dict({**one.state_dict(), "user_tower.interest_heads.weight": torch.zeros(16, 8),
+                         "user_tower.interest_heads.bias": torch.zeros(16)})
+    one.eval(), two.eval()
+    seq = torch.tensor([[0, 1, 2, 3], [2, 3, 1, 4]])
+    feats = torch.zeros((2, 0), dtype=torch.int64)
+    single, pair = one.last_user_vector(seq, feats), two.last_user_vector(seq, feats)
+    assert single.shape == (2, 8) and pair.shape == (2, 2, 8)
+    torch.testing.assert_close(pair[:, 0], single)
+    torch.testing.assert_close(pair[:, 1], single)
+    items = one.item_tower(torch.arange(tiny_data.n_items + 1))
+    targets = torch.tensor([4, 1])
+    torch.testing.assert_close(full_softmax_loss(pair, targets, items, 0.1), full_softmax_loss(single, targets, items, 0.1))
+
+
+def test_the_current_interest_comes_first_and_the_others_keep_their_order():
+    import torch
+
+    from ingest.embedding.model import current_interest_first
+
+    interests = torch.tensor([[[1.0, 0], [0, 1.0], [-1.0, 0]], [[1.0, 0], [0, 1.0], [-1.0, 0]]])
+    last = torch.tensor([[0.0, 2.0], [-3.0, 0.1]])
+    ordered = current_interest_first(interests, last)
+    assert ordered[0].tolist() == [[0, 1.0], [1.0, 0], [-1.0, 0]]
+    assert ordered[1].tolist() == [[-1.0, 0], [1.0, 0], [0, 1.0]]
+    empty = current_interest_first(interests, torch.zeros(2, 2))   # no last item: the order stays
+    assert torch.equal(empty, interests)
+
+
+@pytest.fixture(scope="module")
+def interests_run(synthetic_run, tmp_path_factory):
+    """The synthetic data trained briefly with K = 3 interests, exported."""
+    from ingest.embedding.embed import export_embeddings
+    from ingest.embedding.model import ModelConfig
+    from ingest.embedding.train import TrainConfig, train
+
+    work, data, _ = synthetic_run
+    summary = train(data, ModelConfig(dim=16, hidden=32, max_len=20, layers=1, dropout=0.1, interests=3),
+                    TrainConfig(epochs=3, patience=3, batch_size=32, lr=5e-3, seed=7), progress=False,
+                    log=lambda *_: None)
+    out_dir = tmp_path_factory.mktemp("interests")
+    out = export_embeddings(summary["model"], data, work / "etl", out_dir, "k3-test", progress=False)
+    return data, summary["model"], out_dir, out
+
+
+def test_the_exported_encoder_recomputes_every_interest_as_the_nightly_export_wrote_it(interests_run):
+    """What the events path computes (the exported encoder over a history) equals the nightly export's
+    K vectors within 1e-5, the current interest first and equal to user_embed."""
+    import pyarrow.parquet as pq
+
+    from ingest.embedding.embed import ExportedUserEncoder
+
+    data, _, out_dir, out = interests_run
+    users = pq.read_table(out["users"]).to_pydict()
+    encoder = ExportedUserEncoder(out_dir)
+    assert encoder.interests == 3
+    rows = [0, 7, 31]
+    histories = [[data.item_ids[i] for i in data.histories[r]] for r in rows]
+    recomputed = encoder.user_interests(histories, data.user_features[rows])
+    assert recomputed.shape == (3, 3, 16)
+    for n, r in enumerate(rows):
+        nightly = np.array(users["user_interests"][r])
+        np.testing.assert_allclose(recomputed[n], nightly, atol=1e-5)
+        np.testing.assert_allclose(np.array(users["user_embed"][r]), nightly[0], atol=1e-6)
+    np.testing.assert_allclose(encoder.user_vectors(histories, data.user_features[rows]), recomputed[:, 0], atol=1e-6)

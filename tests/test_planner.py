@@ -3,6 +3,8 @@ shared search of a page), then end to end on the real node (every plan against n
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -503,3 +505,102 @@ def test_a_row_that_found_nothing_reads_as_no_hits_whatever_the_response_kept():
     page = build_page_search([ROWS["for_you"], ROWS["new"]], user, [], target)
     split = page.split([{"took": 1}, {"took": 2, "hits": {"hits": [{"_id": "a"}]}}])   # filter_path dropped "hits"
     assert split[0]["hits"]["hits"] == [] and split[1]["hits"]["hits"] == [{"_id": "a"}]
+
+
+def test_each_row_is_searched_with_the_interest_closest_to_its_items_and_scored_with_it():
+    """A user of K interests (the current one first): a row whose items lean another way (its centroid,
+    recorded with the generation) is searched with that interest; rows without a centroid and a
+    one-vector user use the current one. Post-filtered rows share one search per interest, so the page
+    never makes more searches than rows."""
+    from facetrec.serving.interests import closest_interest, row_interests
+
+    assert closest_interest([[1.0, 0.0], [0.0, 1.0]], None) == 0
+    assert closest_interest([[1.0, 0.0], [0.0, 1.0]], [0.1, 0.9]) == 1
+    assert closest_interest([[1.0, 0.0], [1.0, 0.0]], [1.0, 0.0]) == 0      # a tie keeps the current one
+    stats = _stats()
+    rows = {**stats.rows}
+    rows["audiobooks"] = {**rows["audiobooks"], "centroid": [0.0, 1.0]}   # audiobooks lean to interest 1
+    rows["new"] = {**rows["new"], "centroid": [0.9, 0.1]}                 # new releases to the current one
+    stats = _stats(rows=rows)
+    target = SearchConfig(item_index="items", user_index="users", similarity="max_inner_product",
+                          thresholds=Thresholds(exact_max_matches=500, post_filter_min_share=0.1, walk_candidates=300,
+                                                partition_candidates=200))
+    current, other = [1.0, 0.0], [0.0, 2.0]
+    user = UserVector("u", current, ["i1"], "g", "g", item_exact_vectors=True, interests=(current, other))
+    page_rows = [ROWS["for_you"], ROWS["audiobooks"], ROWS["podcasts"], ROWS["new"]]
+    assert row_interests(page_rows, user, stats) == {"audiobooks": 1}
+    page = build_page_search(page_rows, user, USER_FILTERS, target, stats=stats)
+    by_row = {rs.row.id: rs for rs in page.rows}
+    assert by_row["audiobooks"].interest == 1 and by_row["for_you"].interest == by_row["new"].interest == 0
+    assert len(page.lines) // 2 <= len(page_rows)
+    searched_with = {}
+    for rs in page.rows:
+        body = page.lines[2 * rs.slot + 1]
+        knn = json.dumps(body["query"])
+        searched_with[rs.row.id] = "[0.0, 1.0]" in knn or "[0.0, 2.0]" in knn
+    assert searched_with == {"for_you": False, "audiobooks": True, "podcasts": False, "new": False}
+    assert by_row["audiobooks"].slot != by_row["for_you"].slot == by_row["new"].slot   # a shared search per interest
+    assert user.with_interest(1).vector == other and user.with_interest(0) is user
+    one_vector = UserVector("u", current, ["i1"], "g", "g", item_exact_vectors=True)
+    assert row_interests(page_rows, one_vector, stats) == {}
+    assert [rs.interest for rs in build_page_search(page_rows, one_vector, USER_FILTERS, target, stats=stats).rows] \
+        == [0, 0, 0, 0]
+
+
+def test_hits_read_from_doc_values_have_the_shape_and_values_of_hits_read_from_source():
+    from facetrec.serving.hit_fields import HitFields, hit_id
+
+    schema = bundled_schema("synthetic")
+    fields = HitFields.of(schema, doc_values=True)
+    asked = fields.request()
+    assert asked["_source"] is False and asked["stored_fields"] == "_none_"
+    assert "title.keyword" in asked["docvalue_fields"] and {"field": "published_at", "format": "yyyy-MM-dd"} in \
+        asked["docvalue_fields"]
+    assert fields.request(vectors=True)["_source"] == {"includes": ["item_embed"]}
+    raw = {"_index": "items-g", "_score": 0.5, "fields": {
+        "item_id": ["i7"], "title.keyword": ["Seven"], "categories": ["comedy", "drama"], "published_at": ["2021-04-29"],
+        "popularity": [0.7095649838447571], "generation": ["g"], "language": ["en"]}}
+    assert hit_id(raw) == "i7"
+    assert fields.hit(raw) == {"_index": "items-g", "_score": 0.5, "_id": "i7", "_source": {
+        "item_id": "i7", "title": "Seven", "categories": ["comedy", "drama"], "published_at": "2021-04-29",
+        "popularity": 0.709565, "generation": "g", "language": "en"}}
+    from_source = {"_id": "i7", "_source": {"title": "Seven"}}
+    assert HitFields.of(schema, doc_values=False).hit(from_source) is from_source
+    assert HitFields.of(schema, doc_values=False).request() == {"_source": schema.source_fields}
+
+
+def test_a_page_read_from_doc_values_serves_what_a_page_read_from_source_serves(es, layouts):
+    """The same pages asked both ways on the real node (a generation made since records the flag):
+    the same items, in the same order, with the same fields and values."""
+    import dataclasses as dc
+
+    from facetrec.catalog.counts import StatsCache
+    from facetrec.catalog.meta import read_meta
+    from facetrec.es import alias_index
+    from facetrec.serving.homepage import recommend
+
+    settings, catalog, _, users, _ = layouts["graph"]
+    assert read_meta(es, alias_index(es, settings.item_alias)).display_doc_values
+    cache = StatsCache(catalog.homepage_rows(), catalog.user_filters)
+    target = SearchConfig.from_settings(settings, request_timeout_s=30.0, stats=cache)
+    for user in users[:5]:
+        by_doc_values = recommend(es, target, user["user_id"], catalog.homepage_rows(), E2E_FILTERS)
+        stats = cache.get(es, settings.item_alias, by_doc_values["generation"], 30.0)
+        cache._by_generation[stats.generation] = dc.replace(stats, display_doc_values=False)
+        by_source = recommend(es, target, user["user_id"], catalog.homepage_rows(), E2E_FILTERS)
+        cache._by_generation[stats.generation] = stats
+        for dv_row, src_row in zip(by_doc_values["rows"], by_source["rows"]):
+            for dv_item, src_item in zip(dv_row["items"], src_row["items"]):
+                assert dv_item == src_item, (dv_row["id"], dv_item, src_item)
+            assert len(dv_row["items"]) == len(src_row["items"]), dv_row["id"]
+        assert any(r["items"] for r in by_source["rows"])
+
+
+def test_a_smaller_partition_is_walked_with_fewer_candidates():
+    from facetrec.serving.planner import partition_candidates
+
+    parts = {"item_format": {"ebook": {"field": "e", "docs": 450_000}, "podcast": {"field": "p", "docs": 100_000},
+                             "tiny": {"field": "t", "docs": 10}}}
+    sized = partition_candidates(parts, 2500)
+    assert sized == {"e": 2500, "p": math.ceil(2500 * math.sqrt(100 / 450)), "t": 100}
+    assert partition_candidates({}, 2500) == {}

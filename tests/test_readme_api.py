@@ -88,10 +88,10 @@ def run_curl(command: str, url: str) -> tuple[int, dict, object]:
 def service(movielens, tmp_path_factory):
     """The demo's service over the MovieLens pair, with a ranker registered for its model as the
     demo's publish registers one (in a copy of the models root)."""
-    from catalogs import movielens_ranker
     from conftest import MOVIELENS_MODEL
     from werkzeug.serving import make_server
 
+    from catalogs import movielens_ranker
     from facetrec.model import ranker as ranking
 
     settings, catalog, items, users = movielens

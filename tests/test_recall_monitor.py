@@ -158,7 +158,8 @@ def test_a_check_across_a_swap_is_skipped_not_reported_as_a_miss(es, published):
     target = SearchConfig.from_settings(settings)
     seen = []
     recommend(es, target, users[2]["user_id"], catalog.homepage_rows()[:1], observe=lambda *a: seen.append(a))
-    user, rows, filters, mode, sizes, responses = seen[0]
+    user, rows, filters, mode, sizes, responses, interests = seen[0]
+    assert interests == {}   # a one-vector user: every row with the current interest
     for hit in responses[0]["hits"]["hits"]:
         hit["_source"]["generation"] = "20990101-000000"   # served by another generation than the exact answer's
     assert RecallMonitor(es, target, Recording(), 1.0, "flat").check(user, rows, filters, mode, sizes, responses) == {}

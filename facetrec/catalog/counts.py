@@ -27,6 +27,7 @@ from facetrec.es import UNAVAILABLE_STATUSES
 
 log = logging.getLogger("facetrec.catalog.counts")
 MAX_TERMS = 500          # values counted per user-filter facet (more are estimated as absent)
+CENTROID_SAMPLE = 1000   # items (a seeded random sample of the row's) whose mean vector is the row's centroid
 COUNT_TIMEOUT_S = 30.0   # a background count of a generation's rows (a size-0 aggregation of the catalog)
 RECOUNT_AFTER_S = 30.0   # a failed count is tried again on a page this long after
 CHANGES_CHECK_S = 60.0   # how often a generation's item count is compared with its counted one (item changes)
@@ -44,6 +45,7 @@ class GenerationStats:
     index_type: str | None = None    # how its item vectors are indexed (None: not recorded)
     covering: str | None = None      # the facet whose partitions hold every item (then no catalog graph)
     schema: CatalogSchema | None = None   # the catalog schema it was made with (None: not recorded)
+    display_doc_values: bool = False  # its displayed fields are read from doc values (facetrec.serving.hit_fields)
 
     def estimate(self, row: Row, user_filters: Sequence[dict]) -> int | None:
         """The row's matches under these user filters (an estimate; None: the row was not counted,
@@ -63,6 +65,14 @@ class GenerationStats:
             values = value if kind == "terms" else [value]
             docs *= min(1.0, sum(by.get(str(v), 0) for v in values) / counted["docs"])
         return int(round(docs))
+
+    def centroid(self, row: Row) -> list[float] | None:
+        """The mean vector of a sample of the row's items (the direction a multi-interest user's
+        interests are compared with: ``facetrec.serving.interests``); None when not recorded."""
+        counted = self.rows.get(row.id)
+        if counted is None or counted.get("filter") != _signature(row):
+            return None
+        return counted.get("centroid")
 
     @property
     def flat(self) -> bool:
@@ -99,8 +109,9 @@ def _signature(row: Row) -> list:
 
 def count_rows(es: Elasticsearch, index: str, rows: Iterable[Row], user_filter_facets: Sequence[str],
                timeout_s: float = 30.0) -> dict[str, dict]:
-    """Count each row's items in ``index``, overall and per value of each user-filter facet: one
-    size-0 search. Returns row id -> {"filter", "docs", "by": {facet: {value: count}}}."""
+    """Count each row's items in ``index``, overall and per value of each user-filter facet (one size-0
+    search), and take each row's centroid (``row_centroids``). Returns row id -> {"filter", "docs",
+    "by": {facet: {value: count}}, "centroid"}."""
     rows = list(rows)
     if not rows:
         return {}
@@ -115,6 +126,36 @@ def count_rows(es: Elasticsearch, index: str, rows: Iterable[Row], user_filter_f
         out[row.id] = {"filter": _signature(row), "docs": int(bucket["doc_count"]),
                        "by": {facet: {str(b["key"]): int(b["doc_count"]) for b in bucket[f"by_{j}"]["buckets"]}
                               for j, facet in enumerate(user_filter_facets)}}
+    for row_id, centroid in row_centroids(es, index, rows, timeout_s).items():
+        out[row_id]["centroid"] = centroid
+    return out
+
+
+def row_centroids(es: Elasticsearch, index: str, rows: Sequence[Row], timeout_s: float = 30.0,
+                  sample: int = CENTROID_SAMPLE) -> dict[str, list[float]]:
+    """Each row's centroid: the mean item vector of a seeded random sample of its items (one
+    ``_msearch``, a search per row), in the user vectors' space (a generation stored reduced,
+    ``facetrec.serving.mips``, drops the reduction's last coordinate: the direction is what matters).
+    Rows matching nothing get none."""
+    meta = read_meta(es, index)
+    lines: list[dict] = []
+    for row in rows:
+        lines += [{"index": index}, {
+            "size": sample, "track_total_hits": False,
+            "_source": {"includes": [ITEM_VECTOR_FIELD], "exclude_vectors": False},
+            "query": {"function_score": {"query": row_filter(row, []), "random_score": {"seed": 7, "field": "_seq_no"},
+                                         "boost_mode": "replace"}}}]
+    if not lines:
+        return {}
+    responses = es.options(request_timeout=timeout_s).msearch(searches=lines)["responses"]
+    out = {}
+    for row, response in zip(rows, responses):
+        vectors = [hit["_source"][ITEM_VECTOR_FIELD] for hit in response.get("hits", {}).get("hits", [])
+                   if ITEM_VECTOR_FIELD in hit.get("_source", {})]
+        if not vectors:
+            continue
+        mean = [sum(column) / len(vectors) for column in zip(*vectors)]
+        out[row.id] = mean[:-1] if meta.item_vector_scale is not None else mean
     return out
 
 
@@ -123,7 +164,7 @@ def from_meta(meta: GenerationMeta, docs: int) -> GenerationStats:
     return GenerationStats(index=meta.index, generation=meta.generation, docs=int(recorded.get("docs", docs)),
                            partitions=meta.partitions, exact_vectors=meta.exact_vectors,
                            rows=dict(recorded.get("rows") or {}), index_type=meta.index_type, covering=meta.covering,
-                           schema=meta.catalog_schema)
+                           schema=meta.catalog_schema, display_doc_values=meta.display_doc_values)
 
 
 class StatsCache:

@@ -52,6 +52,12 @@ class GenerationMeta:
         return bool(self.raw.get("exact_vectors"))
 
     @property
+    def display_doc_values(self) -> bool:
+        """Its displayed fields have doc values (``facetrec.serving.hit_fields``): recorded by the
+        generations made since; older ones are read from ``_source``."""
+        return bool(self.raw.get("display_doc_values"))
+
+    @property
     def index_type(self) -> str | None:
         """How ``item_embed`` is indexed: recorded, or read off the field of generations made before."""
         recorded = self.raw.get("index_type")

@@ -227,7 +227,7 @@ class CatalogSchema:
         props: dict[str, dict] = {}
         for key in ("image", "url"):
             if getattr(self.items, key):
-                props[key] = {"type": "keyword", "index": False, "doc_values": False}
+                props[key] = {"type": "keyword", "index": False}   # doc values: a hit's fields (hit_fields)
         for f in self.facets:
             prop: dict[str, Any] = {"type": ES_TYPES[f.type]}
             if f.type == "date":

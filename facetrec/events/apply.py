@@ -51,6 +51,19 @@ MAX_BACKOFF_S = 0.1           # retry n waits up to min(1 ms x 2^n, this), fully
 EVENT_BATCH_IDS_MAPPING = {"type": "keyword", "index": False, "doc_values": False}
 
 
+def set_user_vectors(document: dict, vectors: np.ndarray) -> None:
+    """A user document's vectors from the encoder's output for it: (D,) the user vector, or (K, D) the
+    interests of a multi-interest model, the current one first: ``user_embed`` is that one, and
+    ``user_interests`` holds all K (a one-vector model's document holds none)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if vectors.ndim == 1:
+        document["user_embed"] = vectors.tolist()
+        document.pop("user_interests", None)
+    else:
+        document["user_embed"] = vectors[0].tolist()
+        document["user_interests"] = vectors.tolist()
+
+
 class UserIndexUnavailable(Unavailable):
     """The live user index is missing or the cluster cannot take the write (a 503 for the caller)."""
 
@@ -134,7 +147,8 @@ class UserEvents:
             pending = self._pending(batch, doc, doc["_index"] if doc else self._concrete(target), attempt)
             if isinstance(pending, Applied):
                 return pending
-            pending.document["user_embed"] = [float(x) for x in pending.encoder.user_vector(pending.history)]
+            features = np.zeros((1, len(pending.encoder.feature_names)), np.int64)
+            set_user_vectors(pending.document, pending.encoder.user_interests([pending.history], features)[0])
             try:
                 if doc is None:
                     self.es.create(index=pending.index, id=batch.user_id, document=pending.document)
@@ -176,7 +190,7 @@ class UserEvents:
         """One ``mget`` of the users' documents; what each batch writes (a batch with nothing to write
         gets its result at once)."""
         try:
-            docs = self.es.mget(index=target, ids=list(first), source_excludes=["user_embed"])["docs"]
+            docs = self.es.mget(index=target, ids=list(first), source_excludes=["user_embed", "user_interests"])["docs"]
         except NotFoundError as exc:
             raise UserIndexUnavailable(f"the user index {target} does not exist: publish a generation first") from exc
         pending = []
@@ -203,10 +217,10 @@ class UserEvents:
             by_encoder.setdefault(id(write.encoder), []).append(write)
         for group in by_encoder.values():
             encoder = group[0].encoder
-            vectors = encoder.user_vectors([w.history for w in group],
-                                           np.zeros((len(group), len(encoder.feature_names)), np.int64))
+            vectors = encoder.user_interests([w.history for w in group],
+                                             np.zeros((len(group), len(encoder.feature_names)), np.int64))
             for write, vector in zip(group, vectors):
-                write.document["user_embed"] = [float(x) for x in vector]
+                set_user_vectors(write.document, vector)
 
     def _write_many(self, batches: list[EventBatch], pending: list[tuple[int, dict | None, _PendingWrite]],
                     results: list) -> list[int]:
@@ -302,7 +316,7 @@ class UserEvents:
     def _read(self, target: str, user_id: str) -> dict | None:
         try:
             # The whole document (a replacement must keep every field); its vector is recomputed.
-            return self.es.get(index=target, id=user_id, source_excludes=["user_embed"])
+            return self.es.get(index=target, id=user_id, source_excludes=["user_embed", "user_interests"])
         except NotFoundError as exc:
             if error_type(exc) == "index_not_found_exception":
                 raise UserIndexUnavailable(f"the user index {target} does not exist: publish a generation "

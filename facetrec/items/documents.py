@@ -15,6 +15,7 @@ from facetrec.catalog import partitions as vector_partitions
 from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD, MAX_SEEN_ITEMS
 from facetrec.errors import FacetrecError
 from facetrec.serving import mips
+from facetrec.serving.hit_fields import TITLE_DOC_VALUES_LIMIT
 
 # What an item document holds besides its catalog's own fields (the schema's: ``item_fields``).
 ITEM_BASE_FIELDS = (("title", "text"), ("popularity", "float"))
@@ -72,15 +73,16 @@ def item_fields(schema) -> tuple[tuple[str, str], ...]:
 
 
 def field_value(value: Any, kind: str) -> Any:
-    """A record's value as its document holds it (None: absent): lists for keyword lists, ISO 8601 for
-    dates, a JSON boolean for booleans."""
+    """A record's value as its document holds it (None: absent): sorted lists without repeats for keyword
+    lists (a set of values, the order doc values give them back in: ``facetrec.serving.hit_fields``),
+    ISO 8601 for dates, a JSON boolean for booleans."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     value = _listish(_iso(value))
     if value == [] or value == "":
         return None
-    if kind == "keyword_list" and isinstance(value, str):
-        return [value]
+    if kind == "keyword_list":
+        return sorted(set(value if isinstance(value, list) else [value]), key=str)
     if kind == "boolean" and not isinstance(value, bool):
         return bool(value) if isinstance(value, (int, float)) else {"true": True, "false": False}.get(str(value).lower())
     return value
@@ -111,6 +113,8 @@ def item_document(record: Mapping[str, Any], generation: str, dims: int, require
         value = field_value(record.get(field), kind)
         if value is not None:
             doc[field] = value
+    if len(str(doc.get("title", ""))) > TITLE_DOC_VALUES_LIMIT:   # a page reads titles from doc values
+        raise InvalidDocument(f"title of {len(str(doc['title'])):,} characters; at most {TITLE_DOC_VALUES_LIMIT:,}")
     return item_id, doc
 
 
@@ -120,6 +124,12 @@ def user_document(record: Mapping[str, Any], generation: str, dims: int, require
            "seen_item_ids": [str(x) for x in (_listish(record.get("seen_item_ids")) or [])][-MAX_SEEN_ITEMS:],
            "updated_at": _iso(record.get("updated_at") or datetime.now(timezone.utc)),
            "generation": generation}
+    interests = _listish(record.get("user_interests"))
+    if interests is not None and len(interests):   # a multi-interest model: K vectors, user_embed the first
+        vectors = [check_vector(_listish(v), dims, False) for v in interests]
+        if vectors[0] != doc["user_embed"]:
+            raise InvalidDocument(f"user {user_id}: user_embed is not the first of its user_interests")
+        doc["user_interests"] = vectors
     return user_id, doc
 
 

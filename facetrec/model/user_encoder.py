@@ -65,6 +65,7 @@ class ExportedUserEncoder:
             self.module = torch.jit.load(str(directory / "user_encoder.pt"))
         meta = json.loads((directory / "user_encoder.json").read_text())
         self.max_len, self.item_index = meta["max_len"], meta["item_index"]
+        self.interests = int(meta.get("interests", 1))   # K interest vectors per user (1: one user vector)
         self.feature_names = meta["user_features"]
         self.feature_vocab = meta.get("user_feature_vocab")
         if self.feature_names and self.feature_vocab is None:
@@ -79,8 +80,15 @@ class ExportedUserEncoder:
         return item_id in self.item_index
 
     def user_vectors(self, histories: list[list[str]], features: np.ndarray, batch: int = 512) -> np.ndarray:
-        """(U, D) user vectors of many histories (item ids) with their feature indices, batched.
-        Items the model never saw are skipped (they have no row in the frozen item table)."""
+        """(U, D) user vectors of many histories (item ids) with their feature indices, batched: a
+        multi-interest model's current interest (``user_interests(...)[:, 0]``)."""
+        out = self.user_interests(histories, features, batch)
+        return out if out.ndim == 2 else out[:, 0]
+
+    def user_interests(self, histories: list[list[str]], features: np.ndarray, batch: int = 512) -> np.ndarray:
+        """(U, D), or (U, K, D) for a model of K interests (the current one first), of many histories
+        (item ids) with their feature indices, batched. Items the model never saw are skipped (they have
+        no row in the frozen item table)."""
         import torch
 
         out = []

@@ -36,7 +36,7 @@ log = logging.getLogger("facetrec.serving.homepage")
 PAGE_READS = 3   # a page read during an alias swap is read again, at most this many times in all
 # What a page reads of its _msearch response (Elasticsearch then builds and sends only that: about a
 # third of the bytes, and of the service's parsing).
-_HIT = ("_id", "_index", "_score", "_source")
+_HIT = ("_id", "_index", "_score", "_source", "fields")
 MSEARCH_FILTER_PATH = ",".join(
     ["responses.took", "responses.timed_out", "responses.error", "responses.status",
      *(f"responses.hits.hits.{key}" for key in _HIT),
@@ -62,6 +62,13 @@ class UserVector:
     item_vector_scale: float | None = None  # set when that generation stores reduced vectors (facetrec.serving.mips)
     item_exact_vectors: bool = False        # that generation indexes the flat copy exact rows scan
     index: str | None = None                # the user generation's index the vector was read from
+    interests: tuple[list[float], ...] | None = None   # a multi-interest model's K vectors (vector is the first)
+
+    def with_interest(self, k: int) -> "UserVector":
+        """The same user as seen by a row searched with interest ``k`` (``facetrec.serving.interests``)."""
+        if not k or not self.interests:
+            return self
+        return dataclasses.replace(self, vector=self.interests[k])
 
     @functools.cached_property
     def norm(self) -> float:
@@ -118,7 +125,7 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
             doc = with_timeout(es, timeout_s).get(
                 index=user_index, id=user_id,
                 source_includes=["user_embed", "seen_item_ids", "generation", "item_generation", "item_vector_scale",
-                                 "item_exact_vectors"])
+                                 "item_exact_vectors", "user_interests"])
     except NotFoundError as exc:
         if error_type(exc) == "index_not_found_exception":
             raise ClusterUnavailable(f"the user index {user_index} does not exist: publish a generation "
@@ -131,7 +138,8 @@ def fetch_user(es: Elasticsearch, user_index: str, user_id: str, timeout_s: floa
                       seen_item_ids=(src.get("seen_item_ids") or [])[-MAX_SEEN_ITEMS:],
                       generation=src.get("generation"), item_generation=src.get("item_generation"),
                       item_vector_scale=src.get("item_vector_scale"),
-                      item_exact_vectors=src.get("item_exact_vectors") is True, index=doc.get("_index"))
+                      item_exact_vectors=src.get("item_exact_vectors") is True, index=doc.get("_index"),
+                      interests=tuple(src["user_interests"]) if src.get("user_interests") else None)
 
 
 INTERNAL_FIELDS = frozenset(("item_id", "popularity", "generation", ITEM_VECTOR_FIELD))
@@ -161,18 +169,20 @@ def recommend(es: Elasticsearch, target: SearchConfig, user_id: str, rows: Seque
     appended only with ``detailed_errors``, for operators: the validation gate) and no items while
     the others are returned. Raises ClusterUnavailable when Elasticsearch cannot be reached at all,
     and InconsistentGenerations when the user vector and the item hits still come from different
-    pairs after PAGE_READS reads. ``observe(user, rows, user_filters, mode, sizes, responses)`` is
+    pairs after PAGE_READS reads. ``observe(user, rows, user_filters, mode, sizes, responses, interests)``
+    (``interests``: row id -> the user's interest a row was searched with, when not the current one) is
     handed the page as read (the live recall monitor); it must return at once, and its failure never
     fails the page.
     """
     metrics = metrics or NoMetrics()
     user, page, responses = read_consistent_page(es, target, user_id, rows, user_filters, mode, sizes, metrics)
+    interests = {rs.row.id: rs.interest for rs in page.rows if rs.interest}
     if observe is not None:
         try:
-            observe(user, rows, user_filters, mode, sizes, responses)
+            observe(user, rows, user_filters, mode, sizes, responses, interests)
         except Exception:  # noqa: BLE001 - monitoring must never cost a page
             log.exception("page observer failed", extra={"event": "observer_failed", "request_id": request_id})
-    ranker_status, ranker, ranked = _rank_page(es, target, user, rows, responses, mode, metrics)
+    ranker_status, ranker, ranked = _rank_page(es, target, user, rows, responses, mode, metrics, interests)
     # Taken-down items are left out whatever pair served the page (one it has not reached yet, too).
     hidden = target.takedowns.ids() if target.takedowns is not None else frozenset()
     taken: set[str] = set()
@@ -227,7 +237,8 @@ def _assemble_row(row: Row, searched, response: dict, target: SearchConfig, user
         entry["ranked"] = True
     hits = [hit for hit in hits if hit["_id"] not in hidden
             and not (target.dedupe_across_rows and hit["_id"] in taken)][:None if row.diversity else size]
-    items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, user)
+    seen_by = user.with_interest(searched.interest) if user else None   # the vector this row was searched with
+    items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, seen_by)
              for hit in hits]
     if row.diversity:   # after cross-row de-duplication, over the row's over-fetched candidates
         items, entry["diversity"] = diversity.apply(row.diversity, items, size, _item_vectors(hits, user),
@@ -247,7 +258,8 @@ def _assemble_row(row: Row, searched, response: dict, target: SearchConfig, user
 
 
 def _rank_page(es: Elasticsearch, target: SearchConfig, user: UserVector | None, rows: Sequence[Row], responses: list,
-               mode: str | None, metrics: Metrics) -> tuple[str, "ranking.Ranker | None", dict[int, list[int]]]:
+               mode: str | None, metrics: Metrics, interests: dict[str, int] | None = None
+               ) -> tuple[str, "ranking.Ranker | None", dict[int, list[int]]]:
     """(status, ranker, {id(response): the hits' positions, best first}) for the page's ranked rows:
     those with ``rank`` in the row config, a user vector and hits. The pair's ranker (that of the
     user vector's model version) scores every ranked row's first ``rank.candidates`` hits in one
@@ -275,12 +287,13 @@ def _rank_page(es: Elasticsearch, target: SearchConfig, user: UserVector | None,
     if ranker is not None:
         started = time.perf_counter()
         # What the ranker was trained on: the model's raw dot products (a unit query vector's scaled back).
-        scale = user.norm if target.similarity == "dot_product" and user.item_vector_scale is None else 1.0
         page = []
         for row, response in wanted:
             hits = response["hits"]["hits"][:row.rank_candidates]
+            seen_by = user.with_interest((interests or {}).get(row.id, 0))   # the vector the row was searched with
+            scale = seen_by.norm if target.similarity == "dot_product" and user.item_vector_scale is None else 1.0
             page.append(([h["_id"] for h in hits],
-                         [scale * model_dot(h, row_mode(row, mode, target), target.similarity, user) for h in hits]))
+                         [scale * model_dot(h, row_mode(row, mode, target), target.similarity, seen_by) for h in hits]))
         try:
             ranked = ranker.rank_rows(user.seen_item_ids, page)
         except Exception as exc:  # noqa: BLE001 - a failing ranker costs the order, never the page

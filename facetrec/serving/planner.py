@@ -157,6 +157,22 @@ class _Plans:
                     estimated_matches=self.estimate)
 
 
+MIN_PARTITION_CANDIDATES = 100
+
+
+def partition_candidates(partitions: Mapping[str, Mapping[str, Mapping[str, Any]]], largest: int) -> dict[str, int]:
+    """num_candidates of each partition's walk: ``largest`` for the largest partition of its facet,
+    scaled by the square root of a smaller one's size relative to it (a graph of fewer items reaches
+    the same recall with fewer candidates: measured at 1M, docs/benchmarks.md). field -> candidates."""
+    out = {}
+    for values in partitions.values():
+        biggest = max((entry["docs"] for entry in values.values()), default=0)
+        for entry in values.values():
+            scaled = largest * math.sqrt(entry["docs"] / biggest) if biggest else largest
+            out[entry["field"]] = max(MIN_PARTITION_CANDIDATES, min(largest, math.ceil(scaled)))
+    return out
+
+
 def walk_size(shown: int, seen: int, share: float | None) -> int:
     """How many results an unfiltered walk returns so that ``shown`` of them pass a filter keeping
     ``share`` once the user's ``seen`` items are removed after it. A seen item displaces a result only

@@ -32,6 +32,7 @@ from elasticsearch import Elasticsearch
 from facetrec.catalog.rows import Row
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import Metrics
+from facetrec.serving.hit_fields import hit_id
 from facetrec.serving.homepage import SearchConfig, UserVector
 from facetrec.serving.page_search import build_searches, row_mode
 
@@ -49,7 +50,8 @@ def row_recall(served_ids: Sequence[str], exact_ids: Sequence[str], size: int) -
 
 
 def _generations(response: dict) -> set[str | None]:
-    return {hit.get("_source", {}).get("generation") for hit in response.get("hits", {}).get("hits", [])}
+    return {hit.get("_source", {}).get("generation") or (hit.get("fields", {}).get("generation") or [None])[0]
+            for hit in response.get("hits", {}).get("hits", [])}
 
 
 class RecallMonitor:
@@ -68,7 +70,7 @@ class RecallMonitor:
         self._lock = threading.Lock()
 
     def observe(self, user: UserVector | None, rows: Sequence[Row], user_filters: Sequence[dict], mode: str | None,
-                sizes: dict[str, int] | None, responses: list) -> None:
+                sizes: dict[str, int] | None, responses: list, interests: dict[str, int] | None = None) -> None:
         """Called by ``recommend`` with what it served; returns at once."""
         if user is None or self.sample_rate <= 0 or self.rng.random() >= self.sample_rate:
             return
@@ -78,7 +80,8 @@ class RecallMonitor:
             self.metrics.increment("retrieval.recall.dropped")
             return
         try:
-            self._pool().submit(self._check, user, list(rows), list(user_filters), mode, dict(sizes or {}), responses)
+            self._pool().submit(self._check, user, list(rows), list(user_filters), mode, dict(sizes or {}), responses,
+                                dict(interests or {}))
         except RuntimeError:  # the pool is shutting down
             self._pending.release()
 
@@ -89,9 +92,9 @@ class RecallMonitor:
             return self._executor
 
     def _check(self, user: UserVector, rows: list[Row], user_filters: list[dict], mode: str | None,
-               sizes: dict[str, int], served: list) -> None:
+               sizes: dict[str, int], served: list, interests: dict[str, int] | None = None) -> None:
         try:
-            self.check(user, rows, user_filters, mode, sizes, served)
+            self.check(user, rows, user_filters, mode, sizes, served, interests)
         except Exception as exc:  # noqa: BLE001 - a failed check is counted and logged, never raised
             self.metrics.increment("retrieval.recall.failed", [f"error:{type(exc).__name__}"])
             log.warning("recall check failed", extra={"event": "recall_check_failed", "detail": str(exc)[:300]})
@@ -99,7 +102,7 @@ class RecallMonitor:
             self._pending.release()
 
     def check(self, user: UserVector, rows: Sequence[Row], user_filters: Sequence[dict], mode: str | None,
-              sizes: dict[str, int] | None, served: list) -> dict[str, float]:
+              sizes: dict[str, int] | None, served: list, interests: dict[str, int] | None = None) -> dict[str, float]:
         """Re-ask the page's knn rows exactly and report each row's recall; returns {row id: recall}."""
         sizes = dict(sizes or {})
         knn_rows = [(row, response) for row, response in zip(rows, served)
@@ -109,8 +112,9 @@ class RecallMonitor:
         exact_target = dataclasses.replace(self.target, request_timeout_s=EXACT_TIMEOUT_S)
         lang = resolve_script_lang(self.es, exact_target.script_lang, EXACT_TIMEOUT_S)
         # The same k per row as served (build_searches over the whole page), then only the knn rows.
+        # Each row with the interest it was served with (a multi-interest user: facetrec.serving.interests).
         searches = build_searches(rows, user, user_filters, exact_target, mode="script_score", sizes=sizes,
-                                  script_lang=lang)
+                                  script_lang=lang, interests=interests or {})
         wanted = {id(row) for row, _ in knn_rows}
         lines = [line for i, row in enumerate(rows) if id(row) in wanted for line in searches[2 * i:2 * i + 2]]
         exact = self.es.options(request_timeout=EXACT_TIMEOUT_S).msearch(searches=lines)["responses"]
@@ -124,7 +128,7 @@ class RecallMonitor:
                 continue
             size = sizes.get(row.id, row.size)
             value = row_recall([h["_id"] for h in response["hits"]["hits"]],
-                               [h["_id"] for h in truth["hits"]["hits"]], size)
+                               [hit_id(h) for h in truth["hits"]["hits"]], size)
             if value is None:
                 continue
             recalls[row.id] = value

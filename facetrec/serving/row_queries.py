@@ -27,7 +27,8 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
                      exclude_ids: Iterable[str], k: int, mode: str, num_candidates_factor: int,
                      vector_field: str = ITEM_VECTOR_FIELD, script_lang: str = "painless",
                      rescore_oversample: float = 0.0, row_clauses: Sequence[dict] | None = None,
-                     candidates: int | None = None, source_fields: Sequence[str] = BASE_SOURCE_FIELDS) -> dict:
+                     candidates: int | None = None, source_fields: Sequence[str] = BASE_SOURCE_FIELDS,
+                     fetch: dict | None = None) -> dict:
     """The ``_search`` body for one row.
 
     * ``knn``: a knn query whose own filter holds the user and row filters (a true pre-filter that
@@ -43,12 +44,13 @@ def build_row_search(row: Row, *, user_vector: list[float] | None, user_filters:
     are de-duplicated here, once per row (``row_filter`` takes them as they are). ``row_clauses``
     replaces the row's own filter clauses inside the knn filter (a partition walk leaves out the
     value its field pins); ``candidates`` sets num_candidates (at least the neighbours asked for)
-    instead of k x ``num_candidates_factor``.
+    instead of k x ``num_candidates_factor``. ``fetch``: how the hits' fields are asked for
+    (``facetrec.serving.hit_fields.HitFields.request``), instead of ``_source`` ``source_fields``.
     """
     exclude_ids = list(dict.fromkeys(exclude_ids))
     if row_clauses is not None:
         row = dataclasses.replace(row, filter=tuple(row_clauses))
-    body: dict[str, Any] = {"size": k, "_source": list(source_fields)}
+    body: dict[str, Any] = {"size": k, **(fetch if fetch is not None else {"_source": list(source_fields)})}
     if user_vector is None:
         body["query"] = row_filter(row, user_filters, exclude_ids)
         body["sort"] = [{"popularity": {"order": "desc", "missing": "_last"}}, {"item_id": "asc"}]

@@ -80,11 +80,12 @@ def load_movielens_100k() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return events, catalog, users
 
 
-def load_synthetic(n_items: int = 2000, n_users: int = 1000, history: int = 30, seed: int = 0
+def load_synthetic(n_items: int = 2000, n_users: int = 1000, history: int = 30, seed: int = 0, tastes: int = 1
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(events, catalog, users) drawn from the hidden preference model of ``ingest.embedding.synthetic``."""
+    """(events, catalog, users) drawn from the hidden preference model of ``ingest.embedding.synthetic``
+    (``tastes``: taste vectors per user, read in runs)."""
     catalog_cols = synthetic.generate_catalog(n_items, seed)
-    people = synthetic.generate_users(n_users, catalog_cols, seed + 1, history)
+    people = synthetic.generate_users(n_users, catalog_cols, seed + 1, history, tastes=tastes)
     catalog = pd.DataFrame([synthetic.item_record(catalog_cols, i) for i in range(n_items)]).drop(columns="popularity")
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     rng = np.random.default_rng(seed + 2)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from facetrec.catalog.fields import MAX_SEEN_ITEMS as MAX_SEEN  # the one bound of the seen-item exclusion
 from facetrec.model.user_encoder import ExportedUserEncoder, left_pad  # noqa: F401 - ExportedUserEncoder re-exported
 from ingest.embedding.features import TrainingData
-from ingest.embedding.model import ContentItemEncoder, SequenceUserEncoder, TwoTower
+from ingest.embedding.model import ContentItemEncoder, SequenceUserEncoder, TwoTower, current_interest_first
 
 
 def item_matrix(model: TwoTower, n_items: int, batch: int = 8192, progress: bool = False) -> np.ndarray:
@@ -44,14 +44,27 @@ def user_vectors(model: TwoTower, seqs: list[np.ndarray], user_features: np.ndar
                  progress: bool = False) -> np.ndarray:
     """(U, D) the user vector after each item-index sequence (its last max_len items), with the
     matching rows of user features, in batches: what serving, evaluation and the served evaluation
-    score with."""
+    score with. A multi-interest model's: its current interest (``current_interest_first``), what a
+    row without an interest of its own is searched with."""
+    interests = user_interest_vectors(model, seqs, user_features, batch, progress)
+    return interests if interests.ndim == 2 else interests[:, 0]
+
+
+def user_interest_vectors(model: TwoTower, seqs: list[np.ndarray], user_features: np.ndarray, batch: int = 512,
+                          progress: bool = False) -> np.ndarray:
+    """(U, D), or (U, K, D) for a model of K interests, the current interest first: every interest
+    vector after each sequence, as the exported user encoder computes them."""
     model.eval()
-    out = np.zeros((len(seqs), model.cfg.dim), dtype=np.float32)
+    k = model.cfg.interests
+    out = np.zeros((len(seqs), model.cfg.dim) if k == 1 else (len(seqs), k, model.cfg.dim), dtype=np.float32)
     with torch.no_grad():
         for start in tqdm(range(0, len(seqs), batch), desc="embed users", disable=not progress, file=sys.stderr):
             chunk = torch.from_numpy(left_pad(seqs[start:start + batch], model.cfg.max_len))
-            feats = torch.from_numpy(user_features[start:start + batch])
-            out[start:start + len(chunk)] = model.last_user_vector(chunk, feats).numpy()
+            feats = torch.from_numpy(np.asarray(user_features[start:start + batch], dtype=np.int64))
+            vectors = model.last_user_vector(chunk, feats)
+            if k > 1:
+                vectors = current_interest_first(vectors, model.item_tower(chunk[:, -1]))
+            out[start:start + len(chunk)] = vectors.numpy()
     return out
 
 
@@ -72,9 +85,11 @@ def export_embeddings(model: TwoTower, data: TrainingData, etl_dir, out_dir, mod
     vectors = item_matrix(model, data.n_items, progress=progress)
     write_item_embeddings(out / "items.parquet", items, vectors[1:], model_version)
 
-    users = user_matrix(model, data, progress=progress)
+    interests = user_interest_vectors(model, data.histories, data.user_features, progress=progress)
+    users = interests if interests.ndim == 2 else interests[:, 0]
     write_user_embeddings(out / "users.parquet", data.user_ids, users,
-                          [[data.item_ids[i] for i in h] for h in data.histories], model_version)
+                          [[data.item_ids[i] for i in h] for h in data.histories], model_version,
+                          interests=interests if interests.ndim == 3 else None)
     vocab = json.loads((Path(etl_dir) / "vocab.json").read_text())
     export_user_encoder(model, data, vectors, out, {name: vocab["user_features"][name] for name in data.user_feature_names})
     export_item_encoder(model, data, vocab, out)
@@ -98,13 +113,19 @@ def write_item_embeddings(path: Path, items: pd.DataFrame, vectors: np.ndarray, 
 
 
 def write_user_embeddings(path: Path, user_ids: list[str], vectors: np.ndarray, histories: list[list[str]],
-                          model_version: str) -> None:
-    """users.parquet as the indexer loads it; seen_item_ids keeps each history's last MAX_SEEN items."""
+                          model_version: str, interests: np.ndarray | None = None) -> None:
+    """users.parquet as the indexer loads it; seen_item_ids keeps each history's last MAX_SEEN items;
+    a multi-interest model's users also carry ``user_interests`` (K vectors, the current one first,
+    which is ``user_embed``)."""
     now = datetime.now(timezone.utc).isoformat()
-    pq.write_table(pa.table({"user_id": pa.array(user_ids), "user_embed": _vector_column(vectors.astype(np.float32)),
-                             "model_version": pa.array([model_version] * len(user_ids)),
-                             "seen_item_ids": pa.array([h[-MAX_SEEN:] for h in histories], type=pa.list_(pa.string())),
-                             "updated_at": pa.array([now] * len(user_ids))}), path)
+    columns = {"user_id": pa.array(user_ids), "user_embed": _vector_column(vectors.astype(np.float32)),
+               "model_version": pa.array([model_version] * len(user_ids)),
+               "seen_item_ids": pa.array([h[-MAX_SEEN:] for h in histories], type=pa.list_(pa.string())),
+               "updated_at": pa.array([now] * len(user_ids))}
+    if interests is not None:
+        columns["user_interests"] = pa.array(interests.astype(np.float32).tolist(),
+                                             type=pa.list_(pa.list_(pa.float32())))
+    pq.write_table(pa.table(columns), path)
 
 
 def export_user_encoder(model: TwoTower, data: TrainingData, item_vectors: np.ndarray, out: Path,
@@ -158,5 +179,5 @@ def save_user_encoder(user_tower, item_vectors: np.ndarray, out: Path, *, max_le
     traced.save(str(path))
     (Path(out) / "user_encoder.json").write_text(json.dumps({
         "max_len": max_len, "item_index": item_index, "user_features": feature_names,
-        "user_feature_vocab": feature_vocab}))
+        "user_feature_vocab": feature_vocab, "interests": int(getattr(user_tower, "interests", 1))}))
     return path

@@ -74,14 +74,21 @@ def markov(data: TrainingData) -> Scorer:
     return score
 
 
-def model_scorer(model, data: TrainingData, batch_size: int = 256) -> Scorer:
-    from ingest.embedding.embed import user_vectors
+def model_scorer(model, data: TrainingData, batch_size: int = 256, served: bool = False) -> Scorer:
+    """The model's scores: the user vector's dot products; a multi-interest model's best interest's
+    (what it was trained on), or with ``served`` its current interest's (what an unfiltered row is
+    searched with: ``ingest.embedding.model.current_interest_first``)."""
+    from ingest.embedding.embed import user_interest_vectors, user_vectors
 
     def score(seqs, rows):
         model.eval()
         with torch.no_grad():
             items = model.item_tower(torch.arange(data.n_items + 1)).numpy()
-        return user_vectors(model, seqs, data.user_features[rows], batch_size) @ items.T
+        if served:
+            return user_vectors(model, seqs, data.user_features[rows], batch_size) @ items.T
+        users = user_interest_vectors(model, seqs, data.user_features[rows], batch_size)
+        scores = users @ items.T
+        return scores.max(axis=1) if users.ndim == 3 else scores
     return score
 
 

@@ -38,6 +38,10 @@ class ModelConfig:
     # that title and facets alone make a usable vector: a new item's, until the next nightly run
     # (facetrec.model.item_encoder; docs/model_study.md measures what it costs the warm items).
     id_dropout: float = 0.0
+    # Interest vectors per user (JD's multi-head query tower, MIND's interests): K projections of the
+    # user state, trained so that the best of them explains the next item (max over interests). 1: one
+    # user vector, the model as it was (docs/model_study.md measures K = 2 and 4).
+    interests: int = 1
 
 
 class ItemTower(nn.Module):
@@ -99,10 +103,14 @@ class UserTower(nn.Module):
         self.out = nn.Sequential(nn.Linear(d * (3 if user_feature_sizes else 2), cfg.hidden), nn.GELU(),
                                  nn.Linear(cfg.hidden, d))
         self.skip = nn.Linear(d, d)
+        self.interests = cfg.interests
+        if cfg.interests > 1:   # each interest: the user state moved by its own projection
+            self.interest_heads = nn.Linear(d, cfg.interests * d)
 
     def forward(self, seq: torch.Tensor, item_vectors: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
         """seq (B, L) right-aligned item indices (0 = padding), item_vectors (B, L, D), user_features
-        (B, F). Returns (B, L, D): the user vector after each position."""
+        (B, F). Returns (B, L, D): the user vector after each position; with K > 1 interests
+        (B, L, K, D): the K interest vectors after each position."""
         batch, length = seq.shape
         positions = torch.arange(length, device=seq.device)
         x = item_vectors + self.pos(positions)[None, :, :]
@@ -120,7 +128,30 @@ class UserTower(nn.Module):
         if len(self.features):
             feats = sum(emb(user_features[:, i]) for i, emb in enumerate(self.features))
             parts.append(feats[:, None, :].expand(-1, length, -1))
-        return self.skip(h) + self.out(torch.cat(parts, dim=-1))
+        state = self.skip(h) + self.out(torch.cat(parts, dim=-1))
+        if self.interests == 1:
+            return state
+        return state[:, :, None, :] + self.interest_heads(state).view(batch, length, self.interests, -1)
+
+
+def current_interest_first(interests: torch.Tensor, last_items: torch.Tensor) -> torch.Tensor:
+    """(B, K, D) interests reordered so that the first is the *current* interest, the one with the
+    largest dot product with the user's last item (``last_items`` (B, D); an empty history's padding
+    vector scores every interest 0: the first stays first); the others keep their order. The first is
+    what a row without an interest of its own is searched with (the ``user_embed`` of the user index);
+    the nightly export and the exported encoder order them with this one function."""
+    scores = torch.einsum("bkd,bd->bk", interests, last_items)
+    chosen = scores.argmax(dim=1)
+    rank = (torch.arange(interests.shape[1], device=interests.device)[None, :] != chosen[:, None]).long()
+    order = torch.sort(rank, dim=1, stable=True).indices
+    return interests.gather(1, order[:, :, None].expand(-1, -1, interests.shape[2]))
+
+
+def interest_scores(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Scores of ``items`` (N, D) for users (P, D), or for users of K interests (P, K, D): the best
+    interest's (max over interests: what the multi-interest model is trained on). (P, N)."""
+    scores = users @ items.T
+    return scores.amax(dim=-2) if users.dim() == 3 else scores
 
 
 class TwoTower(nn.Module):
@@ -136,7 +167,8 @@ class TwoTower(nn.Module):
         return self.user_tower(seq, self.item_tower(seq), user_features)
 
     def last_user_vector(self, seq: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
-        return self.user_vectors(seq, user_features)[:, -1, :]
+        """(B, D), or (B, K, D) for K interests: the user after the last position."""
+        return self.user_vectors(seq, user_features)[:, -1]
 
 
 class ContentItemEncoder(nn.Module):
@@ -163,7 +195,12 @@ class SequenceUserEncoder(nn.Module):
         self.register_buffer("item_table", item_table)
 
     def forward(self, seq: torch.Tensor, user_features: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(seq, self.item_table[seq], user_features)[:, -1, :]
+        """(B, D) user vectors, or (B, K, D) interest vectors of a multi-interest model, the current
+        interest first (``current_interest_first``)."""
+        out = self.user_tower(seq, self.item_table[seq], user_features)[:, -1]
+        if out.dim() == 2:
+            return out
+        return current_interest_first(out, self.item_table[seq[:, -1]])
 
 
 def corrected_logits(user: torch.Tensor, pos_idx: torch.Tensor, pos_vecs: torch.Tensor, neg_idx: torch.Tensor,
@@ -176,11 +213,11 @@ def corrected_logits(user: torch.Tensor, pos_idx: torch.Tensor, pos_vecs: torch.
     Columns holding the row's own positive item anywhere but on the diagonal are masked out
     (accidental hits), so an item is never its own negative.
     """
-    in_batch = user @ pos_vecs.T / temperature - pos_log_q[None, :]
+    in_batch = interest_scores(user, pos_vecs) / temperature - pos_log_q[None, :]
     same = pos_idx[None, :] == pos_idx[:, None]
     in_batch = in_batch.masked_fill(same & ~torch.eye(len(pos_idx), dtype=torch.bool, device=user.device),
                                     float("-inf"))
-    uniform = user @ neg_vecs.T / temperature - neg_log_q[None, :]
+    uniform = interest_scores(user, neg_vecs) / temperature - neg_log_q[None, :]
     uniform = uniform.masked_fill(neg_idx[None, :] == pos_idx[:, None], float("-inf"))
     return torch.cat([in_batch, uniform], dim=1)
 
@@ -189,7 +226,7 @@ def full_softmax_loss(user: torch.Tensor, targets: torch.Tensor, all_items: torc
                       temperature: float) -> torch.Tensor:
     """Cross-entropy over the whole catalog (what a small catalog affords): no sampling, so no logQ.
     ``all_items`` is (N+1, D) with row 0 the padding item, which is never a candidate."""
-    logits = user @ all_items.T / temperature
+    logits = interest_scores(user, all_items) / temperature
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, targets)
 

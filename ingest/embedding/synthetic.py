@@ -71,13 +71,44 @@ def item_record(catalog: dict, i: int) -> dict:
     }
 
 
-def generate_users(n_users: int, catalog: dict, seed: int = 1, history: int = 20) -> dict[str, np.ndarray]:
-    """Hidden user tastes and each user's interaction history drawn from the preference model."""
+def generate_users(n_users: int, catalog: dict, seed: int = 1, history: int = 20, tastes: int = 1,
+                   switch: float = 0.2) -> dict[str, np.ndarray]:
+    """Hidden user tastes and each user's interaction history drawn from the preference model. With
+    ``tastes`` > 1 each user has that many taste vectors and reads in runs: each next item comes from the
+    taste of the one before, or (with probability ``switch``) from another of the user's tastes (the
+    case multi-interest user vectors are for: ``ModelConfig.interests``)."""
     rng = np.random.default_rng(seed)
     latent_dims = catalog["latent"].shape[1]
-    taste = rng.normal(size=(n_users, latent_dims)).astype(np.float32) * 0.6
+    if tastes == 1:
+        taste = rng.normal(size=(n_users, latent_dims)).astype(np.float32) * 0.6
+        return {"user_id": np.array([f"u{u}" for u in range(n_users)]), "taste": taste,
+                "history": sample_histories(taste, catalog, history, rng)}
+    taste = rng.normal(size=(n_users, tastes, latent_dims)).astype(np.float32) * 0.9
     return {"user_id": np.array([f"u{u}" for u in range(n_users)]), "taste": taste,
-            "history": sample_histories(taste, catalog, history, rng)}
+            "history": sample_taste_runs(taste, catalog, history, rng, switch)}
+
+
+def sample_taste_runs(taste: np.ndarray, catalog: dict, history: int, rng: np.random.Generator,
+                      switch: float) -> np.ndarray:
+    """Histories of users of several tastes (U, T, latent): runs of items from one taste at a time."""
+    logp = np.log(catalog["popularity"] + 1e-6)
+    n_items, n_tastes = len(logp), taste.shape[1]
+    pool = min(n_items, 2000)
+    out = np.empty((len(taste), history), dtype=np.int64)
+    for u in range(len(taste)):
+        cand = rng.choice(n_items, pool, replace=False) if pool < n_items else np.arange(n_items)
+        logits = catalog["latent"][cand] @ taste[u].T + logp[cand][:, None]      # (pool, T)
+        p = np.exp(logits - logits.max(axis=0))
+        taken = np.zeros(pool, dtype=bool)
+        current = int(rng.integers(n_tastes))
+        for j in range(history):
+            if j and rng.random() < switch:
+                current = int((current + rng.integers(1, n_tastes)) % n_tastes)
+            weights = np.where(taken, 0.0, p[:, current])
+            pick = int(rng.choice(pool, p=weights / weights.sum()))
+            taken[pick] = True
+            out[u, j] = cand[pick]
+    return out
 
 
 def sample_histories(taste: np.ndarray, catalog: dict, history: int, rng: np.random.Generator) -> np.ndarray:

@@ -4,6 +4,7 @@ HR@10 (= Recall@10), checkpoint with its configs and the data version."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -184,9 +185,13 @@ def train(data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig, out_dir:
 
 
 def model_version(summary: dict) -> str:
+    """The model's identity: its data, its architecture (a short hash of the model config: two models
+    of one data set and seed that differ in, say, their interests or id dropout must never share a
+    version, which names their registered encoders), its seed, its best epoch, its ranker holdout."""
     holdout = summary["train_config"].get("ranker_holdout", 0)   # towers that left positions to a ranker differ
-    return (f"two-tower-{summary['data_version']}-s{summary['train_config']['seed']}-e{summary['best_epoch']}"
-            + (f"-h{holdout}" if holdout else ""))
+    architecture = hashlib.sha1(json.dumps(summary["model_config"], sort_keys=True).encode()).hexdigest()[:6]
+    return (f"two-tower-{summary['data_version']}-m{architecture}-s{summary['train_config']['seed']}"
+            f"-e{summary['best_epoch']}" + (f"-h{holdout}" if holdout else ""))
 
 
 def save_checkpoint(model: TwoTower, data: TrainingData, summary: dict, out_dir: Path) -> Path:

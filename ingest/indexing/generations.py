@@ -23,6 +23,7 @@ from elasticsearch import Elasticsearch
 from facetrec.errors import Refused
 from facetrec.es import alias_index
 from facetrec.experiments import arm_aliases
+from facetrec.serving.hit_fields import DOC_VALUES_META
 from facetrec.settings import Settings
 
 FAMILIES = ("item", "user")
@@ -191,6 +192,8 @@ class Generations:
         meta = {"state": LOADING, "model_version": model_version, "generation": generation}
         if family == "user":
             meta["item_generation"] = item_generation or generation
+        else:   # its displayed fields have doc values (the template's title.keyword, the schema's image/url)
+            meta[DOC_VALUES_META] = True
         if item_vector_scale is not None:
             meta["item_vector_scale"] = item_vector_scale
         if exact_vectors:

@@ -213,7 +213,9 @@ class _Publish:
         merge_started = time.perf_counter()
         self.gens.finish_loading(index, max_segments=segments)
         if segments:
-            self.metrics.timing("reindex.merge", (time.perf_counter() - merge_started) * 1000)
+            merged_s = time.perf_counter() - merge_started
+            self.metrics.timing("reindex.merge", merged_s * 1000)
+            self.say(f"merged {index} in {merged_s:.0f}s")
         check_count(self.es, index, expected if expected is not None else report.attempted)
         if is_item:   # the row planner's counts, recorded with the generation (facetrec.catalog.counts)
             self.gens.update_meta(index, row_stats={"docs": report.indexed, "rows": count_rows(
