@@ -175,11 +175,13 @@ def main() -> int:
     parser.add_argument("--tie-break", choices=list(TIE_BREAK_TEXT), default="hash",
                         help="how the ETL orders same-second events (facetrec.model.ties; the others only to compare)")
     parser.add_argument("--out", default=str(REPO / "docs" / "model_study"), help="path prefix for .md and .json")
-    parser.add_argument("--keep", metavar="JSON", help="an earlier study's JSON (same ETL): its runs of the variants "
-                                                       "and seeds not run now are kept in the table")
     parser.add_argument("--data", default="MovieLens-100k", help="what the ETL output holds (the table's header)")
+    parser.add_argument("--render", nargs="+", metavar="JSON", help="train nothing: write the table and picture of "
+                                                                    "these studies' runs together (later files win)")
     args = parser.parse_args()
     command = "python bench/model_study.py " + " ".join(sys.argv[1:])
+    if args.render:
+        return render(args)
 
     with tempfile.TemporaryDirectory(prefix="facetrec-study-") as tmp:
         etl_dir = args.etl_dir
@@ -210,11 +212,6 @@ def main() -> int:
                       f"test HR@10 {r['test']['HR@10']:.4f} NDCG@10 {r['test']['NDCG@10']:.4f}  "
                       f"(epoch {r['best_epoch']}, {r['seconds']:.0f}s; {time.perf_counter() - started:.0f}s so far)",
                       flush=True)
-    if args.keep:   # an earlier study's runs of the variants not run again (same data version)
-        earlier = json.loads(Path(args.keep).read_text())
-        fresh = {(r["variant"], r["seed"]) for r in runs}
-        runs += [r for r in earlier["runs"] if (r["variant"], r["seed"]) not in fresh and r["variant"] in VARIANTS]
-        command = f"{earlier['command']}; then {command}"
     runs.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
     text = table(runs, base, args.seeds, command, data_version, args.tie_break, args.data, n_items)
     print(text)
@@ -229,6 +226,39 @@ def main() -> int:
     picture = plot_model_study({"command": command, "baselines": base, "runs": runs}, out.with_suffix(".png"),
                                date=f"run on {time.strftime('%Y-%m-%d')}")
     print(f"wrote {picture}")
+    return 0
+
+
+def render(args) -> int:
+    """The table and picture of earlier studies' runs, merged (a run of a variant and seed in a later
+    file replaces the earlier one); their commands are kept in the header, in order."""
+    runs: dict[tuple[str, int], dict] = {}
+    commands, base, seeds = [], None, set()
+    for path in args.render:
+        study = json.loads(Path(path).read_text())
+        commands.append(study["command"])
+        base = study["baselines"]
+        for r in study["runs"]:
+            runs[(r["variant"], r["seed"])] = r
+            seeds.add(r["seed"])
+    merged = sorted(runs.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+    report = json.loads((Path(args.etl_dir) / "report.json").read_text()) if args.etl_dir else {}
+    from ingest.embedding.features import load_training_data
+
+    n_items = load_training_data(args.etl_dir).n_items if args.etl_dir else 1682
+    command = "; then ".join(commands)
+    text = table(merged, base, sorted(seeds), command, report.get("data_version", "?"), args.tie_break, args.data,
+                 n_items)
+    out = Path(args.out)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "tie_break": args.tie_break, "baselines": base,
+                                                    "runs": merged}, indent=2))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plots import plot_model_study
+
+    plot_model_study({"command": command, "baselines": base, "runs": merged}, out.with_suffix(".png"),
+                     date=f"rendered on {time.strftime('%Y-%m-%d')}")
+    print(text)
     return 0
 
 

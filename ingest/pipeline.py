@@ -162,16 +162,31 @@ def step_evaluate(work_dir, split: str = "test") -> dict:
     return results
 
 
+def run_rows_config(work_dir, settings: Settings) -> Path:
+    """The row config of a run: the ``rows.yaml`` beside the catalog schema file it recorded
+    (``inputs.json``), else the configured one."""
+    recorded = paths(work_dir)["inputs"]
+    if recorded.is_file():
+        beside = Path(json.loads(recorded.read_text())["catalog_config"]).parent / "rows.yaml"
+        if beside.is_file():
+            return beside
+    return settings.rows_config
+
+
 def step_evaluate_served(work_dir, settings: Settings, split: str = "test", users: int = 0,
-                         progress: bool = True) -> dict:
-    """Offline vs served HR@10 / NDCG@10 of the same vectors (see ingest.served_evaluation);
-    written to <work>/eval_served.json."""
+                         progress: bool = True, rows_config=None) -> dict:
+    """Offline vs served HR@10 / NDCG@10 of the same vectors, and every homepage row's hit rate as
+    served (see ingest.served_evaluation); written to <work>/eval_served.json."""
+    from facetrec.catalog.rows import RowCatalog
+    from ingest.embedding.features import etl_schema
     from ingest.served_evaluation import evaluate_served, parity_table
 
     model, meta, data = _load_model(work_dir)
     ranker_dir = trained_ranker(work_dir, meta["model_version"])
+    catalog = RowCatalog.load(rows_config or run_rows_config(work_dir, settings),
+                              schema=etl_schema(paths(work_dir)["etl"]))
     result = evaluate_served(model, data, paths(work_dir)["etl"], meta["model_version"], settings, split, users,
-                             progress, ranker_dir=ranker_dir)
+                             progress, ranker_dir=ranker_dir, catalog=catalog)
     result["model_version"] = meta["model_version"]
     (Path(work_dir) / "eval_served.json").write_text(json.dumps(result, indent=2))
     print(parity_table(result))

@@ -162,6 +162,13 @@ def test_a_walk_is_sized_for_the_seen_items_that_pass_the_filter_not_for_all_of_
         assert ((passing - seen_passing) >= shown).mean() > 0.98, (shown, seen, share)
 
 
+def test_a_homepage_larger_than_a_request_may_ask_is_refused_at_load():
+    rows = [{"id": f"r{i}", "size": 50} for i in range(5)]
+    with pytest.raises(RowConfigError, match="250 items.*at most 200"):
+        RowCatalog.from_dict({"rows": rows})
+    assert RowCatalog.from_dict({"rows": rows, "homepage": ["r0", "r1", "r2", "r3"]}).homepage == ("r0", "r1", "r2", "r3")
+
+
 def test_row_config_pins_a_plan():
     catalog = RowCatalog.from_dict({"rows": [
         {"id": "a", "plan": "post_filter"}, {"id": "b", "exact": True}, {"id": "c"}]}, schema_of({"f": "keyword"}))

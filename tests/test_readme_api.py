@@ -110,12 +110,14 @@ def test_the_section_sits_after_the_two_commands_and_shows_each_kind_of_example(
     text = open(README).read()
     assert text.index("## Two commands") < text.index(f"\n{SECTION}\n") < text.index("\n## ", text.index(SECTION) + 5)
     commands = [c for c, *_ in readme_examples(text)]
-    assert 5 <= len(commands) <= 7, commands
+    assert 5 <= len(commands) <= 9, commands
     assert any("/homepage" in c and "someone-new" in c for c in commands)          # an unknown user
     assert any("/rows" in c and '"ad_hoc": true' in c for c in commands)           # an ad-hoc row
     events = next(i for i, c in enumerate(commands) if "/events" in c)
     assert any("/homepage" in c for c in commands[events + 1:])                   # the homepage after an event
     assert any(status == 400 for _, status, _, _ in readme_examples(text))        # a 400
+    assert any("-X DELETE" in c and "/v1/items/" in c for c in commands)          # a takedown
+    assert any("-X PUT" in c and "/v1/items/" in c for c in commands)             # a new item
 
 
 def test_shapes_are_compared_strictly():

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from facetrec.catalog.rows import RowCatalog
 from ingest.served_evaluation import eval_settings, served_metrics
 
 
@@ -77,3 +78,13 @@ def test_served_evaluation_matches_offline_and_never_moves_the_live_aliases(es, 
 
     model_version = json.loads((work / "ranker" / "ranker.json").read_text())["model_version"]
     assert all((model_dir(settings.models_root, model_version) / name).is_file() for name in ranking.RANKER_FILES)
+    # Every homepage row of the run's row config (the synthetic one, beside its schema), as served: a
+    # row's hit rate is how often the held-out item is in it, the page's how often it is in any row.
+    page = result["homepage"]
+    catalog_rows = {row.id for row in RowCatalog.load(pipeline.DATASET_ROWS["synthetic"]).homepage_rows()}
+    assert set(page["rows"]) == catalog_rows and page["users"] == 150
+    assert max(r["hit_rate"] for r in page["rows"].values()) <= page["page_hit_rate"] <= \
+        sum(r["hit_rate"] for r in page["rows"].values()) + 1e-9
+    assert page["page_hit_rate"] > 0 and 0 < page["coverage"] <= 1
+    assert all(0 < r["intra_list_diversity"] <= 2 for r in page["rows"].values() if r["intra_list_diversity"])
+    assert "homepage row" in printed and "the page (any row)" in printed

@@ -146,6 +146,10 @@ class RowCatalog:
                 raise RowConfigError(f"{source}: homepage names unknown row {row_id!r}")
         if not homepage:
             raise RowConfigError(f"{source}: no rows configured")
+        page_size = sum(rows[row_id].size for row_id in homepage)
+        if page_size > MAX_PAGE_HITS:   # every plain homepage call would be refused
+            raise RowConfigError(f"{source}: the homepage's rows hold {page_size} items at their sizes; a request "
+                                 f"asks for at most {MAX_PAGE_HITS}: fewer rows on the homepage, or smaller sizes")
         return cls(facets=facets, user_filters=user_filters, rows=rows, homepage=homepage, schema=schema)
 
     def homepage_rows(self) -> list[Row]:

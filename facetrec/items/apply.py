@@ -44,6 +44,9 @@ from facetrec.settings import Settings
 
 log = logging.getLogger("facetrec.items")
 MAX_WRITE_ATTEMPTS = 16
+# A write waits for a refresh (up to the index's refresh interval) before it answers: longer than a
+# page's search may take (FACETREC_ES_REQUEST_TIMEOUT_S), so item writes have a timeout of their own.
+WRITE_TIMEOUT_S = 30.0
 # What applying a change did to one pair's item index.
 CREATED, REPLACED, UPDATED, UNCHANGED, TAKEN_DOWN, NOT_HELD, NOT_FOUND = \
     "created", "replaced", "updated", "unchanged", "taken_down", "not_held", "not_found"
@@ -66,7 +69,7 @@ class ItemChanges:
     def __init__(self, es: Elasticsearch, settings: Settings, encoders: EncoderRegistry | None = None,
                  takedowns: Takedowns | None = None, arm_item_aliases: Callable[[], dict[str, str]] | None = None,
                  clock: Callable[[], datetime] | None = None):
-        self.es, self.settings = es, settings
+        self.es, self.settings = es.options(request_timeout=WRITE_TIMEOUT_S), settings
         self.encoders = encoders or EncoderRegistry(settings.models_root, kind="item")
         self.log = ItemChangeLog(es, settings)
         self.takedowns = takedowns
@@ -79,18 +82,35 @@ class ItemChanges:
     def submit(self, change: ItemChange) -> ChangeApplied:
         """Log, then apply to every live pair. A change id logged before is a retry when it holds the
         same change (applied again: idempotent, ``duplicate``), else ChangeIdReused."""
-        logged = self.log.record(change, self.clock())
-        if logged is not None and not change.same_as(logged):
-            raise ChangeIdReused(change)
-        if self.takedowns is not None:
-            self.takedowns.note(change, self.clock())
+        return self.submit_many([change])[0]
+
+    def submit_many(self, changes: list[ItemChange]) -> list[ChangeApplied]:
+        """``submit`` for a batch, in order: each change logged, then applied to every live pair; the
+        touched item indices are refreshed once at the end (one refresh for the batch instead of a
+        wait per change), so every change is visible to every search from the answer on. A change
+        whose id was logged with another change stops the batch there (ChangeIdReused): the changes
+        before it are applied and visible."""
         aliases = {"control": self.settings.item_alias, **self.arm_item_aliases()}
-        pairs, vector = {}, None
-        for arm, alias in aliases.items():
-            pairs[arm], how = self.apply(change, alias)
-            vector = vector or how
-        return ChangeApplied(change.item_id, change.change_id, change.op, "duplicate" if logged else "applied", pairs,
-                             vector)
+        out, touched = [], set()
+        try:
+            for change in changes:
+                logged = self.log.record(change, self.clock())
+                if logged is not None and not change.same_as(logged):
+                    raise ChangeIdReused(change)
+                if self.takedowns is not None:
+                    self.takedowns.note(change, self.clock())
+                pairs, vector = {}, None
+                for arm, alias in aliases.items():
+                    index = self._concrete(alias)
+                    pairs[arm], how = self.apply(change, index, refresh=False)
+                    touched.add(index)
+                    vector = vector or how
+                out.append(ChangeApplied(change.item_id, change.change_id, change.op,
+                                         "duplicate" if logged else "applied", pairs, vector))
+        finally:
+            if touched:
+                self.es.indices.refresh(index=",".join(sorted(touched)))
+        return out
 
     def apply(self, change: ItemChange, item_index: str, refresh: bool = True) -> tuple[str, str | None]:
         """Apply ``change`` to one item index (an alias or a concrete index): (what it did, where the

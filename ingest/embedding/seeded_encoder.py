@@ -1,6 +1,8 @@
 """A seeded, untrained user tower over a frozen item table, exported the way the nightly embed step
 exports a trained one: a real encoder for tests and benchmarks of the events path (API and stream)
-without training a model. ``user_vector`` is the eager tower (what the nightly job computes)."""
+without training a model. ``user_vector`` is the eager tower (what the nightly job computes). Its
+``export`` also writes a seeded item encoder reading titles only (a new item added during the day
+gets a vector from it, as from a trained model's)."""
 
 from __future__ import annotations
 
@@ -37,3 +39,27 @@ class SeededUserModel:
         save_user_encoder(self.tower, self.table, out, max_len=self.max_len, item_index=self.index,
                           feature_names=[], feature_vocab={}, example_histories=[np.array([1, 2, 3])],
                           example_features=np.zeros((1, 0), dtype=np.int64))
+        self.export_item_encoder(out)
+
+    def export_item_encoder(self, out, title_buckets: int = 4096, title_width: int = 8) -> None:
+        """A seeded item tower over titles alone (no id: every item is new to it), traced and described
+        as ``ingest.embedding.embed.export_item_encoder`` writes a trained one."""
+        import json
+        import warnings
+        from pathlib import Path
+
+        from ingest.embedding.model import ContentItemEncoder, ItemTower, ModelConfig
+
+        torch.manual_seed(11)
+        dim = self.table.shape[1]
+        cfg = ModelConfig(dim=dim, hidden=dim, dropout=0.0, item_facets=False)
+        tower = ItemTower(cfg, 1, {}, title_buckets, {}, torch.zeros((2, title_width), dtype=torch.int64)).eval()
+        example = (torch.zeros(2, dtype=torch.int64), torch.zeros((2, 0, 1), dtype=torch.int64),
+                   torch.ones((2, title_width), dtype=torch.int64))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(ContentItemEncoder(tower).eval(), example, check_trace=False)
+        traced.save(str(Path(out) / "item_encoder.pt"))
+        (Path(out) / "item_encoder.json").write_text(json.dumps({
+            "item_index": {}, "facets": [], "facet_width": 1, "title_field": "title",
+            "title_buckets": title_buckets, "title_width": title_width}))
