@@ -86,7 +86,7 @@ def cmd_evaluate(args, settings: Settings) -> int:
     from ingest import pipeline
 
     if args.served:
-        pipeline.step_evaluate_served(args.work_dir, settings, args.split, args.users)
+        pipeline.step_evaluate_served(args.work_dir, settings, args.split, args.users, rows_config=args.rows)
     else:
         pipeline.step_evaluate(args.work_dir, args.split)
     return 0
@@ -162,6 +162,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also publish the evaluation vectors to the eval_* aliases and measure the rows the service "
                         "returns (HR@10 / NDCG@10 beside the offline full ranking)")
     p.add_argument("--users", type=int, default=0, help="with --served: a fixed random sample of users (0: all)")
+    p.add_argument("--rows", help="with --served: the row config whose homepage rows are measured (default: the "
+                                  "rows.yaml beside the run's catalog schema)")
     p.set_defaults(func=cmd_evaluate)
     step("embed", "export item/user embeddings and the user encoder",
          "Export item and user embeddings (parquet) and the user encoder (what the events API recomputes vectors "
