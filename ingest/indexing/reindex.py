@@ -343,8 +343,10 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         families = ("item", "user") if items is not None else ("user",)
         _step(generation, f"locked; publishing {' and '.join(families)} of model {model_version}")
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
-            print(f"facetrec: generation {generation} is already live; nothing to do")
-            return {"generation": generation, "status": "already_live"}
+            print(f"facetrec: generation {generation} is already live; re-applying what was logged since its input")
+            return {"generation": generation, "status": "already_live",
+                    **_finish_live(es, settings, gens, lock, generation, families, items_since, events_since,
+                                  encoders, metrics)}
         plan = plan_publish(gens, settings, items, model_version, generation, catalog.schema, items_since)
         run = _Publish(es, settings, catalog, gens, lock, plan, metrics, progress)
         run.prepare()
@@ -371,6 +373,28 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
                 "docs_per_s": {f: round(r.docs_per_s) for f, r in reports.items()}, "validation": validation.checks,
                 "recall": validation.recall, "events_replayed": replayed, "items_replayed": items_replayed,
                 "deleted": deleted, "seconds": seconds}
+
+
+def _finish_live(es: Elasticsearch, settings: Settings, gens: Generations, lock, generation: str,
+                 families: tuple[str, ...],
+                 items_since: datetime | None, events_since: datetime | None, encoders: EncoderRegistry | None,
+                 metrics: Metrics) -> dict:
+    """A rerun of a generation that already went live: the run that swapped it may have died before
+    its replays after the swap, so the item changes since its catalog snapshot (and every takedown)
+    and, when known, the event batches since its input are applied again (both idempotent)."""
+    def say(message: str) -> None:
+        _step(generation, message)
+
+    done: dict = {}
+    if "item" in families:
+        lock.fence("item changes")
+        done["items_replayed"] = _items_after_swap(ItemChanges(es, settings), gens.live_index("item"),
+                                                   items_since, say, metrics)
+    if events_since is not None:
+        lock.fence("events")
+        done["events_replayed"] = UserEvents(es, settings, encoders).replay(gens.live_index("user"), events_since,
+                                                                            progress=say)
+    return done
 
 
 # Events logged by another machine's clock up to this much before the first replay are read again.
