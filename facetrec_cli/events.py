@@ -9,6 +9,7 @@ import json
 from datetime import datetime, timezone
 
 from facetrec.settings import Settings
+from facetrec_cli.streaming import run_until_stopped, say
 
 
 def _time(value: str) -> datetime:
@@ -38,19 +39,13 @@ def cmd_events_replay(args, settings: Settings) -> int:
 def cmd_events_stream(args, settings: Settings) -> int:
     """Run the streaming user-vector update until stopped (Ctrl-C, or any kill: a micro-batch cut
     short runs again on restart from the checkpoint and applies nothing twice)."""
-    import sys
-
     from facetrec.es import make_client
     from facetrec.events.apply import UserEvents
+    from facetrec.experiments import ExperimentCache
     from facetrec.metrics import make_metrics
     from facetrec.model.user_encoder import EncoderRegistry
     from ingest.embedding.spark import make_spark_session
     from ingest.streaming.user_events_stream import start_user_events_stream
-
-    def say(message: str) -> None:
-        print(f"facetrec: {message}", file=sys.stderr, flush=True)
-
-    from facetrec.experiments import ExperimentCache
 
     es = make_client(settings, request_timeout=120)
     experiments = ExperimentCache(es, settings, settings.experiment_refresh_s)
@@ -62,15 +57,7 @@ def cmd_events_stream(args, settings: Settings) -> int:
         max_files_per_trigger=args.max_files_per_trigger, metrics=make_metrics(settings, "stream"), progress=say)
     say(f"stream {writer.stream}: reading {args.source}, checkpoint {args.checkpoint}"
         + (" (what is there now, then stop)" if args.available_now else f" (every {args.interval_s} s; Ctrl-C stops)"))
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        say("stopping; a micro-batch cut short runs again on restart (nothing is applied twice)")
-        query.stop()
-    finally:
-        spark.stop()
-    print(json.dumps({"stream": writer.stream, **writer.totals}))
-    return 0
+    return run_until_stopped(spark, query, writer)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from facetrec.settings import Settings
-
-
-def _say(message: str) -> None:
-    print(f"facetrec: {message}", file=sys.stderr, flush=True)
+from facetrec_cli.streaming import run_until_stopped
+from facetrec_cli.streaming import say as _say
 
 
 def _items(settings: Settings):
@@ -78,14 +75,7 @@ def cmd_items_stream(args, settings: Settings) -> int:
                                               available_now=args.available_now, interval_s=args.interval_s,
                                               metrics=make_metrics(settings, "stream"), progress=_say)
     _say(f"stream {writer.stream}: reading {args.source}, checkpoint {args.checkpoint}")
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        query.stop()
-    finally:
-        spark.stop()
-    print(json.dumps({"stream": writer.stream, **writer.totals}))
-    return 0
+    return run_until_stopped(spark, query, writer)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
