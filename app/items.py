@@ -20,18 +20,35 @@ from flask import Blueprint, jsonify, request
 from app.api import live_catalog
 from app.requests import query_args
 from app.state import service_of
-from facetrec.errors import BadRequest, ConfigurationError
+from facetrec.errors import BadRequest, Unavailable
 from facetrec.es import cluster_errors_as_unavailable
 from facetrec.events.batch import check_item_id
-from facetrec.items.changes import MAX_CHANGES_PER_BATCH, ItemChange, check_change_id, item_fields_of, parse_change
+from facetrec.items.changes import (
+    MAX_CHANGES_PER_BATCH,
+    MAX_ITEM_ID_BYTES,
+    ChangeIdReused,
+    ItemChange,
+    check_change_id,
+    item_fields_of,
+    parse_change,
+)
 
 bp = Blueprint("items", __name__)
+
+
+class NoCatalogSchema(Unavailable):
+    """The service runs without a catalog schema (a row config with no catalog.yaml): nothing to check
+    item changes against (an operator's fix: a 503 the log explains)."""
+
+    code = "no_catalog_schema"
+    public = "item changes need the live catalog's schema and this service has none"
+    log_event = "no_catalog_schema"
 
 
 def _schema():
     schema = live_catalog().schema
     if schema is None:
-        raise ConfigurationError("the service has no catalog schema: item changes need one")
+        raise NoCatalogSchema("FACETREC_ROWS_CONFIG names a row config without a catalog.yaml beside it")
     return schema
 
 
@@ -43,7 +60,7 @@ def _body() -> dict:
 
 
 def _one(op: str, item_id: str):
-    item_id = check_item_id(item_id)
+    item_id = check_item_id(item_id, max_bytes=MAX_ITEM_ID_BYTES)
     if op == "delete":
         args = query_args(request.args, {"change_id"})
         change = ItemChange(item_id, check_change_id(args.get("change_id")), "delete", {})
@@ -96,4 +113,10 @@ def item_changes():
         raise BadRequest("changes", f"a list of 1..{MAX_CHANGES_PER_BATCH} changes")
     schema = _schema()
     changes = [parse_change(c, schema, f"changes[{i}]") for i, c in enumerate(raw)]
-    return jsonify({"changes": _submit(changes)})
+    try:
+        return jsonify({"changes": _submit(changes)})
+    except ChangeIdReused as exc:   # name the change in the batch, and say the ones before it were applied
+        at = next(i for i, c in enumerate(changes) if c is exc.change)
+        exc.field = f"changes[{at}].change_id"
+        exc.args = (f"{exc} (the {at} change(s) before it were applied; it and the rest were not)",)
+        raise

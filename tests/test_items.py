@@ -196,6 +196,48 @@ def test_a_change_applied_twice_changes_nothing(es, shop):
     assert es.get(index=index, id="twice-1", source_exclude_vectors=False)["_source"] == before
 
 
+def test_a_retry_of_a_change_a_later_one_followed_does_not_undo_it(es, client, shop):
+    """A retry is applied again only while it is the item's newest change: a retried put after a patch
+    leaves the patch, and a retried takedown after a restore neither deletes nor hides the item."""
+    from urllib.parse import quote
+
+    from app.state import service_of
+
+    settings, _ = shop
+    index = alias_index(es, settings.item_alias)
+    put = {"item": {"title": "First", "item_format": "ebook", "language": "en"}, "change_id": "retry-1-a"}
+    assert client.put("/v1/items/retry-1", headers=AUTH, json=put).status_code == 200
+    assert client.patch("/v1/items/retry-1", headers=AUTH,
+                        json={"item": {"title": "Later"}, "change_id": "retry-1-b"}).status_code == 200
+    retried = client.put("/v1/items/retry-1", headers=AUTH, json=put).get_json()
+    assert retried["status"] == "duplicate"
+    assert retried["pairs"] == {"control": "superseded", "candidate": "superseded"}
+    assert es.get(index=index, id="retry-1")["_source"]["title"] == "Later"
+
+    assert client.delete("/v1/items/retry-1?change_id=retry-1-c", headers=AUTH).status_code == 200
+    assert client.put("/v1/items/retry-1", headers=AUTH, json={**put, "change_id": "retry-1-d"}).status_code == 200
+    again = client.delete("/v1/items/retry-1?change_id=retry-1-c", headers=AUTH).get_json()
+    assert again["status"] == "duplicate" and set(again["pairs"].values()) == {"superseded"}
+    assert es.exists(index=index, id="retry-1")
+    assert "retry-1" not in service_of(client.application).takedowns.ids()
+    fresh = create_app(settings)                      # another process, from the log alone
+    assert "retry-1" not in service_of(fresh).takedowns.ids()
+
+    # A reused change id in a batch names its place; the changes before it are applied.
+    reused = client.post("/v1/items/changes", headers=AUTH, json={"changes": [
+        {"op": "put", "item_id": "retry-2", "item": {"title": "Two"}, "change_id": "retry-2-a"},
+        {"op": "put", "item_id": "retry-1", "item": {"title": "Other"}, "change_id": "retry-1-a"}]})
+    assert reused.status_code == 409 and reused.get_json()["error"]["field"] == "changes[1].change_id"
+    assert es.exists(index=index, id="retry-2")
+    # An id too long for the change log's document ids (600 bytes of UTF-8) is refused, naming it.
+    long_id = quote("語" * 200)
+    for response in (client.delete(f"/v1/items/{long_id}", headers=AUTH),
+                     client.post("/v1/items/changes", headers=AUTH,
+                                 json={"changes": [{"op": "delete", "item_id": "語" * 200}]})):
+        assert response.status_code == 400, response.get_json()
+        assert response.get_json()["error"]["field"] in ("item_id", "changes[0].item_id")
+
+
 def test_a_process_killed_between_the_log_write_and_the_apply_loses_no_change(es, shop):
     settings, _ = shop
     script = ("import os, signal, sys\n"

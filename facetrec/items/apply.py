@@ -4,7 +4,8 @@ A change is
 
 1. **logged** in the item change log (``facetrec.items.log``) before anything else, so no accepted
    change can be lost (a process killed after the log write loses nothing: the change is applied by
-   the next publish's or rollback's replay, or sent again: a change id applies once);
+   the next publish's or rollback's replay, or sent again: a retry is applied again while it is the
+   item's newest change, and not once a later change superseded it, which it would undo);
 2. **applied** to every live item index, control's and each experiment arm's (each write visible to
    searches before the answer: ``refresh=wait_for``): a takedown deletes the item; a put writes the whole
    item; a patch changes some fields of the item the index holds (with optimistic concurrency:
@@ -35,21 +36,20 @@ from elasticsearch import ConflictError, Elasticsearch, NotFoundError
 
 from facetrec.catalog.meta import GenerationMeta, read_meta
 from facetrec.es import alias_index
-from facetrec.items.changes import ChangeIdReused, ItemChange
+from facetrec.items.changes import ChangeIdReused, ItemBusy, ItemChange
 from facetrec.items.documents import item_document, item_fields
-from facetrec.items.log import ItemChangeLog
+from facetrec.items.log import WRITE_TIMEOUT_S, ItemChangeLog
 from facetrec.items.takedowns import Takedowns
 from facetrec.model.user_encoder import EncoderRegistry
 from facetrec.settings import Settings
 
 log = logging.getLogger("facetrec.items")
 MAX_WRITE_ATTEMPTS = 16
-# A write waits for a refresh (up to the index's refresh interval) before it answers: longer than a
-# page's search may take (FACETREC_ES_REQUEST_TIMEOUT_S), so item writes have a timeout of their own.
-WRITE_TIMEOUT_S = 30.0
 # What applying a change did to one pair's item index.
 CREATED, REPLACED, UPDATED, UNCHANGED, TAKEN_DOWN, NOT_HELD, NOT_FOUND = \
     "created", "replaced", "updated", "unchanged", "taken_down", "not_held", "not_found"
+# A retry of a change the item's later change superseded: not applied again (it would undo that one).
+SUPERSEDED = "superseded"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ class ItemChanges:
                  clock: Callable[[], datetime] | None = None):
         self.es, self.settings = es.options(request_timeout=WRITE_TIMEOUT_S), settings
         self.encoders = encoders or EncoderRegistry(settings.models_root, kind="item")
-        self.log = ItemChangeLog(es, settings)
+        self.log = ItemChangeLog(self.es, settings)
         self.takedowns = takedowns
         self.arm_item_aliases = arm_item_aliases or dict
         self.clock = clock or (lambda: datetime.now(timezone.utc))
@@ -81,7 +81,8 @@ class ItemChanges:
     # ---- a change ---------------------------------------------------------------------------------
     def submit(self, change: ItemChange) -> ChangeApplied:
         """Log, then apply to every live pair. A change id logged before is a retry when it holds the
-        same change (applied again: idempotent, ``duplicate``), else ChangeIdReused."""
+        same change (``duplicate``: applied again, idempotent, while it is the item's newest change;
+        ``superseded`` in every pair once a later change followed it), else ChangeIdReused."""
         return self.submit_many([change])[0]
 
     def submit_many(self, changes: list[ItemChange]) -> list[ChangeApplied]:
@@ -94,11 +95,19 @@ class ItemChanges:
         out, touched = [], set()
         try:
             for change in changes:
-                logged = self.log.record(change, self.clock())
-                if logged is not None and not change.same_as(logged):
-                    raise ChangeIdReused(change)
+                received_at = self.clock()
+                logged = self.log.record(change, received_at)
+                if logged is not None:
+                    if not change.same_as(logged):
+                        raise ChangeIdReused(change)
+                    received_at = datetime.fromisoformat(logged["received_at"])
+                    if self.log.latest_change_id(change.item_id) != change.change_id:
+                        # A retry of a change a later one superseded: applying it again would undo that one.
+                        out.append(ChangeApplied(change.item_id, change.change_id, change.op, "duplicate",
+                                                 dict.fromkeys(aliases, SUPERSEDED)))
+                        continue
                 if self.takedowns is not None:
-                    self.takedowns.note(change, self.clock())
+                    self.takedowns.note(change, received_at)
                 pairs, vector = {}, None
                 for arm, alias in aliases.items():
                     index = self._concrete(alias)
@@ -145,19 +154,19 @@ class ItemChanges:
             except ConflictError:   # written meanwhile: read again
                 continue
             return (CREATED if current is None else REPLACED if change.op == "put" else UPDATED), how
-        raise ConflictError(f"item {change.item_id!r} kept changing under change {change.change_id!r}", None, None)
+        raise ItemBusy(change)
 
     # ---- replay --------------------------------------------------------------------------------
     def replay(self, item_index: str, since: datetime | None, progress: Callable[[str], None] | None = None) -> dict:
         """Apply to ``item_index`` every change received after ``since`` (its catalog snapshot), in
         the order received, and every takedown in effect (whenever it was made); idempotent."""
         counts = {"changes": 0, "takedowns": 0}
-        states = self.log.states()
+        states, recent = self.log.read(since)   # one scan: the states and the changes as of one moment
         index = self._concrete(item_index)
         for item_id in sorted(item for item, state in states.items() if state.taken_down):
             self.apply(ItemChange(item_id, "replay", "delete", {}), index, refresh=False)
             counts["takedowns"] += 1
-        for _, change in self.log.since(since):
+        for change in recent:
             if change.op != "delete" and not states[change.item_id].taken_down:
                 self.apply(change, index, refresh=False)
                 counts["changes"] += 1

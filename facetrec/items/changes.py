@@ -29,6 +29,10 @@ CHANGE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_TITLE = 1000
 MAX_CHANGES_PER_BATCH = 100
 
+# An item id is part of its change log document's id (``<item id>/<change id>``, the change id at most
+# 64 ASCII characters), and Elasticsearch caps a document id at 512 bytes.
+MAX_ITEM_ID_BYTES = 400
+
 
 class ChangeIdReused(Conflict):
     """A change id already logged for this item with another change (a 409)."""
@@ -38,7 +42,18 @@ class ChangeIdReused(Conflict):
     def __init__(self, change: "ItemChange"):
         super().__init__(f"change_id {change.change_id!r} was already used for item {change.item_id!r} with another "
                          "change; a retry must send the same change, a new change needs a new change_id")
-        self.field = "change_id"
+        self.field, self.change = "change_id", change
+
+
+class ItemBusy(Conflict):
+    """An item kept changing under a change (every conditional write lost its race): a 409, retry."""
+
+    code = "item_busy"
+
+    def __init__(self, change: "ItemChange"):
+        super().__init__(f"item {change.item_id!r} kept changing under change {change.change_id!r}; the change is "
+                         "logged: send it again (same change_id) to apply it")
+        self.field = "item_id"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +149,7 @@ def parse_change(raw: Any, schema: CatalogSchema, where: str = "change") -> Item
     op = raw.get("op")
     if op not in OPS:
         raise BadRequest(f"{where}.op", f"one of {list(OPS)}")
-    item_id = check_item_id(raw.get("item_id"), f"{where}.item_id")
+    item_id = check_item_id(raw.get("item_id"), f"{where}.item_id", MAX_ITEM_ID_BYTES)
     change_id = check_change_id(raw.get("change_id"), f"{where}.change_id")
     if op == "delete":
         if raw.get("item") is not None:

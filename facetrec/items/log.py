@@ -18,6 +18,10 @@ from elasticsearch import ConflictError, Elasticsearch, helpers
 from facetrec.items.changes import ItemChange
 from facetrec.settings import Settings
 
+# A write waits for a refresh (up to the index's refresh interval) before it answers: longer than a
+# page's search may take (FACETREC_ES_REQUEST_TIMEOUT_S), so item writes have a timeout of their own.
+WRITE_TIMEOUT_S = 30.0
+
 LOG_MAPPING = {"dynamic": False, "properties": {
     "item_id": {"type": "keyword"}, "change_id": {"type": "keyword"}, "op": {"type": "keyword"},
     "received_at": {"type": "date"}, "fields": {"type": "object", "enabled": False}}}
@@ -55,6 +59,14 @@ class ItemChangeLog:
         except ConflictError:
             return self.es.get(index=self.index, id=self.doc_id(change))["_source"]
 
+    def latest_change_id(self, item_id: str) -> str | None:
+        """The change id of the item's newest logged change (None: nothing logged for it)."""
+        if not self.es.indices.exists(index=self.index):
+            return None
+        hits = self.es.search(index=self.index, size=1, query={"term": {"item_id": item_id}},
+                              sort=[{"received_at": "desc"}, {"change_id": "desc"}], source=["change_id"])
+        return hits["hits"]["hits"][0]["_source"]["change_id"] if hits["hits"]["hits"] else None
+
     def since(self, received_after: datetime | None = None) -> Iterator[tuple[datetime, ItemChange]]:
         """Every logged change received after ``received_after`` (all: None), oldest first."""
         if not self.es.indices.exists(index=self.index):
@@ -67,10 +79,18 @@ class ItemChangeLog:
     def states(self) -> dict[str, "ItemState"]:
         """Each logged item's state: whether a takedown is in effect (a later put restores it; a patch
         changes nothing of it), and when its latest change was received."""
-        out: dict[str, ItemState] = {}
+        return self.read(None)[0]
+
+    def read(self, received_after: datetime | None) -> tuple[dict[str, "ItemState"], list[ItemChange]]:
+        """One scan of the whole log: each item's state, and the changes received after
+        ``received_after`` (all: None) in the order received, both as of the same moment."""
+        states: dict[str, ItemState] = {}
+        recent: list[ItemChange] = []
         for at, change in self.since(None):
-            out[change.item_id] = fold(out.get(change.item_id), change, at)
-        return out
+            states[change.item_id] = fold(states.get(change.item_id), change, at)
+            if received_after is None or at > received_after:
+                recent.append(change)
+        return states, recent
 
     def takedowns(self) -> set[str]:
         """The items a takedown is in effect for."""

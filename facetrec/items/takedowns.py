@@ -5,8 +5,8 @@ pair may not hold it yet: an arm whose apply failed, a pair a rollback returns t
 ran, a generation loaded from a catalog exported before the takedown. So every page also leaves
 out the items in this set (``facetrec.serving.homepage``), whatever pair it reads. The process that
 took the change notes it at once; every other process reads the change log's new entries at most
-every ``FACETREC_TAKEDOWN_POLL_S`` (a search of the changes received since its last read, a few
-seconds of overlap for clocks), so a takedown is out of every page within that time of its answer.
+every ``FACETREC_TAKEDOWN_POLL_S`` (a search of the changes received since its last read, read
+again from ``OVERLAP`` before it: the write timeout and 5 s for the hosts' clocks), so a takedown is out of every page within that time of its answer.
 A later put of the item restores it.
 """
 
@@ -19,10 +19,13 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from facetrec.items.changes import ItemChange
-from facetrec.items.log import ItemChangeLog, ItemState, fold
+from facetrec.items.log import WRITE_TIMEOUT_S, ItemChangeLog, ItemState, fold
 
 log = logging.getLogger("facetrec.items")
-OVERLAP = timedelta(seconds=5)   # changes received this long before the last read are read again
+# Changes received this long before the newest one read are read again: a change is stamped when its
+# log write starts and is visible when the write answers (at most the write timeout later), and the
+# serving hosts' clocks are taken to agree within 5 s.
+OVERLAP = timedelta(seconds=WRITE_TIMEOUT_S + 5)
 
 
 class Takedowns:
@@ -49,23 +52,24 @@ class Takedowns:
         return self._down
 
     def note(self, change: ItemChange, at: datetime) -> None:
-        """A change this process logged: known at once, before any other process reads it."""
-        with self._lock:
-            self._states[change.item_id] = fold(self._states.get(change.item_id), change, at)
-            self._down = frozenset(i for i, s in self._states.items() if s.taken_down)
+        """A change this process logged (``at``: when the log received it): known at once, before any
+        other process reads it; an older change than the item's newest known one changes nothing."""
+        self._merge([(at, change)])
 
     def _read(self) -> None:
         started = self.clock()
         since = self._read_until - OVERLAP if self._read_until else None
-        newest = self._read_until
+        read = list(self.change_log.since(since))
+        self._merge(read)   # merged, not replaced: a change noted meanwhile is never overwritten by an older one
+        newest = max([at for at, _ in read] + ([self._read_until] if self._read_until else []), default=None)
         with self._lock:
-            states = dict(self._states)
-        for at, change in self.change_log.since(since):
-            previous = states.get(change.item_id)
-            if previous is None or at >= previous.at:
-                states[change.item_id] = fold(previous, change, at)
-            newest = at if newest is None or at > newest else newest
-        with self._lock:
-            self._states = states
-            self._down = frozenset(i for i, s in states.items() if s.taken_down)
             self._read_until, self._read_at = newest, started
+
+    def _merge(self, changes: list[tuple[datetime, ItemChange]]) -> None:
+        """Fold each change, oldest first, into its item's state unless that state is newer."""
+        with self._lock:
+            for at, change in changes:
+                previous = self._states.get(change.item_id)
+                if previous is None or at >= previous.at:
+                    self._states[change.item_id] = fold(previous, change, at)
+            self._down = frozenset(i for i, s in self._states.items() if s.taken_down)

@@ -242,7 +242,7 @@ class _Publish:
 
     def replay_items(self, item_changes: ItemChanges) -> dict | None:
         """The item changes logged since the catalog snapshot, and every takedown in effect, onto the
-        new item index (before it is validated and goes live)."""
+        new item index (once it is validated, before it goes live)."""
         if "item" not in self.plan.families:
             return None
         self.lock.fence("item changes")
@@ -267,7 +267,7 @@ class _Publish:
         return validation
 
     def replay_and_swap(self, user_events: UserEvents, events_since: datetime,
-                        item_changes: ItemChanges | None = None) -> dict:
+                        item_changes: ItemChanges | None = None, items_read_at: datetime | None = None) -> dict:
         """Re-apply the events logged since the batch input to the new users, mark the pair validated,
         move the aliases in ONE call, then re-apply what was logged meanwhile (events, and the item
         changes the old live pair took during the publish)."""
@@ -285,8 +285,9 @@ class _Publish:
         replayed["after_swap"] = _replay_after_swap(user_events, user_index, events_since, replay_started,
                                                     plan.generation, self.metrics)
         if item_changes is not None and "item" in plan.families:
-            replayed["items_after_swap"] = _items_after_swap(item_changes, plan.item_index,
-                                                             replay_started - CLOCK_SKEW, self.say, self.metrics)
+            replayed["items_after_swap"] = _items_after_swap(
+                item_changes, plan.item_index, min(items_read_at or replay_started, replay_started) - CLOCK_SKEW,
+                self.say, self.metrics)
         return replayed
 
     def abandon(self, exc: BaseException) -> None:
@@ -330,7 +331,8 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
 
     Item changes logged through the items API after ``items_since`` (the catalog snapshot the batch
     input was read at; default: when this run started) and every takedown in effect are applied to
-    the new item index before it is validated, and the changes logged meanwhile again after the swap
+    the new item index once it is validated (its recall gate measures the graph against the input's
+    own vectors), before the swap, and the changes logged meanwhile again after the swap
     (``facetrec.items.apply``).
 
     ``arm``: publish the pair behind an experiment arm's aliases instead of the control aliases
@@ -355,10 +357,13 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
             reports = {family: run.load(family, source, expected)
                        for family, source, expected in (("item", items, expected_items), ("user", users, expected_users))
                        if family in plan.families}
-            items_replayed = run.replay_items(item_changes)
+            # Validated as loaded (the recall gate compares the graph with the input's own vectors),
+            # then the item changes logged since the catalog snapshot, before the swap.
             validation = run.validate(sample_users, recall_sample, min_recall)
+            items_read_at = datetime.now(timezone.utc)   # the replay after the swap reads the log again from here
+            items_replayed = run.replay_items(item_changes)
             replayed = run.replay_and_swap(UserEvents(es, settings, encoders),
-                                           events_since or datetime.now(timezone.utc), item_changes)
+                                           events_since or datetime.now(timezone.utc), item_changes, items_read_at)
         except BaseException as exc:
             run.abandon(exc)
             raise
@@ -388,8 +393,11 @@ def _finish_live(es: Elasticsearch, settings: Settings, gens: Generations, lock,
     done: dict = {}
     if "item" in families:
         lock.fence("item changes")
-        done["items_replayed"] = _items_after_swap(ItemChanges(es, settings), gens.live_index("item"),
-                                                   items_since, say, metrics)
+        live = gens.live_index("item")
+        snapshot = gens.meta(live).get("catalog_at")   # the live pair's own catalog snapshot, as a rollback replays
+        since = min([t for t in (items_since, datetime.fromisoformat(snapshot) if snapshot else None) if t],
+                    default=None)
+        done["items_replayed"] = _items_after_swap(ItemChanges(es, settings), live, since, say, metrics)
     if events_since is not None:
         lock.fence("events")
         done["events_replayed"] = UserEvents(es, settings, encoders).replay(gens.live_index("user"), events_since,
