@@ -6,7 +6,9 @@ An item generation made since the display fields have doc values (``DOC_VALUES_M
 a few columnar reads instead of decompressing its stored-field block and filtering its ``_source``
 (measured: about 3 ms of a 1M homepage's node CPU, docs/benchmarks.md). Older generations (a
 rollback target) are asked for ``_source`` as before. ``HitFields.hit`` turns either answer into the
-one shape the rest of the service reads: ``{"_id", "_index", "_score", "_source": {field: value}}``.
+one shape the rest of the service reads: ``{"_id", "_index", "_score", "_source": {field: value}}``,
+lazily (``ShapedHits``): a row asks for more hits than it shows (to backfill after de-duplication),
+and only those a row reaches are turned.
 
 Doc values hold what was indexed: a keyword list comes back sorted and without repeats, a date as
 the day, a ``float`` facet as the nearest 32-bit float (rounded back to 7 significant digits here);
@@ -17,7 +19,7 @@ without it, so longer titles are refused at load.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from facetrec.catalog.fields import BASE_SOURCE_FIELDS, ITEM_VECTOR_FIELD
 
@@ -84,6 +86,47 @@ class HitFields:
         out = {key: value for key, value in hit.items() if key != "fields"}
         out.update(_id=item_id, _source=source)
         return out
+
+
+class ShapedHits(Sequence):
+    """A row's hits, each turned into the service's shape when first read (and kept); ``raw`` are the
+    hits as the node sent them, for what reads only ids, scores, indices and generations."""
+
+    def __init__(self, raw: Sequence[dict], shape: Callable[[dict], dict]):
+        self.raw, self._shape, self._shaped = raw, shape, [None] * len(raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.raw)))]
+        hit = self._shaped[index]
+        if hit is None:
+            hit = self._shaped[index] = self._shape(self.raw[index])
+        return hit
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(len(self.raw)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, ShapedHits)) else NotImplemented
+
+    __hash__ = None   # type: ignore[assignment] - a mutable sequence's
+
+
+def raw_hits(hits: Sequence[dict]) -> Sequence[dict]:
+    """The hits as the node sent them (``ShapedHits.raw``), or ``hits`` themselves."""
+    return hits.raw if isinstance(hits, ShapedHits) else hits
+
+
+def hit_generation(hit: dict) -> str | None:
+    """A hit's item generation, whichever way its fields were read."""
+    generation = (hit.get("_source") or {}).get("generation")
+    if generation is None:
+        values = (hit.get("fields") or {}).get("generation")
+        generation = values[0] if values else None
+    return generation
 
 
 def hit_id(hit: dict) -> str | None:

@@ -11,7 +11,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from elasticsearch import ApiError, Elasticsearch, NotFoundError
 
@@ -27,6 +27,7 @@ from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import Metrics, NoMetrics
 from facetrec.model import ranker as ranking
 from facetrec.serving import diversity, mips
+from facetrec.serving.hit_fields import hit_generation, hit_id, raw_hits
 from facetrec.serving.page_search import PageSearch, build_page_search, row_mode
 from facetrec.serving.planner import Thresholds
 from facetrec.serving.scoring import knn_score_to_dot, script_score_to_dot
@@ -231,12 +232,18 @@ def _assemble_row(row: Row, searched, response: dict, target: SearchConfig, user
     if response.get("timed_out"):
         entry["partial"] = True
         metrics.increment("homepage.row.timed_out", tags)
-    hits = response["hits"]["hits"]
+    retrieved = response["hits"]["hits"]
+    candidates: Iterable[dict] = retrieved
     if id(response) in ranked:   # the ranker's order over the row's candidates, before de-duplication
-        hits = [hits[i] for i in ranked[id(response)]]
+        candidates = (retrieved[i] for i in ranked[id(response)])
         entry["ranked"] = True
-    hits = [hit for hit in hits if hit["_id"] not in hidden
-            and not (target.dedupe_across_rows and hit["_id"] in taken)][:None if row.diversity else size]
+    hits = []   # read (and shaped: hit_fields.ShapedHits) only as far as the row needs
+    for hit in candidates:
+        if hit["_id"] in hidden or (target.dedupe_across_rows and hit["_id"] in taken):
+            continue
+        hits.append(hit)
+        if len(hits) == size and not row.diversity:
+            break
     seen_by = user.with_interest(searched.interest) if user else None   # the vector this row was searched with
     items = [_item(hit, source, "knn" if this_mode == "popular" else this_mode, target.similarity, seen_by)
              for hit in hits]
@@ -289,10 +296,10 @@ def _rank_page(es: Elasticsearch, target: SearchConfig, user: UserVector | None,
         # What the ranker was trained on: the model's raw dot products (a unit query vector's scaled back).
         page = []
         for row, response in wanted:
-            hits = response["hits"]["hits"][:row.rank_candidates]
+            hits = raw_hits(response["hits"]["hits"])[:row.rank_candidates]   # ids and scores: no shaping
             seen_by = user.with_interest((interests or {}).get(row.id, 0))   # the vector the row was searched with
             scale = seen_by.norm if target.similarity == "dot_product" and user.item_vector_scale is None else 1.0
-            page.append(([h["_id"] for h in hits],
+            page.append(([hit_id(h) for h in hits],
                          [scale * model_dot(h, row_mode(row, mode, target), target.similarity, seen_by) for h in hits]))
         try:
             ranked = ranker.rank_rows(user.seen_item_ids, page)
@@ -386,13 +393,13 @@ def _mixed(user: UserVector | None, responses: list) -> str | None:
             return "a row's query vector did not fit the item index (a swap between raw and reduced pairs?)"
         if "error" in response and PARTITION_FIELD_PREFIX in str(response["error"]):
             return "a row's vector partition is not in the item index (a swap to a pair made without it?)"
-    hits = [h for r in responses if "hits" in r for h in r["hits"]["hits"]]
+    hits = [h for r in responses if "hits" in r for h in raw_hits(r["hits"]["hits"])]
     indices = {h["_index"] for h in hits}
     if len(indices) > 1:
         return f"rows came from {len(indices)} item indices"
     if user is None or user.pairs_with is None:
         return None
-    generations = {h.get("_source", {}).get("generation") for h in hits}
+    generations = {hit_generation(h) for h in hits}
     if generations - {user.pairs_with}:
         return (f"the user vector (generation {user.generation}) pairs with items {user.pairs_with}, "
                 f"the hits came from items {sorted(g for g in generations if g)}")

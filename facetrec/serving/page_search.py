@@ -19,7 +19,7 @@ from facetrec.catalog.fields import EXACT_VECTOR_FIELD, ITEM_VECTOR_FIELD
 from facetrec.catalog.rows import Row
 from facetrec.catalog.schema import CatalogSchema
 from facetrec.serving import mips
-from facetrec.serving.hit_fields import HitFields
+from facetrec.serving.hit_fields import HitFields, ShapedHits
 from facetrec.serving.interests import row_interests
 from facetrec.serving.planner import Plan, Thresholds, partition_candidates, plan_row, walk_size
 from facetrec.serving.row_queries import MAX_NUM_CANDIDATES, SEEN_OVERFETCH_MAX, build_row_search, query_vector
@@ -60,11 +60,12 @@ class PageSearch:
                 out.append(response)
                 continue
             if rs.bucket is None:   # a filtered response (filter_path) has no hits key when it found none
-                out.append({**response, "hits": {"hits": [shape(h) for h in response.get("hits", {}).get("hits", [])]}})
+                hits = response.get("hits", {}).get("hits", [])
+                out.append({**response, "hits": {"hits": ShapedHits(hits, shape)}})
                 continue
             hits = response.get("aggregations", {}).get(rs.bucket, {}).get("top", {}).get("hits", {}).get("hits", [])
             out.append({"took": response.get("took", 0), "timed_out": response.get("timed_out", False),
-                        "shared": True, "hits": {"hits": [shape(h) for h in hits[:rs.k]]}})
+                        "shared": True, "hits": {"hits": ShapedHits(hits[:rs.k], shape)}})
         return out
 
 

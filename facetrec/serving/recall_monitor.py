@@ -32,7 +32,7 @@ from elasticsearch import Elasticsearch
 from facetrec.catalog.rows import Row
 from facetrec.es import script_lang as resolve_script_lang
 from facetrec.metrics import Metrics
-from facetrec.serving.hit_fields import hit_id
+from facetrec.serving.hit_fields import hit_generation, hit_id, raw_hits
 from facetrec.serving.homepage import SearchConfig, UserVector
 from facetrec.serving.page_search import build_searches, row_mode
 
@@ -50,8 +50,7 @@ def row_recall(served_ids: Sequence[str], exact_ids: Sequence[str], size: int) -
 
 
 def _generations(response: dict) -> set[str | None]:
-    return {hit.get("_source", {}).get("generation") or (hit.get("fields", {}).get("generation") or [None])[0]
-            for hit in response.get("hits", {}).get("hits", [])}
+    return {hit_generation(hit) for hit in raw_hits(response.get("hits", {}).get("hits", []))}
 
 
 class RecallMonitor:
