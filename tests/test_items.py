@@ -24,6 +24,7 @@ from facetrec.catalog.rows import RowCatalog
 from facetrec.es import alias_index
 from facetrec.items.apply import ItemChanges
 from facetrec.items.changes import ItemChange
+from facetrec.items.log import change_log_index
 from facetrec.model.item_encoder import ExportedItemEncoder
 from facetrec.settings import CATALOGS_DIR
 from ingest import pipeline
@@ -194,6 +195,8 @@ def test_a_change_applied_twice_changes_nothing(es, shop):
     changes.replay(index, None)
     assert first.status == "applied" and again.status == "duplicate"
     assert es.get(index=index, id="twice-1", source_exclude_vectors=False)["_source"] == before
+    # The change log keeps a node's cluster green (a replica only where a second node can hold it).
+    assert es.cluster.health(index=change_log_index(settings))["status"] == "green"
 
 
 def test_a_retry_of_a_change_a_later_one_followed_does_not_undo_it(es, client, shop):

@@ -42,7 +42,9 @@ class ItemChangeLog:
             return
         if not self.es.indices.exists(index=self.index):
             self.es.options(ignore_status=400).indices.create(index=self.index, mappings=LOG_MAPPING,
-                                                              settings={"number_of_shards": 1})
+                                                              settings={"number_of_shards": 1,
+                                                                        # green on one node, a copy on each of two
+                                                                        "auto_expand_replicas": "0-1"})
         self._ready = True
 
     @staticmethod
