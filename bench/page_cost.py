@@ -55,32 +55,35 @@ def no_source(lines: list[dict]) -> list[dict]:
     return out
 
 
+def _hit_targets(lines: list[dict]):
+    """What fetches hits in the page's searches: each body that returns hits, each bucket's top_hits."""
+    for body in _bodies(lines):
+        if body.get("size") != 0:
+            yield body
+        for agg in body.get("aggs", {}).values():
+            yield agg.get("aggs", {}).get("top", {}).get("top_hits", {})
+
+
 def ids_only(lines: list[dict]) -> list[dict]:
     """Each hit's id from doc values and nothing stored: what fetching a hit costs beyond its id."""
     out = copy.deepcopy(lines)
-    for body in _bodies(out):
-        for target in [body, *(a.get("aggs", {}).get("top", {}).get("top_hits", {}) for a in body.get("aggs", {}).values())]:
-            if target is body and body.get("size") == 0:
-                continue
-            target["_source"] = False
-            target["stored_fields"] = "_none_"
-            target["docvalue_fields"] = ["item_id"]
+    for target in _hit_targets(out):
+        target["_source"] = False
+        target["stored_fields"] = "_none_"
+        target["docvalue_fields"] = ["item_id"]
     return out
 
 
 def docvalues(lines: list[dict]) -> list[dict]:
     """Each hit's rendered fields read from doc values (title from title.keyword) instead of _source."""
     out = copy.deepcopy(lines)
-    for body in _bodies(out):
-        for target in [body, *(a.get("aggs", {}).get("top", {}).get("top_hits", {}) for a in body.get("aggs", {}).values())]:
-            if target is body and body.get("size") == 0:
-                continue
-            fields = [f for f in target.get("_source", []) if isinstance(target.get("_source"), list)]
-            target["_source"] = False
-            target["stored_fields"] = "_none_"
-            target["docvalue_fields"] = [{"field": "title.keyword"} if f == "title" else
-                                         {"field": f, "format": "yyyy-MM-dd"} if f == "published_at" else f
-                                         for f in fields]
+    for target in _hit_targets(out):
+        fields = [f for f in target.get("_source", []) if isinstance(target.get("_source"), list)]
+        target["_source"] = False
+        target["stored_fields"] = "_none_"
+        target["docvalue_fields"] = [{"field": "title.keyword"} if f == "title" else
+                                     {"field": f, "format": "yyyy-MM-dd"} if f == "published_at" else f
+                                     for f in fields]
     return out
 
 

@@ -82,10 +82,8 @@ def check_user_id(user_id: Any) -> str:
 def check_item_id(item_id: Any, field: str = "item_id", max_bytes: int | None = None) -> str:
     """An item id: 1..MAX_ITEM_ID characters without control characters, and at most ``max_bytes`` in
     UTF-8 where it becomes part of a document id (BadRequest naming ``field``)."""
-    too_long = max_bytes is not None and len(item_id.encode("utf-8", "surrogatepass")) > max_bytes \
-        if isinstance(item_id, str) else False
     if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ITEM_ID or any(ord(c) < 32 for c in item_id) \
-            or too_long:
+            or (max_bytes is not None and len(item_id.encode("utf-8", "surrogatepass")) > max_bytes):
         limit = f" ({max_bytes} bytes in UTF-8)" if max_bytes is not None else ""
         raise BadRequest(field, f"a string of 1..{MAX_ITEM_ID} characters{limit} without control characters")
     return item_id

@@ -316,22 +316,25 @@ class Generations:
         self.swap(targets)
         if live is not None:
             self.mark(live.user_index, ROLLED_BACK)
-        self._replay_items(target.item_index)
+        self.replay_item_changes(target.item_index, "rollback")
         return targets
 
-    def _replay_items(self, item_index: str) -> None:
-        """The pair a rollback returns to gets the item changes logged since its catalog snapshot and
-        every takedown in effect (a failure is reported: takedowns are honoured at read time anyway)."""
+    def replay_item_changes(self, item_index: str, step: str) -> dict | str:
+        """A live pair gets the item changes logged since its catalog snapshot and every takedown in
+        effect (a rollback's target; a publish rerun on a pair already live). The aliases have moved,
+        so a failure is reported, not raised (takedowns are honoured at read time anyway)."""
         from facetrec.items.apply import ItemChanges
 
         since = self.meta(item_index).get("catalog_at")
         try:
-            ItemChanges(self.es, self.settings).replay(
+            return ItemChanges(self.es, self.settings).replay(
                 item_index, datetime.fromisoformat(since) if since else None,
-                progress=lambda message: print(f"facetrec: [rollback] {message}", file=sys.stderr))
+                progress=lambda message: print(f"facetrec: [{step}] {message}", file=sys.stderr))
         except Exception as exc:  # noqa: BLE001 - the aliases have moved; the log keeps the changes
-            print(f"facetrec: [rollback] item changes not re-applied to {item_index} ({type(exc).__name__}: {exc}); "
-                  "run `facetrec items replay`", file=sys.stderr)
+            message = (f"item changes not re-applied to {item_index} ({type(exc).__name__}: {exc}); "
+                       "run `facetrec items replay`")
+            print(f"facetrec: [{step}] {message}", file=sys.stderr)
+            return f"failed: {message}"
 
     def retain(self, keep: int | None = None) -> list[str]:
         """Keep the live pair and the newest ``keep`` usable pairs; delete every other user index

@@ -286,8 +286,7 @@ class _Publish:
                                                     plan.generation, self.metrics)
         if item_changes is not None and "item" in plan.families:
             replayed["items_after_swap"] = _items_after_swap(
-                item_changes, plan.item_index, min(items_read_at or replay_started, replay_started) - CLOCK_SKEW,
-                self.say, self.metrics)
+                item_changes, plan.item_index, (items_read_at or replay_started) - CLOCK_SKEW, self.say, self.metrics)
         return replayed
 
     def abandon(self, exc: BaseException) -> None:
@@ -347,8 +346,7 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
         if all(gens.live_index(f) == gens.index_name(f, generation) for f in families):
             print(f"facetrec: generation {generation} is already live; re-applying what was logged since its input")
             return {"generation": generation, "status": "already_live",
-                    **_finish_live(es, settings, gens, lock, generation, families, items_since, events_since,
-                                  encoders, metrics)}
+                    **_finish_live(es, settings, gens, lock, generation, families, events_since, encoders)}
         plan = plan_publish(gens, settings, items, model_version, generation, catalog.schema, items_since)
         run = _Publish(es, settings, catalog, gens, lock, plan, metrics, progress)
         run.prepare()
@@ -381,27 +379,19 @@ def run_reindex(es: Elasticsearch, settings: Settings, catalog: RowCatalog, *, u
 
 
 def _finish_live(es: Elasticsearch, settings: Settings, gens: Generations, lock, generation: str,
-                 families: tuple[str, ...],
-                 items_since: datetime | None, events_since: datetime | None, encoders: EncoderRegistry | None,
-                 metrics: Metrics) -> dict:
+                 families: tuple[str, ...], events_since: datetime | None, encoders: EncoderRegistry | None) -> dict:
     """A rerun of a generation that already went live: the run that swapped it may have died before
-    its replays after the swap, so the item changes since its catalog snapshot (and every takedown)
-    and, when known, the event batches since its input are applied again (both idempotent)."""
-    def say(message: str) -> None:
-        _step(generation, message)
-
+    its replays after the swap, so the item changes since its catalog snapshot (and every takedown),
+    as a rollback replays them, and, when known, the event batches since its input are applied again
+    (both idempotent)."""
     done: dict = {}
     if "item" in families:
         lock.fence("item changes")
-        live = gens.live_index("item")
-        snapshot = gens.meta(live).get("catalog_at")   # the live pair's own catalog snapshot, as a rollback replays
-        since = min([t for t in (items_since, datetime.fromisoformat(snapshot) if snapshot else None) if t],
-                    default=None)
-        done["items_replayed"] = _items_after_swap(ItemChanges(es, settings), live, since, say, metrics)
+        done["items_replayed"] = gens.replay_item_changes(gens.live_index("item"), f"publish {generation}")
     if events_since is not None:
         lock.fence("events")
-        done["events_replayed"] = UserEvents(es, settings, encoders).replay(gens.live_index("user"), events_since,
-                                                                            progress=say)
+        done["events_replayed"] = UserEvents(es, settings, encoders).replay(
+            gens.live_index("user"), events_since, progress=lambda message: _step(generation, message))
     return done
 
 
